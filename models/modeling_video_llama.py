@@ -1,0 +1,260 @@
+"""Video-LLaMA (vision-language branch) as a transformers `PreTrainedModel`.
+
+Architecture (Zhang et al., 2023, "Video-LLaMA"), built from transformers blocks only:
+
+    pixel_values [B, K, 3, H, W]
+      │ flatten frames                              [B*K, 3, H, W]
+      ▼ Blip2VisionModel (ViT)                      [B*K, 1+P, Dv]      P = (H/patch)*(W/patch)
+      ▼ frame Q-Former: query_tokens [1, Q, Dq] cross-attend to the patches
+                                                    [B*K, Q, Dq]
+      ▼ + frame_position_embedding[k] per frame     [B, K, Q, Dq] → [B, K*Q, Dq]
+      ▼ video Q-Former: video_query_tokens [1, Qv, Dq] cross-attend to all frame queries
+                                                    [B, Qv, Dq]
+      ▼ video_projection Linear(Dq, D)              [B, Qv, D]          D = LLM hidden size
+      ▼ masked_scatter into the LLM input embeddings at the Qv `<video>` placeholders of input_ids
+      ▼ causal LLM (any AutoModelForCausalLM)       logits [B, L, V]
+"""
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    Blip2QFormerModel,
+    Blip2VisionModel,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_video_llama import VideoLlamaConfig
+
+
+class VideoLlamaPreTrainedModel(PreTrainedModel):
+    config: VideoLlamaConfig
+    config_class = VideoLlamaConfig
+    # No sub-module of that name exists, so `model.base_model` is the model itself (as for BLIP-2);
+    # the prefix only matters for checkpoints of a headless variant, which this project does not have.
+    base_model_prefix = "video_llama"
+    main_input_name = "pixel_values"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    # Blocks that must not be cut across devices by `device_map="auto"` (residual connections inside).
+    # The LLM's own `_no_split_modules` (e.g. LlamaDecoderLayer) are collected by `post_init`.
+    _no_split_modules = [
+        "Blip2EncoderLayer",
+        "Blip2QFormerLayer",
+        "Blip2VisionEmbeddings",
+    ]
+    _skip_keys_device_placement = ["past_key_values"]
+    # Deliberately no `_keep_in_fp32_modules` (BLIP-2 keeps its frozen Q-Former in fp32): here the
+    # Q-Formers and projection are trained and must live in the compute dtype like the adapters, so that
+    # the quantized load promise "non-quantized modules are in compute_dtype" holds and DeepSpeed ZeRO
+    # flattens one dtype. The Q-Former upcasts nothing it needs: LayerNorm eps 1e-12 is representable in bf16.
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Random init for training from scratch: linears/embeddings N(0, initializer_range), norms 1/0.
+
+        Sub-models (ViT, Q-Formers, LLM) are initialised by their own `_init_weights` with their own
+        config (transformers dispatches per sub-model). The learned queries are drawn N(0, 0.02) as in
+        BLIP-2's `init_Qformer`, not zeros (HF's BLIP-2 zero-inits because it always loads weights):
+        identical queries would stay identical through the symmetric Q-Former.
+        """
+        super()._init_weights(module)
+        if isinstance(module, VideoLlamaForConditionalGeneration):
+            std = self.config.initializer_range
+            init.normal_(module.query_tokens, mean=0.0, std=std)
+            init.normal_(module.video_query_tokens, mean=0.0, std=std)
+
+
+class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMixin):
+    """Video-LLaMA: ViT → frame Q-Former → frame positions → video Q-Former → projection → LLM."""
+
+    def __init__(self, config: VideoLlamaConfig):
+        super().__init__(config)
+        dq = config.qformer_config.hidden_size
+        self.vision_model = Blip2VisionModel._from_config(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, dq))
+        self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
+        self.frame_position_embedding = nn.Embedding(config.max_frames, dq)
+        self.video_query_tokens = nn.Parameter(torch.zeros(1, config.num_video_query_tokens, dq))
+        self.video_qformer = Blip2QFormerModel._from_config(config.video_qformer_config)
+        self.video_projection = nn.Linear(dq, config.text_config.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        # Per-frame scores of the current forward ([B, K, S]); read by temporal LoRA gates (a later
+        # issue). Set only for the duration of one forward so no batch tensor outlives its step.
+        self.current_frame_scores: torch.Tensor | None = None
+        self.post_init()
+
+    # --- embeddings: the LLM owns them --------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    # --- video branch -----------------------------------------------------------------------------
+    def _check_frames(self, pixel_values: torch.Tensor) -> None:
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be [B, K, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        num_frames = pixel_values.shape[1]
+        if num_frames > self.config.max_frames:
+            raise ValueError(
+                f"got {num_frames} frames per video but max_frames is {self.config.max_frames} "
+                "(size of the frame position embedding)"
+            )
+
+    def get_video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode videos into LLM-space video tokens.
+
+        Args:
+            pixel_values: float [B, K, 3, H, W], normalised frames, K <= max_frames.
+        Returns:
+            float [B, Qv, D] in the dtype of `video_projection` (D = LLM hidden size).
+        """
+        self._check_frames(pixel_values)
+        b, k = pixel_values.shape[:2]
+        frames = pixel_values.flatten(0, 1).to(self.vision_model.embeddings.patch_embedding.weight.dtype)
+
+        patches = self.vision_model(pixel_values=frames).last_hidden_state  # [B*K, 1+P, Dv]
+        queries = self.query_tokens.expand(b * k, -1, -1)  # [B*K, Q, Dq]
+        # No encoder mask: every patch of every frame is real (all frames have the model's size).
+        frame_tokens = self.qformer(query_embeds=queries, encoder_hidden_states=patches).last_hidden_state
+
+        q, dq = frame_tokens.shape[1:]
+        frame_tokens = frame_tokens.view(b, k, q, dq)
+        positions = torch.arange(k, device=frame_tokens.device)
+        frame_pos = self.frame_position_embedding(positions)  # [K, Dq]
+        # Temporal order enters only here: the ViT and frame Q-Former see frames independently.
+        frame_tokens = frame_tokens + frame_pos[None, :, None, :].to(frame_tokens.dtype)
+        frame_tokens = frame_tokens.reshape(b, k * q, dq)  # [B, K*Q, Dq]
+
+        video_queries = self.video_query_tokens.expand(b, -1, -1)  # [B, Qv, Dq]
+        video_tokens = self.video_qformer(
+            query_embeds=video_queries, encoder_hidden_states=frame_tokens
+        ).last_hidden_state  # [B, Qv, Dq]
+        return self.video_projection(video_tokens.to(self.video_projection.weight.dtype))  # [B, Qv, D]
+
+    def _merge_video_tokens(
+        self, input_ids: torch.Tensor, video_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Embed `input_ids` [B, L] and write the video tokens [B, Qv, D] over the `<video>` slots.
+
+        Returns inputs_embeds [B, L, D]. The prompt must hold exactly Qv placeholders per sample,
+        so `masked_scatter` fills them in order, sample by sample.
+        """
+        if self.config.video_token_index is None:
+            raise ValueError("config.video_token_index is not set (build the model with build_model/tokenizer)")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        is_video = input_ids == self.config.video_token_index  # [B, L]
+        per_sample = is_video.sum(dim=1)
+        expected = video_features.shape[1]
+        if not bool((per_sample == expected).all()):
+            raise ValueError(
+                f"each sample needs exactly {expected} video placeholder tokens "
+                f"(id {self.config.video_token_index}), got {per_sample.tolist()}"
+            )
+        video_features = video_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(is_video.unsqueeze(-1), video_features)
+
+    # --- training / scoring -------------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        frame_scores: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Caption loss / logits for a batch of videos.
+
+        Args:
+            pixel_values: float [B, K, 3, H, W].
+            input_ids: long [B, L] holding Qv `<video>` placeholders per sample.
+            attention_mask: [B, L] (1 = real token) or None (all real).
+            labels: long [B, L], -100 where no loss (prompt, video, padding); shifted inside.
+            frame_scores: float [B, K, S] per-frame selector scores; kept in
+                `self.current_frame_scores` during this forward for temporal adapters, unused otherwise.
+            **kwargs: passed to the LLM (e.g. `use_cache`, `output_hidden_states`) and to the loss
+                (`num_items_in_batch`).
+        Returns:
+            `CausalLMOutputWithPast` with `loss` (scalar, if labels) and `logits` float [B, L, V].
+        """
+        if frame_scores is not None and tuple(frame_scores.shape[:2]) != tuple(pixel_values.shape[:2]):
+            raise ValueError(
+                f"frame_scores shape {tuple(frame_scores.shape)} does not match pixel_values [B, K] "
+                f"{tuple(pixel_values.shape[:2])}"
+            )
+        self.current_frame_scores = frame_scores
+        try:
+            video_features = self.get_video_features(pixel_values)
+        finally:
+            self.current_frame_scores = None
+
+        inputs_embeds = self._merge_video_tokens(input_ids, video_features)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        logits = outputs.logits
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels.to(logits.device),
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # --- captioning ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> torch.LongTensor:
+        """Caption videos: encode them once, then let the LLM decode from `inputs_embeds`.
+
+        Args:
+            pixel_values: float [B, K, 3, H, W].
+            input_ids: long [B, Lp] prompt (up to "assistant:") with Qv placeholders per sample,
+                left-padded if lengths differ.
+            attention_mask: [B, Lp] or None.
+            **generate_kwargs: e.g. `max_new_tokens`, `do_sample=False`, `eos_token_id`, `pad_token_id`.
+        Returns:
+            long [B, T] only the new tokens (T <= max_new_tokens; padded with pad_token_id after eos).
+        """
+        video_features = self.get_video_features(pixel_values)
+        inputs_embeds = self._merge_video_tokens(input_ids, video_features)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # Only inputs_embeds goes in (no input_ids): decoder-only generate then returns just the new
+        # tokens, and the placeholder ids never get embedded as text.
+        return self.language_model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs
+        )
+
+
+# Registering lets `AutoModelForImageTextToText.from_pretrained(dir)` rebuild this class from config.json.
+AutoModelForImageTextToText.register(VideoLlamaConfig, VideoLlamaForConditionalGeneration, exist_ok=True)

@@ -1,0 +1,200 @@
+"""Named model sizes and the builder of random-init "base checkpoints".
+
+Nothing can be downloaded here, so a base checkpoint is a random-init Video-LLaMA plus a tokenizer
+trained on the caption corpus, written with `save_pretrained`; everything downstream (quantized
+loading, adapters, training, generation) then goes through the same `from_pretrained` path it would
+take with released weights.
+"""
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from .configuration_video_llama import VideoLlamaConfig
+from .modeling_video_llama import VideoLlamaForConditionalGeneration
+from .processor import VideoLlamaProcessor
+from .tokenizer import build_tokenizer
+
+# Sub-config dicts per preset. vocab_size and the special-token ids of text_config come from the
+# tokenizer in `build_model`. Every tower sets initializer_range explicitly: Blip2VisionConfig's default
+# (1e-10) assumes pretrained weights are loaded and would leave a random-init ViT at ~zero.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few MB, builds in well under a second: for tests and the CPU demo.
+    "tiny": {
+        "vision_config": {
+            "image_size": 64,
+            "patch_size": 16,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "initializer_range": 0.02,
+        },
+        "qformer_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "cross_attention_frequency": 2,
+            "encoder_hidden_size": 64,
+        },
+        "video_qformer_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "cross_attention_frequency": 2,
+            "encoder_hidden_size": 64,
+        },
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 512,
+            "tie_word_embeddings": False,
+        },
+        "num_query_tokens": 8,
+        "num_video_query_tokens": 8,
+        "max_frames": 16,
+    },
+    # ~1.0B parameters: a ViT-B-sized ViT at BLIP-2's 224/14 geometry (ViT-g scaled down), a 4-layer
+    # frame Q-Former and the 2-layer video Q-Former at BERT-base width, and a ~0.85B Llama
+    # (18 x 2048, GQA 16/8 heads). Only configured here; tests never build it.
+    "1b": {
+        "vision_config": {
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "initializer_range": 0.02,
+        },
+        "qformer_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 12,
+            "cross_attention_frequency": 2,
+            "encoder_hidden_size": 768,
+        },
+        "video_qformer_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 12,
+            "cross_attention_frequency": 2,
+            "encoder_hidden_size": 768,
+        },
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 2048,
+            "intermediate_size": 5632,
+            "num_hidden_layers": 18,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": False,
+        },
+        "num_query_tokens": 32,
+        "num_video_query_tokens": 32,
+        "max_frames": 8,
+    },
+}
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win; dict values (the sub-configs) are merged key by key, one level deep."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_config(preset: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> VideoLlamaConfig:
+    """The `VideoLlamaConfig` of a preset, with vocabulary and special ids taken from `tokenizer`.
+
+    `overrides` are config fields; sub-config dicts merge into the preset's (e.g.
+    `text_config={"num_hidden_layers": 4}` keeps the other text fields).
+    """
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    fields = _merge(PRESETS[preset], overrides)
+    video_token = fields.get("video_token", "<video>")
+    video_token_index = tokenizer.convert_tokens_to_ids(video_token)
+    if video_token_index is None or video_token_index == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no {video_token!r} token")
+    fields["text_config"] = {
+        **fields["text_config"],
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    fields.setdefault("video_token_index", video_token_index)
+    return VideoLlamaConfig(**fields)
+
+
+def build_model(
+    preset: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any
+) -> VideoLlamaForConditionalGeneration:
+    """A random-init fp32 Video-LLaMA of the given preset sized to `tokenizer` (see `preset_config`)."""
+    model = VideoLlamaForConditionalGeneration(preset_config(preset, tokenizer, **overrides))
+    # Generation stops at eos and pads with pad: make the LLM's generation config say so explicitly.
+    for gen_config in (model.generation_config, model.language_model.generation_config):
+        gen_config.pad_token_id = tokenizer.pad_token_id
+        gen_config.bos_token_id = tokenizer.bos_token_id
+        gen_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def create_pretrained(
+    preset: str,
+    out_dir: str | Path,
+    corpus: Iterable[str],
+    *,
+    prompt: str = "describe the video.",
+    vocab_size: int = 1000,
+    seed: int = 0,
+    **overrides: Any,
+) -> Path:
+    """Write a base checkpoint: tokenizer + processor settings + random-init model, all in `out_dir`.
+
+    Args:
+        preset: a key of `PRESETS`.
+        out_dir: created if needed; afterwards `from_pretrained(out_dir)` works for the model
+            (`VideoLlamaForConditionalGeneration` / `models.loading.load_model`) and the processor.
+        corpus: caption texts for the tokenizer (the chat-template words are added here).
+        prompt: the instruction stored in the processor.
+        vocab_size: BPE vocabulary bound.
+        seed: torch seed of the random init (same seed → same weights).
+    Returns:
+        `out_dir` as a Path.
+    """
+    import torch  # local: only needed for the seed
+
+    out_dir = Path(out_dir)
+    # The template's words join the corpus so "user", "assistant" and the prompt are whole tokens.
+    template_text = f"user: {prompt} assistant:"
+    tokenizer = build_tokenizer([*corpus, template_text], vocab_size=vocab_size)
+
+    torch.manual_seed(seed)
+    model = build_model(preset, tokenizer, **overrides)
+    processor = VideoLlamaProcessor(
+        tokenizer,
+        num_video_tokens=model.config.num_video_query_tokens,
+        prompt=prompt,
+        video_token=model.config.video_token,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,255 @@
+"""Typed run configuration: YAML file + ``key=value`` overrides, checked against dataclasses.
+
+A run is described by one :class:`RunConfig`. Each section is a dataclass; unknown keys and
+values of the wrong type are rejected with an error that names the key and lists the valid ones,
+because a silently ignored typo (``adapter.rnak=64``) wastes a whole run.
+
+Overrides use dotted paths and YAML syntax for values, so the command line speaks the same
+language as the file: ``train.steps=200 adapter.target_modules=[q_proj,v_proj] model.preset=null``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message says which and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    # A transformers-format directory (save_pretrained layout) holding the base Video-LLaMA,
+    # its tokenizer and processor settings.
+    name_or_path: str = "outputs/base/tiny"
+    # When name_or_path does not exist and preset is set, a random-init base model of this preset
+    # is written there first (rank 0 only). Set to null to require an existing checkpoint.
+    preset: str | None = "tiny"
+    # Weight format of the frozen towers: nf4 (+ double quant), nf4-nodq, int8 or none (16/32 bit).
+    quantization: str = "nf4"
+    # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32.
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AdapterConfig:
+    # qlora | lora | full | frozen (more methods arrive with the temporal/ranked adapters).
+    method: str = "qlora"
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # None: the model's default targets (attention and MLP linears of the ViT and the LLM).
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class SynthVidConfig:
+    """Synthetic data written when the configured shard folders do not exist yet."""
+
+    task: str = "pretrain"
+    num_train: int = 256
+    num_eval: int = 32
+    samples_per_shard: int = 64
+    seed: int = 0
+    num_frames: int = 16
+    size: int = 64
+
+
+@dataclass
+class DataConfig:
+    # A folder of .tar shards, a brace pattern (dir/{00000..00009}.tar) or a single tar.
+    train_shards: str = "outputs/data/synthvid/train"
+    eval_shards: str = "outputs/data/synthvid/eval"
+    # If set, missing shard folders are generated with SynthVid (rank 0 only).
+    synthvid: SynthVidConfig | None = field(default_factory=SynthVidConfig)
+    # N candidate frames decoded per clip (the selector then keeps K of them).
+    num_candidate_frames: int = 16
+    frame_size: int = 64
+    num_workers: int = 1
+    shuffle_buffer: int = 64
+
+
+@dataclass
+class SelectorConfig:
+    # K frames kept out of the N candidates.
+    k: int = 4
+    policy: str = "uniform"
+    # Luma bit depth of the entropy / scene-change histograms.
+    bits: int = 4
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 60
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2.0e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    # Floor of the cosine schedule as a fraction of lr.
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    log_every: int = 1
+    save_every: int = 0
+    # Checkpoints kept on disk (older ones are deleted after a newer one is complete).
+    keep_last: int = 2
+    # Continue from <output_dir>/checkpoints/latest when one exists.
+    resume: bool = False
+
+
+@dataclass
+class DeepSpeedConfig:
+    # A DeepSpeed JSON whose "auto" values are filled from this run configuration.
+    config: str = "ds_configs/zero2_offload.json"
+    # auto: nccl with CUDA, gloo otherwise.
+    dist_backend: str = "auto"
+
+
+@dataclass
+class TrackingConfig:
+    # Any MLflow tracking URI: a local store (sqlite:///…, file:…) or a server (http://…).
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "multimodal-qlora"
+    run_name: str | None = None
+    # Seconds between background uploads of buffered metrics.
+    flush_interval_s: float = 2.0
+
+
+@dataclass
+class EvalConfig:
+    # Held-out clips captioned and scored at the end of training (0 disables).
+    num_samples: int = 32
+    batch_size: int = 8
+    max_new_tokens: int = 16
+    num_beams: int = 1
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "outputs/demo"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.002, ...}``: the shape MLflow params and sweep grids use."""
+        return _flatten(self.to_dict())
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``key=value`` overrides (they win) and type-check the result."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return _build(RunConfig, raw, prefix="")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=1e-4"`` -> ``("train.lr", 1e-4)``; the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key, yaml.safe_load(text) if text.strip() else ""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``raw``, checking keys and types recursively."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(prefix + k for k in unknown)}; valid keys in {where}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for option in non_none:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key + ".")
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{key} must be {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,83 @@
+"""Process-group set-up and the few collectives the trainer needs, for 1 or many ranks.
+
+The same code runs under ``deepspeed train.py`` (the launcher sets RANK, WORLD_SIZE, …), under
+SLURM, and as a plain ``python train.py`` (a world of one, set up here).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str = "auto") -> DistInfo:
+    """Join (or, without a launcher, create) the process group and pick this rank's device.
+
+    ``backend="auto"`` asks DeepSpeed's detected accelerator: nccl on CUDA, gloo on CPU.
+    """
+    if "RANK" not in os.environ:
+        _single_process_env()
+    accel = get_accelerator()
+    if backend == "auto":
+        backend = accel.communication_backend_name()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if accel.device_name() != "cpu":
+        accel.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    device = torch.device(accel.current_device_name())
+    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few scalars over all ranks (on CPU: cheap, and works with gloo and nccl alike)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(get_accelerator().current_device_name())
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on accelerators that support it, float32 elsewhere."""
+    if name == "auto":
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_ok else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"model.dtype must be one of auto, {', '.join(dtypes)}; got {name!r}")
+    return dtypes[name]
+
+
+def _single_process_env() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )

@@ -1,0 +1,69 @@
+"""Fill a DeepSpeed JSON's ``"auto"`` values from the run configuration, in one place.
+
+The JSON files in ``ds_configs/`` describe *how* to shard and offload; batch sizes, learning
+rate, schedule length and precision come from the run config so that they are never written
+twice. A value that is not ``"auto"`` in the JSON is left as the user wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import ConfigError, RunConfig
+
+
+def load_ds_config(cfg: RunConfig, world_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Read ``cfg.deepspeed.config`` and return it with every ``"auto"`` resolved."""
+    path = Path(cfg.deepspeed.config)
+    if not path.is_file():
+        raise ConfigError(f"deepspeed.config: file not found: {path}")
+    ds = json.loads(path.read_text())
+    train = cfg.train
+    values = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": train.grad_clip,
+        "optimizer.params.lr": train.lr,
+        "optimizer.params.weight_decay": train.weight_decay,
+        "scheduler.params.total_num_steps": train.steps,
+        "scheduler.params.warmup_num_steps": train.warmup_steps,
+        "scheduler.params.cos_min_ratio": train.min_lr_ratio,
+        "bf16.enabled": dtype == torch.bfloat16,
+        "fp16.enabled": dtype == torch.float16,
+        # Pinned host memory only helps (and only exists) with a CUDA device.
+        "zero_optimization.offload_optimizer.pin_memory": device.type == "cuda",
+        "zero_optimization.offload_param.pin_memory": device.type == "cuda",
+    }
+    _fill_auto(ds, values, prefix="")
+    leftover = _find_auto(ds)
+    if leftover:
+        raise ConfigError(f"{path}: no rule fills these \"auto\" values: {', '.join(leftover)}")
+    return ds
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def _fill_auto(node: dict[str, Any], values: dict[str, Any], prefix: str) -> None:
+    for key, value in node.items():
+        dotted = prefix + key
+        if isinstance(value, dict):
+            _fill_auto(value, values, dotted + ".")
+        elif value == "auto" and dotted in values:
+            node[key] = values[dotted]
+
+
+def _find_auto(node: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            found += _find_auto(value, f"{prefix}{key}.")
+        elif value == "auto":
+            found.append(prefix + key)
+    return found

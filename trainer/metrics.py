@@ -1,0 +1,64 @@
+"""Throughput and memory figures of the training loop, named with their units for MLflow."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ThroughputMeter:
+    """Counts work between two :meth:`read` calls and turns it into rates.
+
+    The loop calls :meth:`add` once per optimizer step with what that step consumed (over all
+    ranks, so the rates are global). :meth:`read` returns the rates since the previous read and
+    starts a new window, so a logging interval of N steps reports the mean over those N steps.
+    """
+
+    samples: int = 0
+    frames: int = 0
+    tokens: int = 0
+    data_wait_s: float = 0.0
+    _window_start: float = field(default_factory=time.perf_counter)
+
+    def add(self, samples: int, frames: int, tokens: int, data_wait_s: float) -> None:
+        self.samples += samples
+        self.frames += frames
+        self.tokens += tokens
+        self.data_wait_s += data_wait_s
+
+    def read(self) -> dict[str, float]:
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)
+        rates = {
+            "throughput/samples_per_s": self.samples / elapsed,
+            "throughput/frames_per_s": self.frames / elapsed,
+            "throughput/tokens_per_s": self.tokens / elapsed,
+            "time/data_wait_fraction": self.data_wait_s / elapsed,
+        }
+        self.samples = self.frames = self.tokens = 0
+        self.data_wait_s = 0.0
+        self._window_start = now
+        return rates
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory so far, in GiB.
+
+    On CUDA: the caching allocator's peak allocated and reserved bytes. Elsewhere: the process's
+    peak resident set size, which also counts the Python runtime and libraries, so compare CPU
+    figures only between runs of the same code (see shared/PLATFORM.md on RSS as a measure).
+    """
+    gib = 1024**3
+    if device.type == "cuda":
+        return {
+            "memory/peak_allocated_gib": torch.cuda.max_memory_allocated(device) / gib,
+            "memory/peak_reserved_gib": torch.cuda.max_memory_reserved(device) / gib,
+        }
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {"memory/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / gib}
