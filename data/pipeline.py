@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import json
 import logging
 import math
@@ -96,6 +97,10 @@ def expand_shards(shards: str | list[str]) -> list[str]:
         urls = expand_urls(str(shards))
     if not urls:
         raise ValueError(f"no shards found in {shards!r}")
+    # Fail here, not in a worker: local paths must exist (URLs and "pipe:" commands are left to webdataset).
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(urls)} shards not found, e.g. {missing[0]!r}")
     return urls
 
 
@@ -224,10 +229,34 @@ class WorkerShuffle(wds.PipelineStage):
         return _shuffle(src, self.bufsize, min(self.bufsize, 100), rng=rng)
 
 
+class ShardList(torch.utils.data.IterableDataset):
+    """Yields dict(url=...) for each shard: in order, or permuted by (seed, epoch, cycle) when shuffling.
+
+    The permutation depends on nothing rank- or worker-specific, so every rank and worker sees the
+    same order and `split_by_node` / `split_by_worker` still partition the shards. With
+    `cycle=True` the list repeats without end (an epoch is then cut by sample count), so batches
+    keep filling across the end of the shard list instead of ending in a partial one.
+    """
+
+    def __init__(self, urls: list[str], *, shuffle: bool, seed: int, cycle: bool):
+        super().__init__()
+        self.urls, self.shuffle, self.seed, self.cycle = urls, shuffle, seed, cycle
+        self.epoch = -1  # advanced by each __iter__, i.e. each epoch of a persistent worker
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        self.epoch += 1
+        passes = itertools.count() if self.cycle else range(1)
+        for one_pass in passes:
+            urls = list(self.urls)
+            if self.shuffle:
+                random.Random(make_seed(self.seed, self.epoch, one_pass)).shuffle(urls)
+            yield from ({"url": url} for url in urls)
+
+
 class VideoDataPipeline(wds.DataPipeline):
     """`wds.DataPipeline` that remembers its shards and caps an epoch at `epoch_samples` in all.
 
-    The cap is split over ranks × workers when iteration starts, because only then is the number
+    The cap is split over ranks x workers when iteration starts, because only then is the number
     of DataLoader workers known.
     """
 
@@ -237,8 +266,6 @@ class VideoDataPipeline(wds.DataPipeline):
         super().__init__(*stages)
         self.shard_urls, self.resampled = shard_urls, resampled
         self.batch_size, self.epoch_samples = batch_size, epoch_samples
-        if epoch_samples is not None:
-            self.repetitions = 2**62  # cycle through the shards until the cap is reached
 
     def __iter__(self) -> Iterator[VideoBatch]:
         if self.epoch_samples is None:
@@ -275,7 +302,8 @@ def build_dataset(
         shuffle_buffer: samples held in the shuffle buffer (0: no shuffling, shards in order).
         seed: seeds shard order, sample shuffle and shard resampling; same seed → same order.
         resampled: draw shards with replacement per worker (endless stream; pair with epoch_samples).
-        epoch_samples: samples per epoch over all ranks and workers; the shards are cycled to fill it.
+        epoch_samples: samples per epoch over all ranks and workers; the shards are cycled to fill it
+            (the stream is endless then: a shard set with no usable sample would spin).
         partial_batches: yield the last, smaller batch of a worker's stream.
 
     Returns:
@@ -288,12 +316,11 @@ def build_dataset(
         # so there is nothing to split.
         stages: list[Any] = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
     else:
-        stages = [wds.SimpleShardList(urls)]
-        if shuffle_buffer > 0:
-            # Full permutation of the shard list seeded by (seed + epoch) only: identical on every
-            # rank and worker, so the splits below still partition the shards.
-            stages.append(wds.detshuffle(len(urls), len(urls), seed=seed))
-        stages += [wds.split_by_node, wds.split_by_worker]
+        stages = [
+            ShardList(urls, shuffle=shuffle_buffer > 0, seed=seed, cycle=epoch_samples is not None),
+            wds.split_by_node,
+            wds.split_by_worker,
+        ]
     stages.append(wds.tarfile_to_samples(handler=bad.tar_handler))
     if shuffle_buffer > 0:
         stages.append(WorkerShuffle(shuffle_buffer, seed))

@@ -100,14 +100,17 @@ def decode_frames(mp4: bytes, num_frames: int, size: tuple[int, int], num_thread
             raise RuntimeError(f"decord returned {array.shape}")
         return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     except Exception:
-        # decord 0.6.0 mis-strides some small output widths (4, 8, 12, 16, 24, 48, 72 px: frames come
-        # back 4 or 6 "channels" wide or fail a size check). Decode at the native size then, and
-        # resize with torch; real failures (corrupt data mid-stream) fail again below.
         pass
+    # decord 0.6.0 mis-strides a few output widths (of 4..400 px, measured: 4, 8, 12, 16, 24, 48, 72,
+    # every time, whatever the source): frames come back 4 or 6 "channels" wide or fail a size check.
+    # Widths that are multiples of 32 always work, so decode at the next one and let torch resize.
+    # Truly corrupt data (damaged mid-stream) fails again here and is reported.
+    safe_width = max(32, -(-width // 32) * 32)
     try:
-        native = decord.VideoReader(io.BytesIO(mp4), num_threads=num_threads).get_batch(indices).asnumpy()
+        reader = decord.VideoReader(io.BytesIO(mp4), width=safe_width, height=height, num_threads=num_threads)
+        array = reader.get_batch(indices).asnumpy()
     except Exception as exc:
         raise VideoDecodeError(f"cannot decode video ({len(mp4)} bytes): {exc}") from exc
-    frames = torch.from_numpy(native).permute(0, 3, 1, 2).float()
+    frames = torch.from_numpy(array).permute(0, 3, 1, 2).float()
     frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return frames.round_().clamp_(0, 255).to(torch.uint8)

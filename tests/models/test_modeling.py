@@ -1,0 +1,121 @@
+import pytest
+import torch
+
+from models.modeling_video_llama import VideoLlamaForConditionalGeneration
+from models.presets import build_model
+
+
+@pytest.fixture
+def model(tiny_ckpt):
+    return VideoLlamaForConditionalGeneration.from_pretrained(tiny_ckpt)  # fp32, eval mode
+
+
+def test_forward_shapes_and_loss(model, batch):
+    config = model.config
+    out = model(**batch)
+    b, length = batch["input_ids"].shape
+    assert out.logits.shape == (b, length, config.text_config.vocab_size)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    # random init over V classes: cross-entropy near log(V)
+    assert abs(out.loss.item() - torch.log(torch.tensor(float(config.text_config.vocab_size))).item()) < 1.0
+    features = model.get_video_features(batch["pixel_values"])
+    assert features.shape == (b, config.num_video_query_tokens, config.text_config.hidden_size)
+    # the two videos differ, so must their video tokens
+    assert not torch.allclose(features[0], features[1])
+
+
+def test_video_tokens_reach_the_llm(model, batch):
+    """Changing the frames changes the caption logits (the merge is not a no-op)."""
+    with torch.no_grad():
+        a = model(**batch).logits
+        batch["pixel_values"] = batch["pixel_values"] + 1.0
+        b = model(**batch).logits
+    assert not torch.allclose(a[:, -5:], b[:, -5:])
+
+
+def test_frame_order_comes_from_position_embedding(model, batch):
+    """Only the frame position embedding makes the video tokens depend on the order of the frames."""
+    frames, flipped = batch["pixel_values"], batch["pixel_values"].flip(1)
+    with torch.no_grad():
+        model.frame_position_embedding.weight.zero_()
+        torch.testing.assert_close(
+            model.get_video_features(frames), model.get_video_features(flipped), rtol=1e-5, atol=1e-5
+        )
+        without_positions = model.get_video_features(frames)
+        # (At random init the frame tokens hardly depend on the pixels and the video Q-Former attends
+        # almost uniformly, so a flip changes little; what is checked is that positions are added.)
+        model.frame_position_embedding.weight.normal_(0.0, 1.0)
+        assert (model.get_video_features(frames) - without_positions).abs().max() > 1e-3
+
+
+def test_too_many_frames_names_both_numbers(model, batch):
+    k = model.config.max_frames + 1
+    pixel_values = torch.zeros(1, k, 3, 64, 64)
+    with pytest.raises(ValueError, match=rf"{k} frames.*max_frames is {model.config.max_frames}"):
+        model(pixel_values=pixel_values, input_ids=batch["input_ids"][:1])
+
+
+def test_placeholder_count_is_checked(model, batch):
+    ids = batch["input_ids"].clone()
+    ids[0, ids[0] == model.config.video_token_index] = model.config.text_config.pad_token_id
+    with pytest.raises(ValueError, match="video placeholder"):
+        model(pixel_values=batch["pixel_values"], input_ids=ids)
+
+
+def test_frame_scores_are_accepted_and_not_kept(model, batch):
+    scores = torch.rand(2, 4, 3)
+    seen = {}
+    hook = model.vision_model.register_forward_pre_hook(
+        lambda *_: seen.setdefault("scores", model.current_frame_scores)
+    )
+    with torch.no_grad():
+        with_scores = model(**batch, frame_scores=scores).logits
+        without = model(**batch).logits
+    hook.remove()
+    assert seen["scores"] is scores and model.current_frame_scores is None
+    assert torch.equal(with_scores, without)
+    with pytest.raises(ValueError, match="frame_scores"):
+        model(**batch, frame_scores=torch.rand(2, 5, 3))
+
+
+def test_save_load_round_trip_identical_logits(processor, batch, tmp_path):
+    torch.manual_seed(1)
+    model = build_model("tiny", processor.tokenizer).eval()
+    model.save_pretrained(tmp_path)
+    loaded = VideoLlamaForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_gradient_checkpointing_same_loss_and_grads(model, batch):
+    model.train()
+
+    def loss_and_grad():
+        model.zero_grad()
+        torch.manual_seed(0)  # same dropout masks in both runs
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), model.query_tokens.grad.clone()
+
+    plain_loss, plain_grad = loss_and_grad()
+    model.activation_checkpointing_enable()
+    assert model.language_model.model.layers[0].gradient_checkpointing
+    assert model.vision_model.encoder.layers[0].gradient_checkpointing
+    assert model.video_qformer.encoder.layer[0].gradient_checkpointing
+    ckpt_loss, ckpt_grad = loss_and_grad()
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ckpt_grad, plain_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_generate_and_decode(model, processor, batch):
+    prompt = processor.generation_inputs(2)
+    ids = model.generate(batch["pixel_values"], **prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    assert ids.shape == (2, 6) and ids.dtype == torch.long
+    # greedy decoding is deterministic
+    again = model.generate(batch["pixel_values"], **prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    assert torch.equal(ids, again)
+    captions = processor.decode(ids)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    short = model.generate(batch["pixel_values"], **prompt, max_new_tokens=3, do_sample=False)
+    assert short.shape[0] == 2 and 1 <= short.shape[1] <= 3
