@@ -86,7 +86,11 @@ class VideoLlamaConfig(PreTrainedConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         vocab = getattr(self.text_config, "vocab_size", None)
-        if self.video_token_index is not None and vocab is not None and not 0 <= self.video_token_index < vocab:
+        if (
+            self.video_token_index is not None
+            and vocab is not None
+            and not 0 <= self.video_token_index < vocab
+        ):
             raise ValueError(
                 f"video_token_index ({self.video_token_index}) is outside text_config.vocab_size ({vocab})"
             )

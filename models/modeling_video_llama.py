@@ -147,16 +147,16 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         ).last_hidden_state  # [B, Qv, Dq]
         return self.video_projection(video_tokens.to(self.video_projection.weight.dtype))  # [B, Qv, D]
 
-    def _merge_video_tokens(
-        self, input_ids: torch.Tensor, video_features: torch.Tensor
-    ) -> torch.Tensor:
+    def _merge_video_tokens(self, input_ids: torch.Tensor, video_features: torch.Tensor) -> torch.Tensor:
         """Embed `input_ids` [B, L] and write the video tokens [B, Qv, D] over the `<video>` slots.
 
         Returns inputs_embeds [B, L, D]. The prompt must hold exactly Qv placeholders per sample,
         so `masked_scatter` fills them in order, sample by sample.
         """
         if self.config.video_token_index is None:
-            raise ValueError("config.video_token_index is not set (build the model with build_model/tokenizer)")
+            raise ValueError(
+                "config.video_token_index is not set (build the model with build_model/tokenizer)"
+            )
         inputs_embeds = self.get_input_embeddings()(input_ids)
         is_video = input_ids == self.config.video_token_index  # [B, L]
         per_sample = is_video.sum(dim=1)
@@ -168,6 +168,26 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             )
         video_features = video_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(is_video.unsqueeze(-1), video_features)
+
+    def _encode_video(self, pixel_values: torch.Tensor, frame_scores: torch.Tensor | None) -> torch.Tensor:
+        """`get_video_features` with the frame scores visible to temporal adapters while it runs.
+
+        Args:
+            pixel_values: float [B, K, 3, H, W].
+            frame_scores: float [B, K, S] or None.
+        Returns:
+            float [B, Qv, D_llm].
+        """
+        if frame_scores is not None and tuple(frame_scores.shape[:2]) != tuple(pixel_values.shape[:2]):
+            raise ValueError(
+                f"frame_scores shape {tuple(frame_scores.shape)} does not match pixel_values [B, K] "
+                f"{tuple(pixel_values.shape[:2])}"
+            )
+        self.current_frame_scores = frame_scores
+        try:
+            return self.get_video_features(pixel_values)
+        finally:
+            self.current_frame_scores = None
 
     # --- training / scoring -------------------------------------------------------------------------
     def forward(
@@ -193,19 +213,12 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         Returns:
             `CausalLMOutputWithPast` with `loss` (scalar, if labels) and `logits` float [B, L, V].
         """
-        if frame_scores is not None and tuple(frame_scores.shape[:2]) != tuple(pixel_values.shape[:2]):
-            raise ValueError(
-                f"frame_scores shape {tuple(frame_scores.shape)} does not match pixel_values [B, K] "
-                f"{tuple(pixel_values.shape[:2])}"
-            )
-        self.current_frame_scores = frame_scores
-        try:
-            video_features = self.get_video_features(pixel_values)
-        finally:
-            self.current_frame_scores = None
-
+        video_features = self._encode_video(pixel_values, frame_scores)
         inputs_embeds = self._merge_video_tokens(input_ids, video_features)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        # forward is for training / scoring; a KV cache is only built when asked (generation goes
+        # through `generate`, which drives the LLM directly).
+        kwargs.setdefault("use_cache", False)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         logits = outputs.logits
 
@@ -232,6 +245,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         pixel_values: torch.Tensor,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        frame_scores: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.LongTensor:
         """Caption videos: encode them once, then let the LLM decode from `inputs_embeds`.
@@ -241,11 +255,12 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             input_ids: long [B, Lp] prompt (up to "assistant:") with Qv placeholders per sample,
                 left-padded if lengths differ.
             attention_mask: [B, Lp] or None.
+            frame_scores: float [B, K, S] per-frame selector scores, as in `forward`.
             **generate_kwargs: e.g. `max_new_tokens`, `do_sample=False`, `eos_token_id`, `pad_token_id`.
         Returns:
             long [B, T] only the new tokens (T <= max_new_tokens; padded with pad_token_id after eos).
         """
-        video_features = self.get_video_features(pixel_values)
+        video_features = self._encode_video(pixel_values, frame_scores)
         inputs_embeds = self._merge_video_tokens(input_ids, video_features)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -72,7 +72,9 @@ class VideoLlamaProcessor:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # --- training ------------------------------------------------------------------------------------
-    def training_example(self, caption: str, max_caption_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    def training_example(
+        self, caption: str, max_caption_tokens: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Tokenise one captioned sample.
 
         Args:

@@ -12,7 +12,9 @@ def test_defaults_are_consistent():
 
 
 def test_frame_qformer_mismatch_is_named():
-    with pytest.raises(ValueError, match=r"qformer_config.encoder_hidden_size \(1408\).*vision_config.hidden_size \(64\)"):
+    with pytest.raises(
+        ValueError, match=r"qformer_config.encoder_hidden_size \(1408\).*vision_config.hidden_size \(64\)"
+    ):
         VideoLlamaConfig(vision_config={"hidden_size": 64})
 
 
@@ -29,7 +31,9 @@ def test_video_token_outside_vocab():
 
 
 def test_autoconfig_round_trip(tmp_path):
-    config = VideoLlamaConfig(max_frames=12, video_token_index=4, text_config={"model_type": "llama", "vocab_size": 50})
+    config = VideoLlamaConfig(
+        max_frames=12, video_token_index=4, text_config={"model_type": "llama", "vocab_size": 50}
+    )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, VideoLlamaConfig)

@@ -65,9 +65,11 @@ def test_placeholder_count_is_checked(model, batch):
 def test_frame_scores_are_accepted_and_not_kept(model, batch):
     scores = torch.rand(2, 4, 3)
     seen = {}
-    hook = model.vision_model.register_forward_pre_hook(
-        lambda *_: seen.setdefault("scores", model.current_frame_scores)
-    )
+
+    def record(*_):  # a pre-hook returning non-None would replace the inputs
+        seen.setdefault("scores", model.current_frame_scores)
+
+    hook = model.vision_model.register_forward_pre_hook(record)
     with torch.no_grad():
         with_scores = model(**batch, frame_scores=scores).logits
         without = model(**batch).logits
@@ -113,7 +115,9 @@ def test_generate_and_decode(model, processor, batch):
     ids = model.generate(batch["pixel_values"], **prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
     assert ids.shape == (2, 6) and ids.dtype == torch.long
     # greedy decoding is deterministic
-    again = model.generate(batch["pixel_values"], **prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    again = model.generate(
+        batch["pixel_values"], **prompt, max_new_tokens=6, do_sample=False, min_new_tokens=6
+    )
     assert torch.equal(ids, again)
     captions = processor.decode(ids)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)

@@ -58,7 +58,9 @@ def test_pad_and_truncate(processor):
 def test_decode_cuts_at_eos(processor):
     tok = processor.tokenizer
     caption = tok("a man dances.", add_special_tokens=False)["input_ids"]
-    rows = torch.tensor([caption + [tok.eos_token_id, caption[0]], [tok.eos_token_id] + caption + [tok.pad_token_id]])
+    rows = torch.tensor(
+        [caption + [tok.eos_token_id, caption[0]], [tok.eos_token_id] + caption + [tok.pad_token_id]]
+    )
     assert processor.decode(rows) == ["a man dances.", ""]
 
 

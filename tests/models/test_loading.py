@@ -1,0 +1,78 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+from torch import nn
+
+from models.loading import load_model
+
+
+def test_missing_path_names_it(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_model(missing, quantization="none", compute_dtype=torch.float32, device="cpu")
+
+
+def test_unknown_quantization(tiny_ckpt):
+    with pytest.raises(ValueError, match="quantization"):
+        load_model(tiny_ckpt, quantization="fp4", compute_dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "nf4-nodq"])
+def test_nf4_quantizes_both_towers_only(tiny_ckpt, batch, quantization):
+    dtype = torch.bfloat16
+    model = load_model(tiny_ckpt, quantization=quantization, compute_dtype=dtype, device="cpu")
+    assert model.is_loaded_in_4bit
+    vit_fc1 = model.vision_model.encoder.layers[0].mlp.fc1
+    llm_q = model.language_model.model.layers[0].self_attn.q_proj
+    assert isinstance(vit_fc1, bnb.nn.Linear4bit) and isinstance(llm_q, bnb.nn.Linear4bit)
+    assert vit_fc1.weight.quant_state.quant_type == "nf4"
+    assert (vit_fc1.weight.quant_state.nested) == (quantization == "nf4")  # double quantization
+    # the glue and the head stay ordinary linears in the compute dtype
+    for name in (
+        "qformer.encoder.layer.0.attention.attention.query",
+        "video_qformer.encoder.layer.0.crossattention.attention.key",
+        "video_projection",
+        "language_model.lm_head",
+    ):
+        module = model.get_submodule(name)
+        assert type(module) is nn.Linear and module.weight.dtype == dtype, name
+    n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert n4 == 2 * 4 + 2 * 7  # 2 ViT layers x (qkv, projection, fc1, fc2) + 2 LLM layers x 7
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.logits.dtype == dtype and torch.isfinite(out.loss)
+
+
+def test_nf4_logits_close_to_fp32(tiny_ckpt, batch):
+    ref = load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu")
+    nf4 = load_model(tiny_ckpt, quantization="nf4", compute_dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        a, b = ref(**batch), nf4(**batch)
+    assert torch.isfinite(b.logits).all() and torch.isfinite(b.loss)
+    # 4-bit weights: loose agreement (correlation of the logits and similar losses)
+    corr = torch.corrcoef(torch.stack([a.logits.flatten(), b.logits.flatten()]))[0, 1]
+    assert corr > 0.9, corr
+    assert abs(a.loss.item() - b.loss.item()) < 0.1
+
+
+def test_int8_and_skip_modules(tiny_ckpt, batch):
+    model = load_model(tiny_ckpt, quantization="int8", compute_dtype=torch.float32, device="cpu")
+    assert isinstance(model.language_model.model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
+    # a custom skip list keeps the whole ViT in compute dtype
+    model = load_model(
+        tiny_ckpt,
+        quantization="nf4",
+        compute_dtype=torch.float32,
+        device="cpu",
+        skip_modules=[
+            "vision_model",
+            "qformer",
+            "video_qformer",
+            "video_projection",
+            "language_model.lm_head",
+        ],
+    )
+    assert type(model.vision_model.encoder.layers[0].mlp.fc1) is nn.Linear
+    assert isinstance(model.language_model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
