@@ -14,7 +14,9 @@ from trainer.trainer import Trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100")
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         summary = trainer.close(status)
     if summary is not None:
         print(json.dumps(summary, indent=2))
-        print(f"summary: {cfg.output_dir}/summary.json | MLflow run {summary['run_id']} at {summary['tracking_uri']}")
+        print(
+            f"summary: {cfg.output_dir}/summary.json | MLflow run {summary['run_id']} at {summary['tracking_uri']}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from .tokenizer import build_tokenizer
 # Sub-config dicts per preset. vocab_size and the special-token ids of text_config come from the
 # tokenizer in `build_model`. Every tower sets initializer_range explicitly: Blip2VisionConfig's default
 # (1e-10) assumes pretrained weights are loaded and would leave a random-init ViT at ~zero.
+# The tiny preset uses ~1/sqrt(hidden) (0.125 at width 64, 0.088 at 128) rather than the usual 0.02:
+# at these widths 0.02 gives every attention/MLP branch a gain of ~0.16, and the video signal through
+# two random Q-Formers shrank to 1e-5 of the token scale (measured), so the LLM could not see the clip.
 PRESETS: dict[str, dict[str, Any]] = {
     # A few MB, builds in well under a second: for tests and the CPU demo.
     "tiny": {
@@ -31,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "initializer_range": 0.02,
+            "initializer_range": 0.125,
         },
         "qformer_config": {
             "hidden_size": 64,
@@ -40,6 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_attention_heads": 4,
             "cross_attention_frequency": 2,
             "encoder_hidden_size": 64,
+            "initializer_range": 0.125,
         },
         "video_qformer_config": {
             "hidden_size": 64,
@@ -48,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_attention_heads": 4,
             "cross_attention_frequency": 2,
             "encoder_hidden_size": 64,
+            "initializer_range": 0.125,
         },
         "text_config": {
             "model_type": "llama",
@@ -58,10 +63,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_key_value_heads": 4,
             "max_position_embeddings": 512,
             "tie_word_embeddings": False,
+            "initializer_range": 0.088,
         },
         "num_query_tokens": 8,
         "num_video_query_tokens": 8,
         "max_frames": 16,
+        "initializer_range": 0.125,
     },
     # ~1.0B parameters: a ViT-B-sized ViT at BLIP-2's 224/14 geometry (ViT-g scaled down), a 4-layer
     # frame Q-Former and the 2-layer video Q-Former at BERT-base width, and a ~0.85B Llama

@@ -36,10 +36,24 @@ class MlflowServer:
         mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         self.log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [mlflow, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+            [
+                mlflow,
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            start_new_session=True,
         )
         deadline = time.time() + timeout_s
         while time.time() < deadline:

@@ -26,15 +26,21 @@ STEPS = 30
 def launch(tmp: Path, tracking_uri: str, *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
     deepspeed = Path(sys.executable).parent / "deepspeed"
     cmd = [
-        str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()),
-        "train.py", "--config", "configs/demo.yaml",
+        str(deepspeed),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
         f"output_dir={tmp / 'run'}",
         f"model.name_or_path={tmp / 'base'}",
         f"data.train_shards={tmp / 'data/train'}",
         f"data.eval_shards={tmp / 'data/eval'}",
         "data.synthvid.num_train=128",
         "data.synthvid.num_eval=16",
-        "data.synthvid.samples_per_shard=32",
+        "data.synthvid.samples_per_shard=8",
         f"train.steps={STEPS}",
         "train.micro_batch_size=4",
         "eval.num_samples=16",
@@ -87,8 +93,16 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(demo_run, mlflow_server):
     assert run.data.params["world_size"] == "2"
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in losses) == list(range(1, STEPS + 1))
-    for name in ("throughput/samples_per_s", "throughput/frames_per_s", "throughput/tokens_per_s",
-                 "memory/peak_rss_gib", "eval/cider", "eval/bleu4", "eval/meteor", "eval/rouge_l"):
+    for name in (
+        "throughput/samples_per_s",
+        "throughput/frames_per_s",
+        "throughput/tokens_per_s",
+        "memory/peak_rss_gib",
+        "eval/cider",
+        "eval/bleu4",
+        "eval/meteor",
+        "eval/rouge_l",
+    ):
         assert client.get_metric_history(run.info.run_id, name), name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.json", "config", "eval"} <= artifacts

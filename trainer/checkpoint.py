@@ -1,5 +1,10 @@
 """DeepSpeed checkpoints that are never half-written, plus the peft adapter export.
 
+Frozen parameters are left out of checkpoints (``exclude_frozen_parameters``): the frozen base of
+a QLoRA run is the 4-bit checkpoint the run started from, and bitsandbytes' 4-bit layers cannot
+load their quantization state back into an already quantized model anyway. Loading is therefore
+non-strict, and :func:`load_checkpoint` checks itself that every trainable tensor was restored.
+
 DeepSpeed writes ``<root>/<tag>/…`` and then the ``latest`` file. A kill in between leaves a
 partial folder that ``load_checkpoint`` would happily read. So each save goes to a hidden
 temporary tag; only when every rank has finished does rank 0 rename it to ``global_step<N>``
@@ -15,17 +20,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from trainer.distributed import barrier
 
 _TAG = re.compile(r"^global_step(\d+)$")
 
 
-def save_checkpoint(engine: Any, root: str | Path, step: int, client_state: dict[str, Any], keep_last: int) -> Path:
+def save_checkpoint(
+    engine: Any, root: str | Path, step: int, client_state: dict[str, Any], keep_last: int
+) -> Path:
     """Save engine + ``client_state`` as ``<root>/global_step<step>``; returns that folder."""
     root = Path(root)
     tag = f"global_step{step}"
     tmp_tag = f".tmp-{tag}"
-    engine.save_checkpoint(str(root), tag=tmp_tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(
+        str(root), tag=tmp_tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+    )
     barrier()
     if engine.global_rank == 0:
         final = root / tag
@@ -51,11 +62,25 @@ def load_checkpoint(engine: Any, root: str | Path, tag: str | None = None) -> di
     """Load ``tag`` (default: latest) into the engine; returns the trainer's client_state."""
     tag = tag or latest_tag(root)
     if tag is None:
-        raise FileNotFoundError(f"no complete checkpoint under {root} (no 'latest' naming an existing folder)")
-    path, client_state = engine.load_checkpoint(str(root), tag=tag)
+        raise FileNotFoundError(
+            f"no complete checkpoint under {root} (no 'latest' naming an existing folder)"
+        )
+    _check_trainable_saved(engine, Path(root) / tag)
+    path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {Path(root) / tag}")
     return client_state
+
+
+def _check_trainable_saved(engine: Any, folder: Path) -> None:
+    """Non-strict loading would skip a missing tensor silently: name any trainable one absent."""
+    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no DeepSpeed model states (mp_rank_*_model_states.pt)")
+    saved = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)["module"]
+    missing = [n for n, p in engine.module.named_parameters() if p.requires_grad and n not in saved]
+    if missing:
+        raise KeyError(f"checkpoint {folder} lacks {len(missing)} trainable tensors, e.g. {missing[:5]}")
 
 
 def export_adapter(model: Any, out_dir: str | Path) -> Path:

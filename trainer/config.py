@@ -48,6 +48,8 @@ class AdapterConfig:
     dropout: float = 0.0
     # None: the model's default targets (attention and MLP linears of the ViT and the LLM).
     target_modules: list[str] | None = None
+    # Modules trained in full and saved with the adapter; None: the model's default (the projection).
+    modules_to_save: list[str] | None = None
 
 
 @dataclass
@@ -119,6 +121,8 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "multimodal-qlora"
     run_name: str | None = None
+    # Where new experiments keep artifacts; None: MLflow's default (./mlruns for a local store).
+    artifact_location: str | None = None
     # Seconds between background uploads of buffered metrics.
     flush_interval_s: float = 2.0
 
@@ -162,7 +166,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file not found: {path}")
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
+            )
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
@@ -240,7 +246,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+    if tp is Any or (
+        isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
         return value
     raise ConfigError(f"{key} must be {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
 

@@ -16,7 +16,9 @@ import torch
 from trainer.config import ConfigError, RunConfig
 
 
-def load_ds_config(cfg: RunConfig, world_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def load_ds_config(
+    cfg: RunConfig, world_size: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
     """Read ``cfg.deepspeed.config`` and return it with every ``"auto"`` resolved."""
     path = Path(cfg.deepspeed.config)
     if not path.is_file():
@@ -42,7 +44,7 @@ def load_ds_config(cfg: RunConfig, world_size: int, device: torch.device, dtype:
     _fill_auto(ds, values, prefix="")
     leftover = _find_auto(ds)
     if leftover:
-        raise ConfigError(f"{path}: no rule fills these \"auto\" values: {', '.join(leftover)}")
+        raise ConfigError(f'{path}: no rule fills these "auto" values: {", ".join(leftover)}')
     return ds
 
 

@@ -67,11 +67,17 @@ class Tracker(NullTracker):
         spool_path: str | Path,
         flush_interval_s: float = 2.0,
         tags: dict[str, str] | None = None,
+        artifact_location: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        if exp is not None:
+            experiment_id = exp.experiment_id
+        else:
+            if artifact_location is not None:
+                artifact_location = Path(artifact_location).resolve().as_uri()
+            experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
         self.run_id: str = run.info.run_id
         self.experiment_id = experiment_id
@@ -92,7 +98,9 @@ class Tracker(NullTracker):
             self._pending.extend(batch)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, _param_value(v)) for k, v in params.items() if len(_param_value(v)) <= _MAX_PARAM_CHARS]
+        items = [
+            Param(k, _param_value(v)) for k, v in params.items() if len(_param_value(v)) <= _MAX_PARAM_CHARS
+        ]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
 
@@ -145,7 +153,10 @@ class Tracker(NullTracker):
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         with self.spool_path.open("a") as f:
             for m in pending:
-                f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+                f.write(
+                    json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step})
+                    + "\n"
+                )
         log.error(
             "MLflow at %s unreachable: %d metrics of run %s saved to %s",
             self.tracking_uri,

@@ -18,18 +18,18 @@ from typing import Any
 
 import deepspeed
 import torch
-from models.adapters import apply_adapter, trainable_parameter_count
 from tqdm import tqdm
 
 from data.frame_selector import FrameSelector
 from data.pipeline import VideoBatch, build_dataset, build_loader
+from models.adapters import apply_adapter, trainable_parameter_count
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
 from trainer import checkpoint
 from trainer.assets import prepare_assets
 from trainer.caption_metrics import score_captions
 from trainer.config import RunConfig
-from trainer.distributed import all_reduce_sum, barrier, init_distributed, resolve_dtype
+from trainer.distributed import all_reduce_sum, barrier, gather_to_main, init_distributed, resolve_dtype
 from trainer.ds_config import load_ds_config
 from trainer.metrics import ThroughputMeter, peak_memory
 from trainer.tracking import NullTracker, Tracker
@@ -68,6 +68,7 @@ class Trainer:
             alpha=cfg.adapter.alpha,
             dropout=cfg.adapter.dropout,
             target_modules=cfg.adapter.target_modules,
+            modules_to_save=cfg.adapter.modules_to_save,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
         )
         self.trainable_params, self.total_params = trainable_parameter_count(model)
@@ -112,7 +113,9 @@ class Trainer:
         cfg = self.cfg.train
         meter = ThroughputMeter()
         batches = self._batches()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.dist.is_main, unit="step")
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", disable=not self.dist.is_main, unit="step"
+        )
         self.engine.train()
         while self.step < cfg.steps:
             step_loss = 0.0
@@ -126,7 +129,12 @@ class Trainer:
                 step_loss += loss.item() / cfg.grad_accum
                 self.samples_seen += batch.batch_size
                 self.bad_samples.update(batch.bad_samples)
-                meter.add(batch.batch_size, batch.batch_size * self.cfg.selector.k, int(batch.attention_mask.sum()), wait)
+                meter.add(
+                    batch.batch_size,
+                    batch.batch_size * self.cfg.selector.k,
+                    int(batch.attention_mask.sum()),
+                    wait,
+                )
             self.step += 1
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"loss is {step_loss} at step {self.step}")
@@ -216,22 +224,29 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Caption ``eval.num_samples`` held-out clips (rank 0) and score them with pycocoevalcap."""
+        """Caption held-out clips on every rank, gather them on rank 0, score with pycocoevalcap."""
         cfg = self.cfg.eval
         if cfg.num_samples <= 0:
             return {}
+        # Each rank captions the eval shards split_by_node gives it; CIDEr needs the whole set at once.
+        per_rank = math.ceil(cfg.num_samples / self.dist.world_size)
+        gathered = gather_to_main(self._generate_captions(per_rank))
         if self.dist.is_main:
-            predictions, references = self._generate_captions()
+            captions = {key: pair for part in gathered for key, pair in part.items()}
+            keep = sorted(captions)[: cfg.num_samples]
+            predictions = {k: captions[k][0] for k in keep}
+            references = {k: captions[k][1] for k in keep}
             self.eval_scores = {f"eval/{k}": v for k, v in score_captions(predictions, references).items()}
             self.tracker.log(self.eval_scores, step=self.step)
             self.tracker.log_dict(
-                {k: {"prediction": predictions[k], "references": references[k]} for k in predictions},
+                {k: {"prediction": predictions[k], "references": references[k]} for k in keep},
                 "eval/captions.json",
             )
         barrier()
         return self.eval_scores
 
-    def _generate_captions(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+    def _generate_captions(self, limit: int) -> dict[str, tuple[str, list[str]]]:
+        """Greedy/beam captions for up to ``limit`` clips of this rank's eval shards: key → (prediction, refs)."""
         cfg = self.cfg
         data = build_dataset(
             cfg.data.eval_shards,
@@ -242,12 +257,14 @@ class Trainer:
         )
         model = self.engine.module
         model.eval()
-        predictions: dict[str, str] = {}
-        references: dict[str, list[str]] = {}
-        for batch in tqdm(build_loader(data, 0), desc="eval", unit="batch"):
+        captions: dict[str, tuple[str, list[str]]] = {}
+        bar = tqdm(total=limit, desc="eval", unit="clip", disable=not self.dist.is_main)
+        for batch in build_loader(data, 0):
             batch = batch.to(self.device)
             selected = self.selector(batch.frames, dtype=self.dtype)
-            prompt = {k: v.to(self.device) for k, v in self.processor.generation_inputs(batch.batch_size).items()}
+            prompt = {
+                k: v.to(self.device) for k, v in self.processor.generation_inputs(batch.batch_size).items()
+            }
             generated = model.generate(
                 pixel_values=selected.frames,
                 frame_scores=selected.scores,
@@ -256,14 +273,16 @@ class Trainer:
                 do_sample=False,
                 **prompt,
             )
-            for key, text, ref in zip(batch.keys, self.processor.decode(generated), batch.captions, strict=True):
-                predictions[key] = text
-                references[key] = [ref]
-            if len(predictions) >= cfg.eval.num_samples:
+            for key, text, ref in zip(
+                batch.keys, self.processor.decode(generated), batch.captions, strict=True
+            ):
+                captions[key] = (text, [ref])
+            bar.update(batch.batch_size)
+            if len(captions) >= limit:
                 break
+        bar.close()
         model.train()
-        keep = list(predictions)[: cfg.eval.num_samples]
-        return {k: predictions[k] for k in keep}, {k: references[k] for k in keep}
+        return dict(sorted(captions.items())[:limit])
 
     # ------------------------------------------------------------------ tracking and summary
     def _start_tracking(self) -> Tracker:
@@ -274,6 +293,7 @@ class Trainer:
             cfg.tracking.run_name,
             spool_path=self.output_dir / "mlflow_spool.jsonl",
             flush_interval_s=cfg.tracking.flush_interval_s,
+            artifact_location=cfg.tracking.artifact_location,
             tags={"adapter.method": cfg.adapter.method, "model.quantization": cfg.model.quantization},
         )
         tracker.log_params(
@@ -304,7 +324,9 @@ class Trainer:
             "sys.peft": peft.__version__,
             "sys.bitsandbytes": bitsandbytes.__version__,
             "sys.device": str(self.device),
-            "sys.device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu",
+            "sys.device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or "cpu",
             "sys.world_size": str(self.dist.world_size),
             "sys.git_commit": _git_commit(),
         }
@@ -348,7 +370,9 @@ def _git_commit() -> str:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

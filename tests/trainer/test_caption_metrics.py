@@ -12,7 +12,9 @@ REFS = {
 def test_perfect_and_wrong_captions():
     perfect = score_captions({k: v[0] for k, v in REFS.items()}, REFS)
     assert perfect["bleu4"] > 0.99 and perfect["rouge_l"] > 0.99 and perfect["meteor"] > 0.9
-    wrong = score_captions({"v1": "a yellow square moves up", "v2": "two red circles move down", "v3": "a blue circle"}, REFS)
+    wrong = score_captions(
+        {"v1": "a yellow square moves up", "v2": "two red circles move down", "v3": "a blue circle"}, REFS
+    )
     assert wrong["cider"] < perfect["cider"] / 3
     assert wrong["bleu4"] < 0.1
 

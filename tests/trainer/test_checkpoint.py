@@ -16,8 +16,10 @@ def engine():
     cfg = load_config(None, ["train.micro_batch_size=2", "deepspeed.config=ds_configs/zero2_offload.json"])
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    model[0].requires_grad_(False)  # a frozen base, as under (Q)LoRA
     ds = load_ds_config(cfg, 1, info.device, torch.float32)
-    eng, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    eng, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds)
     return eng
 
 
@@ -42,6 +44,8 @@ def test_save_load_round_trip_and_pruning(engine, tmp_path):
     checkpoint.save_checkpoint(engine, tmp_path, 4, {"step": 4}, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("global_step*")) == ["global_step3", "global_step4"]
     assert (tmp_path / "latest").read_text() == "global_step4"
+    saved_module = torch.load(tmp_path / "global_step4/mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert set(saved_module) == {"2.weight", "2.bias"}  # the frozen layer is not copied into checkpoints
 
     state = checkpoint.load_checkpoint(engine, tmp_path, tag="global_step3")
     assert state["step"] == 3
@@ -54,7 +58,9 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(engine, tmp_path):
     good = weights(engine)
     # A kill during the next save: DeepSpeed had written its files under the temporary tag only.
     train_steps(engine, 1)
-    engine.save_checkpoint(str(tmp_path), tag=".tmp-global_step11", client_state={"step": 11}, save_latest=False)
+    engine.save_checkpoint(
+        str(tmp_path), tag=".tmp-global_step11", client_state={"step": 11}, save_latest=False
+    )
     assert checkpoint.latest_tag(tmp_path) == "global_step10"
     train_steps(engine, 1)
     state = checkpoint.load_checkpoint(engine, tmp_path)
@@ -63,6 +69,16 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(engine, tmp_path):
     # The next complete save cleans the leftover.
     checkpoint.save_checkpoint(engine, tmp_path, 12, {"step": 12}, keep_last=3)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_checkpoint_without_a_trainable_tensor_is_refused(engine, tmp_path):
+    checkpoint.save_checkpoint(engine, tmp_path, 1, {"step": 1}, keep_last=1)
+    states_file = tmp_path / "global_step1/mp_rank_00_model_states.pt"
+    states = torch.load(states_file, weights_only=False)
+    del states["module"]["2.bias"]
+    torch.save(states, states_file)
+    with pytest.raises(KeyError, match="lacks 1 trainable tensors.*2.bias"):
+        checkpoint.load_checkpoint(engine, tmp_path)
 
 
 def test_missing_checkpoint_is_named(engine, tmp_path):

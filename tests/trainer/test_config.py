@@ -79,7 +79,9 @@ def test_demo_config_loads():
 
 @pytest.mark.parametrize("name", ["zero2_offload.json", "zero2.json"])
 def test_ds_config_autos_filled_from_run_config(name):
-    cfg = load_config(None, [f"deepspeed.config=ds_configs/{name}", "train.micro_batch_size=3", "train.grad_accum=2"])
+    cfg = load_config(
+        None, [f"deepspeed.config=ds_configs/{name}", "train.micro_batch_size=3", "train.grad_accum=2"]
+    )
     ds = load_ds_config(cfg, world_size=2, device=torch.device("cpu"), dtype=torch.float32)
     assert ds["train_batch_size"] == 12
     assert ds["train_micro_batch_size_per_gpu"] == 3

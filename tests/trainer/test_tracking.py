@@ -4,7 +4,9 @@ from trainer.tracking import Tracker
 
 
 def test_every_metric_reaches_a_real_server(mlflow_server, tmp_path):
-    tracker = Tracker(mlflow_server.uri, "tracking-test", "run-a", tmp_path / "spool.jsonl", flush_interval_s=0.2)
+    tracker = Tracker(
+        mlflow_server.uri, "tracking-test", "run-a", tmp_path / "spool.jsonl", flush_interval_s=0.2
+    )
     tracker.log_params({"train.lr": 0.1, "adapter.target_modules": ["q", "v"], "huge": "x" * 10_000})
     for step in range(1, 1201):  # more than one log_batch call can carry
         tracker.log({"train/loss": 1.0 / step, "throughput/samples_per_s": float(step)}, step=step)
@@ -28,7 +30,9 @@ def test_every_metric_reaches_a_real_server(mlflow_server, tmp_path):
 
 
 def test_log_only_buffers(mlflow_server, tmp_path):
-    tracker = Tracker(mlflow_server.uri, "tracking-test", "run-b", tmp_path / "spool.jsonl", flush_interval_s=60)
+    tracker = Tracker(
+        mlflow_server.uri, "tracking-test", "run-b", tmp_path / "spool.jsonl", flush_interval_s=60
+    )
     tracker.log({"train/loss": 1.0}, step=1)
     # Nothing is sent until the uploader's interval or close(): the step path made no HTTP call.
     assert MlflowClient(mlflow_server.uri).get_metric_history(tracker.run_id, "train/loss") == []
@@ -37,7 +41,9 @@ def test_log_only_buffers(mlflow_server, tmp_path):
 
 
 def test_failed_upload_keeps_metrics_and_spools(mlflow_server, tmp_path):
-    tracker = Tracker(mlflow_server.uri, "tracking-test", "run-c", tmp_path / "spool.jsonl", flush_interval_s=60)
+    tracker = Tracker(
+        mlflow_server.uri, "tracking-test", "run-c", tmp_path / "spool.jsonl", flush_interval_s=60
+    )
     tracker.log({"train/loss": 2.0}, step=1)
 
     def broken(*args, **kwargs):
