@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint clean bench
 
 setup: $(STAMP)
 
@@ -32,3 +32,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf outputs .pytest_cache
+
+# CPU benchmark set; each script writes benchmarks/results/<name>-cpu.json.
+bench: $(STAMP)
+	@for f in benchmarks/[a-z]*.py; do case $$f in */harness.py) continue;; esac; \
+		echo "== $$f"; $(PY) -m benchmarks.$$(basename $$f .py) --device cpu || exit 1; done

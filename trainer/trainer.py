@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,7 @@ from trainer.config import RunConfig
 from trainer.distributed import all_reduce_sum, barrier, gather_to_main, init_distributed, resolve_dtype
 from trainer.ds_config import load_ds_config
 from trainer.metrics import ThroughputMeter, peak_memory
+from trainer.system_info import device_name, git_commit, library_versions
 from trainer.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -312,23 +312,12 @@ class Trainer:
         return tracker
 
     def _system_info(self) -> dict[str, str]:
-        import bitsandbytes
-        import peft
-        import transformers
-
         return {
-            "sys.python": platform.python_version(),
-            "sys.torch": torch.__version__,
-            "sys.deepspeed": deepspeed.__version__,
-            "sys.transformers": transformers.__version__,
-            "sys.peft": peft.__version__,
-            "sys.bitsandbytes": bitsandbytes.__version__,
+            **{f"sys.{k}": v for k, v in library_versions().items()},
             "sys.device": str(self.device),
-            "sys.device_name": torch.cuda.get_device_name(self.device)
-            if self.device.type == "cuda"
-            else platform.processor() or "cpu",
+            "sys.device_name": device_name(self.device),
             "sys.world_size": str(self.dist.world_size),
-            "sys.git_commit": _git_commit(),
+            "sys.git_commit": git_commit(),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -364,15 +353,3 @@ class Trainer:
         self.tracker.log_artifact(path)
         self.tracker.close(status)
         return summary
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -44,7 +44,9 @@ def test_save_load_round_trip_and_pruning(engine, tmp_path):
     checkpoint.save_checkpoint(engine, tmp_path, 4, {"step": 4}, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("global_step*")) == ["global_step3", "global_step4"]
     assert (tmp_path / "latest").read_text() == "global_step4"
-    saved_module = torch.load(tmp_path / "global_step4/mp_rank_00_model_states.pt", weights_only=False)["module"]
+    saved_module = torch.load(tmp_path / "global_step4/mp_rank_00_model_states.pt", weights_only=False)[
+        "module"
+    ]
     assert set(saved_module) == {"2.weight", "2.bias"}  # the frozen layer is not copied into checkpoints
 
     state = checkpoint.load_checkpoint(engine, tmp_path, tag="global_step3")
