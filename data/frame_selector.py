@@ -1,22 +1,45 @@
 """Batched frame selection: score N candidate frames per clip and keep K of them.
 
 Pure torch on whatever device the frames are on (the training GPU when there is one), with no
-Python loop over frames or clips. The per-frame scores of the chosen frames are returned too:
-the temporal LoRA gates read them.
+Python loop over frames or clips (the greedy pickers loop over the K picks, a static count that
+`torch.compile` unrolls). The per-frame scores of the chosen frames are returned too: the temporal
+LoRA gates read them.
 
 Scores, each in [0, 1], for frames uint8 [B, N, 3, H, W]:
     entropy       Shannon entropy of the `bits`-bit luma histogram / bits (0: flat frame)
     scene_change  L1 distance between consecutive luma histograms / 2 (0 for the first frame)
     motion        mean |difference| of consecutive luma frames average-pooled to ~16x16, / 255
                   (0 for the first frame)
+They are computed on every s-th pixel, s chosen so that the longer side keeps at most 64 samples:
+a 4-bit histogram and a 16x16 motion grid need no more, and it keeps the selector at about 1% of
+the decoder's time per frame at 224x224 (measured by `benchmarks/frame_selection.py`).
 
-Policies map scores [B, N, 3] to sorted indices [B, K]; new ones (scene, motion, hybrid, random,
-headtail) are one function each in `POLICIES`.
+Policies (each picks K of N frames with a temporal coverage rule; indices sorted and unique):
+    uniform   centres of K equal segments
+    random    one random frame in each of K equal segments (TSN-style)
+    headtail  Video-LLaMA's training sampling: K/2 random frames from the first half of the clip
+              and the rest from the second half
+    entropy   the highest-entropy frame of each of K equal segments
+    scene     greedy temporal NMS on the scene-change score: frames right after cuts (and the
+              first frame, which opens the first shot) first
+    motion    greedy temporal NMS on the motion score: frames of moving segments first
+    hybrid    greedy temporal NMS on a weighted sum of the three scores, each min-max normalized
+              per clip
+The NMS pickers add `coverage` x (distance to the nearest frame already picked) / N to the score,
+so flat stretches (no cut, no motion, an all-black clip) are filled by farthest-point sampling
+rather than clumped at the start. Random policies draw from a seeded generator: in eval mode the
+same generator state is used for every call, so they are deterministic.
+
+CLI (the candidate strip, the score curves and the chosen frames, as a PNG)::
+
+    python -m data.frame_selector --video X.mp4 --k 8 --n 64 --policy hybrid --out sel.png
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +51,11 @@ SCORE_NAMES = ("entropy", "scene_change", "motion")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _MOTION_GRID = 16  # motion is measured on a coarse grid: robust to noise and cheap
+_ANALYSIS_SIDE = 64  # scores look at every s-th pixel so that the longer side has <= this many
+# hybrid's default weights (entropy, scene_change, motion): change and motion find events, entropy
+# breaks the tie between the last frame of an event and the empty frame after it (same motion).
+DEFAULT_WEIGHTS = (0.2, 0.4, 0.4)
+DEFAULT_COVERAGE = 0.1
 
 
 @dataclass
@@ -45,17 +73,34 @@ class SelectedFrames:
     scores: torch.Tensor
 
 
+@dataclass(frozen=True)
+class PolicyArgs:
+    """What a policy needs besides the scores.
+
+    Attributes:
+        k: frames to pick, 1 <= k < N.
+        weights: hybrid's (entropy, scene_change, motion) weights.
+        coverage: weight of the distance-to-picked-frames bonus of the NMS pickers.
+    """
+
+    k: int
+    weights: tuple[float, float, float] = DEFAULT_WEIGHTS
+    coverage: float = DEFAULT_COVERAGE
+
+
 def _luma(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, N, 3, H, W] → float32 [B, N, H, W] BT.601 luma in [0, 255]."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device, dtype=torch.float32)
-    return torch.einsum("bnchw,c->bnhw", frames.float(), weights)
+    """uint8 [B, N, 3, H, W] → float32 [B, N, h, w] BT.601 luma in [0, 255] on the analysis grid."""
+    stride = max(1, math.ceil(max(frames.shape[-2:]) / _ANALYSIS_SIDE))
+    # Slicing before the float conversion: only the sampled pixels are ever converted.
+    rgb = frames[..., ::stride, ::stride].float()
+    return rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114
 
 
 def _histograms(luma: torch.Tensor, bits: int) -> torch.Tensor:
-    """float [B, N, H, W] luma → float32 [B, N, 2**bits] normalized histograms (sum 1)."""
+    """float [B, N, h, w] luma → float32 [B, N, 2**bits] normalized histograms (sum 1)."""
     levels = 2**bits
     b, n = luma.shape[:2]
-    bins = (luma * (levels / 256.0)).long().clamp_(0, levels - 1).flatten(2)  # [B, N, H*W]
+    bins = (luma * (levels / 256.0)).long().clamp_(0, levels - 1).flatten(2)  # [B, N, h*w]
     # Counts of 1.0 are exact in float32 (up to 2**24 pixels per frame), so the atomic adds that
     # scatter_add_ does on a GPU give the same result in any order.
     counts = torch.zeros(b, n, levels, device=luma.device).scatter_add_(
@@ -91,14 +136,42 @@ def frame_scores(frames: torch.Tensor, bits: int = 4) -> torch.Tensor:
     return torch.stack([entropy, scene, motion], dim=-1).clamp_(0.0, 1.0)
 
 
+def normalize_per_clip(value: torch.Tensor) -> torch.Tensor:
+    """Min-max normalize float [B, N] over N, per clip; a constant clip gives zeros (never NaN)."""
+    low = value.amin(1, keepdim=True)
+    span = value.amax(1, keepdim=True) - low
+    return torch.where(span > 1e-6, (value - low) / span.clamp_min(1e-6), torch.zeros_like(value))
+
+
+def shot_value(scores: torch.Tensor) -> torch.Tensor:
+    """float [B, N, 3] → float [B, N]: normalized scene change, with the first frame counted as a cut.
+
+    The clip's first frame opens a shot just as the frame after a cut does; its scene-change score
+    is 0 only because nothing precedes it, and without this the first shot would never be chosen
+    for its own sake.
+    """
+    value = normalize_per_clip(scores[..., SCENE_CHANGE])
+    return torch.cat([torch.ones_like(value[:, :1]), value[:, 1:]], dim=1)
+
+
+def hybrid_value(scores: torch.Tensor, weights: tuple[float, float, float] = DEFAULT_WEIGHTS) -> torch.Tensor:
+    """float [B, N, 3] scores → float [B, N] in [0, 1]: the weighted mean of the normalized
+    entropy, `shot_value` and motion."""
+    w = torch.tensor(weights, device=scores.device, dtype=scores.dtype)
+    normalized = torch.stack(
+        [
+            normalize_per_clip(scores[..., ENTROPY]),
+            shot_value(scores),
+            normalize_per_clip(scores[..., MOTION]),
+        ],
+        dim=-1,
+    )
+    return (normalized * w).sum(-1) / w.sum()
+
+
 def uniform_positions(n: int, k: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Centres of k equal segments of [0, n): long [k], sorted."""
     return ((torch.arange(k, device=device) + 0.5) * (n / k)).long().clamp_(max=n - 1)
-
-
-def _uniform(scores: torch.Tensor, k: int) -> torch.Tensor:
-    b, n, _ = scores.shape
-    return uniform_positions(n, k, scores.device).expand(b, k)
 
 
 def _best_per_segment(value: torch.Tensor, k: int) -> torch.Tensor:
@@ -115,12 +188,81 @@ def _best_per_segment(value: torch.Tensor, k: int) -> torch.Tensor:
     return masked.argmax(-1)
 
 
-def _entropy(scores: torch.Tensor, k: int) -> torch.Tensor:
-    return _best_per_segment(scores[..., ENTROPY], k)
+def temporal_nms(value: torch.Tensor, k: int, coverage: float = DEFAULT_COVERAGE) -> torch.Tensor:
+    """Greedy non-maximum suppression in time: float [B, N] → long [B, K] sorted, unique.
+
+    Each of the K rounds picks the best frame still available, ranked by
+    value + coverage * (distance to the nearest picked frame) / N, and makes the frames closer than
+    r = max(1, N // (2K)) to it unavailable. A pick removes at most 2r - 1 <= N/K - 1 frames, so
+    K picks never run out of frames (K (N/K - 1) < N), and the picked frame itself is always
+    removed, so the K picks are distinct.
+    """
+    b, n = value.shape
+    radius = max(1, n // (2 * k))
+    position = torch.arange(n, device=value.device)
+    available = torch.ones(b, n, dtype=torch.bool, device=value.device)
+    distance = torch.full((b, n), float(n), device=value.device)  # to the nearest pick so far
+    picks = []
+    for _ in range(k):  # K rounds, a static count: unrolled by torch.compile, no loop over frames
+        priority = (value + coverage * distance / n).masked_fill(~available, float("-inf"))
+        pick = priority.argmax(1)  # [B], the first maximum on ties: deterministic
+        picks.append(pick)
+        gap = (position[None, :] - pick[:, None]).abs().float()  # [B, N]
+        available &= gap >= radius
+        distance = torch.minimum(distance, gap)
+    return torch.stack(picks, dim=1).sort(dim=1).values
 
 
-# name → policy(scores float [B, N, 3], k) → long [B, K] sorted indices
-POLICIES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"uniform": _uniform, "entropy": _entropy}
+# Policies: (scores float [B, N, 3], noise float [B, N] in [0, 1) or None, args) → long [B, K]
+# sorted, unique indices. Only `random` and `headtail` read the noise.
+Policy = Callable[[torch.Tensor, torch.Tensor | None, PolicyArgs], torch.Tensor]
+
+
+def _uniform(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    return uniform_positions(scores.shape[1], args.k, scores.device).expand(scores.shape[0], args.k)
+
+
+def _random(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    return _best_per_segment(noise, args.k)
+
+
+def _headtail(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    # Video-LLaMA samples K/2 distinct frames uniformly at random from each half of the clip; for
+    # an odd K the tail gets the extra one (K - K//2 <= N//2 <= N - N//2 whenever K < N).
+    n, k = noise.shape[1], args.k
+    k_head = k // 2
+    in_head = torch.arange(n, device=noise.device) < n // 2
+    head = noise.masked_fill(~in_head, -1.0).topk(k_head, dim=1).indices
+    tail = noise.masked_fill(in_head, -1.0).topk(k - k_head, dim=1).indices
+    return torch.cat([head, tail], dim=1).sort(dim=1).values
+
+
+def _entropy(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    return _best_per_segment(scores[..., ENTROPY], args.k)
+
+
+def _scene(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    return temporal_nms(shot_value(scores), args.k, args.coverage)
+
+
+def _motion(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    return temporal_nms(normalize_per_clip(scores[..., MOTION]), args.k, args.coverage)
+
+
+def _hybrid(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
+    return temporal_nms(hybrid_value(scores, args.weights), args.k, args.coverage)
+
+
+POLICIES: dict[str, Policy] = {
+    "uniform": _uniform,
+    "random": _random,
+    "headtail": _headtail,
+    "entropy": _entropy,
+    "scene": _scene,
+    "motion": _motion,
+    "hybrid": _hybrid,
+}
+RANDOM_POLICIES = frozenset({"random", "headtail"})
 
 
 class FrameSelector:
@@ -128,36 +270,207 @@ class FrameSelector:
 
     Args:
         k: frames to keep; clips with N <= k keep all N frames.
-        policy: one of `POLICIES` ("uniform": segment centres; "entropy": the highest-entropy frame
-            of each of K equal segments, i.e. content-aware but with temporal coverage).
+        policy: one of `POLICIES` (see the module docstring).
         bits: luma quantization of the histogram scores.
         mean, std: per-channel normalization (CLIP's by default).
+        weights: hybrid's (entropy, scene_change, motion) weights, non-negative, not all zero.
+        coverage: weight of the temporal-coverage bonus of scene / motion / hybrid (>= 0).
+        seed: seed of the random policies' generator.
+
+    Like an `nn.Module` the selector has a training flag: while training, `random` and `headtail`
+    draw new frames on every call from a generator seeded once (its state is in `state_dict()` so a
+    resumed run continues it); after `eval()` every call restarts from `seed`, so the same clip
+    always gets the same frames. The other policies are deterministic in both modes.
     """
 
-    def __init__(self, k: int, policy: str = "uniform", bits: int = 4, mean=CLIP_MEAN, std=CLIP_STD):
+    def __init__(
+        self,
+        k: int,
+        policy: str = "uniform",
+        bits: int = 4,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
+        coverage: float = DEFAULT_COVERAGE,
+        seed: int = 0,
+    ):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if policy not in POLICIES:
             raise ValueError(f"unknown frame selection policy {policy!r}; valid: {sorted(POLICIES)}")
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {bits}")
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(
+                f"weights must be 3 non-negative numbers {SCORE_NAMES} with a positive sum, got {weights}"
+            )
+        if coverage < 0:
+            raise ValueError(f"coverage must be >= 0, got {coverage}")
         self.k, self.policy, self.bits = k, policy, bits
         self.mean, self.std = tuple(mean), tuple(std)
+        self.args = PolicyArgs(k=k, weights=weights, coverage=float(coverage))
+        self.seed = seed
+        self.training = True
+        # A CPU generator: the draws are the same whatever device the frames are on.
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def train(self, mode: bool = True) -> FrameSelector:
+        self.training = mode
+        return self
+
+    def eval(self) -> FrameSelector:
+        return self.train(False)
+
+    def state_dict(self) -> dict:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._generator.set_state(state["generator"])
+
+    def _noise(self, b: int, n: int, device: torch.device) -> torch.Tensor | None:
+        """float [B, N] uniform in [0, 1) for the random policies, None for the others."""
+        if self.policy not in RANDOM_POLICIES:
+            return None
+        generator = self._generator if self.training else torch.Generator().manual_seed(self.seed)
+        return torch.rand(b, n, generator=generator).to(device)
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores float [B, N, 3] → long [B, min(k, N)] indices, sorted in time and unique."""
+        b, n = scores.shape[:2]
+        if self.k >= n:
+            return torch.arange(n, device=scores.device).expand(b, n)
+        return POLICIES[self.policy](scores, self._noise(b, n, scores.device), self.args)
 
     def __call__(self, frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> SelectedFrames:
         """frames uint8 [B, N, 3, H, W] → `SelectedFrames` with K = min(k, N), on frames.device."""
         if frames.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames, got {frames.dtype}")
         scores = frame_scores(frames, self.bits)  # [B, N, 3]
-        b, n = scores.shape[:2]
-        if self.k >= n:
-            indices = torch.arange(n, device=frames.device).expand(b, n)
-        else:
-            indices = POLICIES[self.policy](scores, self.k)
-        rows = torch.arange(b, device=frames.device)[:, None]
+        indices = self.select(scores)
+        rows = torch.arange(frames.shape[0], device=frames.device)[:, None]
         chosen = frames[rows, indices]  # [B, K, 3, H, W] uint8: gather before converting, K <= N
         mean = torch.tensor(self.mean, device=frames.device).view(1, 1, 3, 1, 1)
         std = torch.tensor(self.std, device=frames.device).view(1, 1, 3, 1, 1)
-        # normalize in float32 and cast once at the end: bf16 would round x/255 before the shift
-        normalized = ((chosen.float() / 255.0 - mean) / std).to(dtype)
+        # (x/255 - mean) / std as one multiply-add, in float32, cast once at the end: bf16 would
+        # round before the shift
+        normalized = torch.addcmul(-mean / std, chosen.float(), 1.0 / (255.0 * std)).to(dtype)
         return SelectedFrames(frames=normalized, indices=indices.contiguous(), scores=scores[rows, indices])
+
+
+def load_candidates(path: str, n: int, height: int) -> torch.Tensor:
+    """Decode n frames spread uniformly over the video at `path`: uint8 [n, 3, height, W].
+
+    W keeps the video's aspect ratio (rounded to an even number of pixels).
+    """
+    import av
+
+    from data.video_io import VideoDecodeError, decode_frames
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            width = max(2, round(height * stream.width / stream.height / 2) * 2)
+    except (OSError, IndexError, av.FFmpegError) as exc:
+        raise VideoDecodeError(f"cannot read a video stream from {path}: {exc}") from exc
+    with open(path, "rb") as f:
+        return decode_frames(f.read(), n, (height, width))
+
+
+def _strip(frames: torch.Tensor, chosen: torch.Tensor, columns: int, thumb_height: int = 40):
+    """uint8 [N, 3, H, W] → one uint8 [rows*h, columns*w, 3] numpy montage; picks framed in red."""
+    n, _, h, w = frames.shape
+    thumb_width = max(1, round(thumb_height * w / h))
+    thumbs = F.interpolate(frames.float(), size=(thumb_height, thumb_width), mode="area").round().byte()
+    border = 3
+    tiles = torch.full((n, 3, thumb_height + 2 * border, thumb_width + 2 * border), 60, dtype=torch.uint8)
+    tiles[chosen] = torch.tensor([230, 30, 30], dtype=torch.uint8).view(3, 1, 1)
+    tiles[:, :, border:-border, border:-border] = thumbs
+    rows = -(-n // columns)
+    padded = torch.full((rows * columns, *tiles.shape[1:]), 255, dtype=torch.uint8)
+    padded[:n] = tiles
+    grid = padded.view(rows, columns, 3, *tiles.shape[2:]).permute(0, 3, 1, 4, 2)  # rows, th, cols, tw, 3
+    return grid.reshape(rows * tiles.shape[2], columns * tiles.shape[3], 3).numpy()
+
+
+def plot_selection(
+    frames: torch.Tensor, scores: torch.Tensor, indices: torch.Tensor, hybrid: torch.Tensor, args
+) -> None:
+    """Write the CLI's PNG: candidate strip (picks in red), score curves, the K chosen frames.
+
+    Args:
+        frames: uint8 [N, 3, H, W]; scores: float [N, 3]; indices: long [K]; hybrid: float [N].
+        args: the CLI namespace (video, policy, k, out).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    n = len(frames)
+    columns = min(n, 16)
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[indices] = True
+    strip = _strip(frames, chosen, columns)
+    k = len(indices)
+    fig = plt.figure(figsize=(14, 4.2 + 6.5 * strip.shape[0] / strip.shape[1] * 1.2), layout="constrained")
+    grid = fig.add_gridspec(3, k, height_ratios=[strip.shape[0] / strip.shape[1] * 14, 2.6, 1.6])
+
+    top = fig.add_subplot(grid[0, :])
+    top.imshow(strip)
+    top.set_title(
+        f"{os.path.basename(args.video)}: {n} candidates, the {k} chosen by '{args.policy}' framed in red",
+        fontsize=10,
+    )
+    top.axis("off")
+
+    curves = fig.add_subplot(grid[1, :])
+    position = range(n)
+    for channel, (name, colour) in enumerate(
+        zip(SCORE_NAMES, ("tab:blue", "tab:orange", "tab:green"), strict=True)
+    ):
+        curves.plot(position, scores[:, channel].numpy(), color=colour, lw=1.2, label=name)
+    curves.plot(position, hybrid.numpy(), color="black", lw=1.6, ls="--", label="hybrid (normalized)")
+    for i in indices.tolist():
+        curves.axvline(i, color="tab:red", alpha=0.35, lw=3)
+    curves.set_xlim(-0.5, n - 0.5)
+    curves.set_ylim(0, 1.02)
+    curves.set_xlabel("candidate frame")
+    curves.set_ylabel("score")
+    curves.legend(loc="upper right", fontsize=8, ncol=4)
+
+    for slot, i in enumerate(indices.tolist()):
+        ax = fig.add_subplot(grid[2, slot])
+        ax.imshow(frames[i].permute(1, 2, 0).numpy())
+        ax.set_title(f"#{i}", fontsize=9)
+        ax.axis("off")
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Select K of N frames of a video and draw the candidates, scores and picks as a PNG."
+    )
+    parser.add_argument("--video", required=True, help="a video file (anything decord reads)")
+    parser.add_argument("--k", type=int, default=8, help="frames to keep")
+    parser.add_argument("--n", type=int, default=64, help="candidate frames, uniform over the clip")
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="hybrid")
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument(
+        "--weights", type=float, nargs=3, default=DEFAULT_WEIGHTS, metavar=("ENTROPY", "SCENE", "MOTION")
+    )
+    parser.add_argument("--height", type=int, default=112, help="decode height (width keeps the aspect)")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+
+    frames = load_candidates(args.video, args.n, args.height)  # uint8 [N, 3, H, W]
+    selector = FrameSelector(args.k, args.policy, args.bits, weights=args.weights).eval()
+    scores = frame_scores(frames[None], args.bits)
+    indices = selector.select(scores)[0]
+    plot_selection(frames, scores[0], indices, hybrid_value(scores, selector.args.weights)[0], args)
+    print(f"{args.policy}: frames {indices.tolist()} of {len(frames)} → {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,12 +7,17 @@ Layout (the same that video2dataset writes, so its shards and ours are interchan
 
 Each tar is written under a temporary name and renamed when complete: a run killed midway leaves
 finished shards and no half-written one that a reader would choke on.
+
+Reading side: `shard_sample_count` tells how many samples a shard holds (from its stats json, else
+by listing the tar's headers) and `assign_shards` splits shards over ranks x workers by those
+counts, which is what lets the pipeline plan an exact epoch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tarfile
 from collections import Counter
 from typing import Any
 
@@ -59,6 +64,7 @@ class ShardSink:
         self._tmp_path = ""
         self._successes = 0
         self._failures: Counter[str] = Counter()
+        self._failed: list[dict[str, str]] = []
 
     def write(self, key: str, mp4: bytes, caption: str, meta: dict[str, Any] | None = None) -> None:
         """Add one sample. `key` must not contain dots or slashes (webdataset splits names at the
@@ -80,12 +86,19 @@ class ShardSink:
         if self._successes >= self.samples_per_shard:
             self._finish()
 
-    def record_failure(self, key: str, reason: str) -> None:
-        """Count a sample that could not be produced (it goes into the shard's stats json)."""
+    def record_failure(self, key: str, reason: str, detail: str = "") -> None:
+        """Count a sample that could not be produced; key, reason and detail go into the stats json."""
         self._failures[reason] += 1
+        self._failed.append({"key": key, "reason": reason, "detail": detail})
 
     def close(self) -> list[str]:
-        """Complete the open shard and return the paths of all shards written, in order."""
+        """Complete the open shard and return the paths of all shards written, in order.
+
+        Failures recorded after the last complete shard still get a (possibly empty) shard, so
+        their stats json exists and names them.
+        """
+        if self._writer is None and self._failed:
+            self._open()
         if self._writer is not None:
             self._finish()
         return list(self.paths)
@@ -126,8 +139,75 @@ class ShardSink:
             "successes": self._successes,
             "failures": failures,
             "failure_reasons": dict(self._failures),
+            "failed": self._failed,
         }
         _atomic_write_text(os.path.join(self.out_dir, f"{self._shard:05d}_stats.json"), json.dumps(stats))
         self.paths.append(final)
         self._shard += 1
         self._failures = Counter()
+        self._failed = []
+
+
+def stats_path(shard_path: str) -> str:
+    """'dir/00012.tar' → 'dir/00012_stats.json' (video2dataset's name for a shard's stats)."""
+    return shard_path.removesuffix(".tar") + "_stats.json"
+
+
+def shard_sample_count(url: str) -> int | None:
+    """Samples in one shard: `successes` of its stats json, else counted from the tar's headers.
+
+    Returns None for a remote shard without a local stats file. A tar that is cut short counts the
+    samples before the cut; one that is not a tar at all counts 0 (the pipeline then names it).
+    """
+    stats = stats_path(url)
+    if os.path.exists(stats):
+        try:
+            with open(stats, encoding="utf-8") as f:
+                successes = json.load(f).get("successes")
+            if isinstance(successes, int):
+                return successes
+        except (OSError, ValueError):
+            pass  # an unreadable stats file: count the tar instead
+    if not os.path.isfile(url):
+        return None
+    keys, last = 0, None
+    try:
+        with tarfile.open(url, mode="r|") as tar:  # streaming: reads headers, skips the data
+            for member in tar:
+                if not member.isfile():
+                    continue
+                # webdataset groups files by the name up to the first dot of the basename.
+                directory, base = os.path.split(member.name)
+                key = os.path.join(directory, base.split(".", 1)[0])
+                if key != last:
+                    keys, last = keys + 1, key
+    except (tarfile.TarError, OSError, EOFError):
+        pass
+    return keys
+
+
+def assign_shards(counts: list[int], slots: int, order: list[int] | None = None) -> list[list[int]]:
+    """Split shards over `slots` (ranks x workers) so that the sample counts come out even.
+
+    Greedy: shards are taken in `order` (default: as listed) and each goes to the slot holding the
+    fewest samples so far (ties: the lowest slot). Every process computes the same split from the
+    same counts and order, so no communication is needed.
+
+    Args:
+        counts: samples per shard.
+        slots: number of slots; must not exceed the number of shards.
+        order: the shard indices in the order they are handed out (e.g. an epoch's permutation).
+
+    Returns:
+        For each slot, its shard indices in the order they are read.
+    """
+    if slots > len(counts):
+        raise ValueError(f"{len(counts)} shards cannot fill {slots} slots")
+    assigned: list[list[int]] = [[] for _ in range(slots)]
+    load = [0] * slots
+    for shard in range(len(counts)) if order is None else order:
+        # An empty slot first: every slot gets at least one shard even when some hold 0 samples.
+        slot = min(range(slots), key=lambda s: (len(assigned[s]) > 0, load[s], s))
+        assigned[slot].append(shard)
+        load[slot] += counts[shard]
+    return assigned

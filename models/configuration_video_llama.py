@@ -6,19 +6,27 @@ It follows transformers 5's dataclass configs (`@strict` fields, `sub_configs_de
 saves to / loads from `config.json` with `save_pretrained` / `from_pretrained` like any model.
 """
 
-from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, PreTrainedConfig
+from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+# Vision towers the model can build, by `vision_config.model_type`. All three map a frame batch
+# [N, 3, H, W] to patch tokens [N, T, Dv] in `last_hidden_state`, which is all the Q-Former needs.
+VISION_MODEL_TYPES = ("blip_2_vision_model", "clip_vision_model", "siglip_vision_model")
 
 
 class VideoLlamaConfig(PreTrainedConfig):
     r"""Config of [`VideoLlamaForConditionalGeneration`].
 
     Args:
-        vision_config: `Blip2VisionConfig` (or dict) of the per-frame ViT.
+        vision_config: config (or dict with `model_type`) of the per-frame ViT: `Blip2VisionConfig`
+            (BLIP-2's EVA ViT, the default), `CLIPVisionConfig` or `SiglipVisionConfig`
+            (see `VISION_MODEL_TYPES`).
         qformer_config: `Blip2QFormerConfig` (or dict) of the frame Q-Former; its
             `encoder_hidden_size` must equal the ViT `hidden_size` (it cross-attends to ViT patches).
         video_qformer_config: `Blip2QFormerConfig` (or dict) of the video Q-Former (2 layers by
-            default, as in Video-LLaMA); its `hidden_size` and `encoder_hidden_size` must equal the
+            default, cross-attention in every layer, as in Video-LLaMA); its `hidden_size` and
+            `encoder_hidden_size` must equal the
             frame Q-Former `hidden_size` (its queries live in that space and it cross-attends to the
             frame Q-Former outputs).
         text_config: any causal-LM config (dict with `model_type`, resolved through `CONFIG_MAPPING`;
@@ -34,13 +42,15 @@ class VideoLlamaConfig(PreTrainedConfig):
     model_type = "video_llama"
     attribute_map = {"video_token_id": "video_token_index"}
     sub_configs_defaults = {
-        "vision_config": Blip2VisionConfig,
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="blip_2_vision_model"),
         "qformer_config": Blip2QFormerConfig,
-        # Video-LLaMA's video Q-Former is a 2-layer BERT with cross-attention every 2nd layer
-        # (i.e. layer 0 cross-attends), at the frame Q-Former width (768 in BLIP-2).
+        # Video-LLaMA's video Q-Former is a 2-layer BERT whose every layer cross-attends
+        # (`cross_attention_freq = 1` in its `init_video_Qformer`), at the frame Q-Former width
+        # (768 in BLIP-2). With the BLIP-2 default of 2, layer 1 would lack the cross-attention
+        # weights that released Video-LLaMA checkpoints hold.
         "video_qformer_config": SubConfigSpec(
             config_class=Blip2QFormerConfig,
-            init_kwargs={"num_hidden_layers": 2, "encoder_hidden_size": 768},
+            init_kwargs={"num_hidden_layers": 2, "encoder_hidden_size": 768, "cross_attention_frequency": 1},
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
@@ -67,6 +77,10 @@ class VideoLlamaConfig(PreTrainedConfig):
         ValueError with our message instead of huggingface_hub's wrapper exception.
         """
         vision, frame_qf, video_qf = self.vision_config, self.qformer_config, self.video_qformer_config
+        if vision.model_type not in VISION_MODEL_TYPES:
+            raise ValueError(
+                f"vision_config.model_type {vision.model_type!r} is not supported; use one of {VISION_MODEL_TYPES}"
+            )
         if frame_qf.encoder_hidden_size != vision.hidden_size:
             raise ValueError(
                 f"qformer_config.encoder_hidden_size ({frame_qf.encoder_hidden_size}) must equal "
@@ -81,6 +95,10 @@ class VideoLlamaConfig(PreTrainedConfig):
             raise ValueError(
                 f"video_qformer_config.encoder_hidden_size ({video_qf.encoder_hidden_size}) must equal "
                 f"qformer_config.hidden_size ({frame_qf.hidden_size}): it cross-attends to frame Q-Former outputs"
+            )
+        if self.text_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ValueError(
+                f"text_config.model_type {self.text_config.model_type!r} has no AutoModelForCausalLM class"
             )
         for name in ("num_query_tokens", "num_video_query_tokens", "max_frames"):
             if getattr(self, name) < 1:

@@ -4,7 +4,8 @@ Architecture (Zhang et al., 2023, "Video-LLaMA"), built from transformers blocks
 
     pixel_values [B, K, 3, H, W]
       │ flatten frames                              [B*K, 3, H, W]
-      ▼ Blip2VisionModel (ViT)                      [B*K, 1+P, Dv]      P = (H/patch)*(W/patch)
+      ▼ vision tower (ViT)                          [B*K, T, Dv]        T = P (+1 class token)
+        BLIP-2 EVA ViT, CLIP or SigLIP vision model   P = (H/patch)*(W/patch)
       ▼ frame Q-Former: query_tokens [1, Q, Dq] cross-attend to the patches
                                                     [B*K, Q, Dq]
       ▼ + frame_position_embedding[k] per frame     [B, K, Q, Dq] → [B, K*Q, Dq]
@@ -24,13 +25,26 @@ from transformers import (
     AutoModelForImageTextToText,
     Blip2QFormerModel,
     Blip2VisionModel,
+    CLIPVisionModel,
     GenerationMixin,
     PreTrainedModel,
+    SiglipVisionModel,
 )
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_video_llama import VideoLlamaConfig
+
+# One class per supported `vision_config.model_type`. Their `last_hidden_state` differs slightly:
+# BLIP-2 and SigLIP apply the final LayerNorm to it (BLIP-2's `ln_vision`), CLIP leaves it before
+# `post_layernorm` (as LLaVA reads CLIP patches); the Q-Former's own LayerNorms take either.
+# SigLIP's pooling head (`vision_use_head`) is never called: set it False in the config unless the
+# head's weights must load without being reported as unused.
+VISION_MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "blip_2_vision_model": Blip2VisionModel,
+    "clip_vision_model": CLIPVisionModel,
+    "siglip_vision_model": SiglipVisionModel,
+}
 
 
 class VideoLlamaPreTrainedModel(PreTrainedModel):
@@ -45,7 +59,8 @@ class VideoLlamaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     # Blocks that must not be cut across devices by `device_map="auto"` (residual connections inside).
-    # The LLM's own `_no_split_modules` (e.g. LlamaDecoderLayer) are collected by `post_init`.
+    # `post_init` adds the sub-models' own lists (CLIPEncoderLayer, SiglipEncoderLayer,
+    # LlamaDecoderLayer, Qwen2DecoderLayer, ...), so any selectable tower is covered.
     _no_split_modules = [
         "Blip2EncoderLayer",
         "Blip2QFormerLayer",
@@ -56,6 +71,9 @@ class VideoLlamaPreTrainedModel(PreTrainedModel):
     # Q-Formers and projection are trained and must live in the compute dtype like the adapters, so that
     # the quantized load promise "non-quantized modules are in compute_dtype" holds and DeepSpeed ZeRO
     # flattens one dtype. The Q-Former upcasts nothing it needs: LayerNorm eps 1e-12 is representable in bf16.
+    # None of the selectable sub-models (BLIP-2 ViT / Q-Former, CLIP, SigLIP, Llama, Qwen2, OPT) declares
+    # one either, so `post_init` collects nothing (tested).
+    _keep_in_fp32_modules: list[str] = []
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -79,7 +97,9 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
     def __init__(self, config: VideoLlamaConfig):
         super().__init__(config)
         dq = config.qformer_config.hidden_size
-        self.vision_model = Blip2VisionModel._from_config(config.vision_config)
+        self.vision_model = VISION_MODEL_CLASSES[config.vision_config.model_type]._from_config(
+            config.vision_config
+        )
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, dq))
         self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
         self.frame_position_embedding = nn.Embedding(config.max_frames, dq)
@@ -106,9 +126,20 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         self.language_model.set_output_embeddings(new_embeddings)
 
     # --- video branch -----------------------------------------------------------------------------
+    def _vision_dtype(self) -> torch.dtype:
+        """Dtype the frames are cast to: that of the patch-embedding convolution, which bitsandbytes
+        never quantizes (it replaces `nn.Linear` only), so it is the compute dtype in every load mode."""
+        conv = next(m for m in self.vision_model.modules() if isinstance(m, nn.Conv2d))
+        return conv.weight.dtype
+
     def _check_frames(self, pixel_values: torch.Tensor) -> None:
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [B, K, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        size = self.config.vision_config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"frames are {tuple(pixel_values.shape[-2:])} pixels but vision_config.image_size is {size}"
+            )
         num_frames = pixel_values.shape[1]
         if num_frames > self.config.max_frames:
             raise ValueError(
@@ -126,9 +157,9 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         """
         self._check_frames(pixel_values)
         b, k = pixel_values.shape[:2]
-        frames = pixel_values.flatten(0, 1).to(self.vision_model.embeddings.patch_embedding.weight.dtype)
+        frames = pixel_values.flatten(0, 1).to(self._vision_dtype())
 
-        patches = self.vision_model(pixel_values=frames).last_hidden_state  # [B*K, 1+P, Dv]
+        patches = self.vision_model(pixel_values=frames).last_hidden_state  # [B*K, T, Dv]
         queries = self.query_tokens.expand(b * k, -1, -1)  # [B*K, Q, Dq]
         # No encoder mask: every patch of every frame is real (all frames have the model's size).
         frame_tokens = self.qformer(query_embeds=queries, encoder_hidden_states=patches).last_hidden_state

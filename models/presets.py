@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "cross_attention_frequency": 2,
+            "cross_attention_frequency": 1,
             "encoder_hidden_size": 64,
             "initializer_range": 0.125,
         },
@@ -70,9 +70,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_frames": 16,
         "initializer_range": 0.125,
     },
-    # ~1.0B parameters: a ViT-B-sized ViT at BLIP-2's 224/14 geometry (ViT-g scaled down), a 4-layer
-    # frame Q-Former and the 2-layer video Q-Former at BERT-base width, and a ~0.85B Llama
-    # (18 x 2048, GQA 16/8 heads). Only configured here; tests never build it.
+    # ~1.1B parameters: a ViT-B-sized ViT (86M) at BLIP-2's 224/14 geometry (ViT-g scaled down), a
+    # 4-layer frame Q-Former (33M) and the 2-layer video Q-Former (19M, cross-attention in both layers
+    # as in Video-LLaMA) at BERT-base width, and a Llama of 18 x 2048 (GQA 16/8 heads): 0.84B in its
+    # layers plus 2 x vocab x 2048 embeddings (0.98B at LLaMA's 32000). `python -m models.footprint
+    # --preset 1b` prints the exact counts; tests only build it on the meta device.
     "1b": {
         "vision_config": {
             "image_size": 224,
@@ -96,7 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "intermediate_size": 3072,
             "num_hidden_layers": 2,
             "num_attention_heads": 12,
-            "cross_attention_frequency": 2,
+            "cross_attention_frequency": 1,
             "encoder_hidden_size": 768,
         },
         "text_config": {
@@ -127,15 +129,20 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def preset_fields(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The config fields of a preset with `overrides` merged in (sub-config dicts key by key, e.g.
+    `text_config={"num_hidden_layers": 4}` keeps the other text fields)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    return _merge(PRESETS[preset], overrides)
+
+
 def preset_config(preset: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> VideoLlamaConfig:
     """The `VideoLlamaConfig` of a preset, with vocabulary and special ids taken from `tokenizer`.
 
-    `overrides` are config fields; sub-config dicts merge into the preset's (e.g.
-    `text_config={"num_hidden_layers": 4}` keeps the other text fields).
+    `overrides` are config fields, merged as in `preset_fields`.
     """
-    if preset not in PRESETS:
-        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    fields = _merge(PRESETS[preset], overrides)
+    fields = preset_fields(preset, **overrides)
     video_token = fields.get("video_token", "<video>")
     video_token_index = tokenizer.convert_tokens_to_ids(video_token)
     if video_token_index is None or video_token_index == tokenizer.unk_token_id:

@@ -32,7 +32,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 90.0) -> MlflowServer:
+    def start(self, timeout_s: float = 240.0) -> MlflowServer:
         mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         self.log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(

@@ -95,16 +95,27 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2.0e-3
     weight_decay: float = 0.0
+    # cosine | linear | constant, each after a linear warm-up of warmup_steps.
+    schedule: str = "cosine"
     warmup_steps: int = 5
     # Floor of the cosine schedule as a fraction of lr.
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     log_every: int = 1
+    # Caption evaluation every N optimizer steps (0: only at the end).
+    eval_every: int = 0
     save_every: int = 0
     # Checkpoints kept on disk (older ones are deleted after a newer one is complete).
     keep_last: int = 2
-    # Continue from <output_dir>/checkpoints/latest when one exists.
-    resume: bool = False
+    # auto: continue from <output_dir>/checkpoints/latest when it exists; none: start fresh;
+    # or a checkpoint folder (…/checkpoints/global_stepN) to continue from.
+    resume: str = "auto"
+    # Steps whose loss is NaN/inf are skipped (no update) and counted; this many in a row stop the run.
+    max_nonfinite_steps: int = 5
+    # Count FLOPs of one step with FlopCounterMode (once, on the first step).
+    count_flops: bool = True
+    # Dense bf16 peak of the accelerator for MFU; null: looked up from the device name.
+    peak_tflops: float | None = None
 
 
 @dataclass

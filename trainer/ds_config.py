@@ -32,20 +32,51 @@ def load_ds_config(
         "gradient_clipping": train.grad_clip,
         "optimizer.params.lr": train.lr,
         "optimizer.params.weight_decay": train.weight_decay,
-        "scheduler.params.total_num_steps": train.steps,
-        "scheduler.params.warmup_num_steps": train.warmup_steps,
-        "scheduler.params.cos_min_ratio": train.min_lr_ratio,
         "bf16.enabled": dtype == torch.bfloat16,
         "fp16.enabled": dtype == torch.float16,
         # Pinned host memory only helps (and only exists) with a CUDA device.
         "zero_optimization.offload_optimizer.pin_memory": device.type == "cuda",
         "zero_optimization.offload_param.pin_memory": device.type == "cuda",
     }
+    if ds.get("scheduler", {}).get("type") == "auto":
+        ds["scheduler"] = scheduler_block(
+            train.schedule, train.lr, train.steps, train.warmup_steps, train.min_lr_ratio
+        )
     _fill_auto(ds, values, prefix="")
     leftover = _find_auto(ds)
     if leftover:
         raise ConfigError(f'{path}: no rule fills these "auto" values: {", ".join(leftover)}')
     return ds
+
+
+def scheduler_block(schedule: str, lr: float, steps: int, warmup: int, min_lr_ratio: float) -> dict[str, Any]:
+    """DeepSpeed's scheduler entry for ``train.schedule`` (all start with a linear warm-up)."""
+    if schedule == "cosine":
+        params = {
+            "total_num_steps": steps,
+            "warmup_num_steps": warmup,
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": min_lr_ratio,
+        }
+        return {"type": "WarmupCosineLR", "params": params}
+    if schedule == "linear":  # decays to 0 at the last step
+        params = {
+            "total_num_steps": steps,
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": lr,
+            "warmup_num_steps": warmup,
+            "warmup_type": "linear",
+        }
+        return {"type": "WarmupDecayLR", "params": params}
+    if schedule == "constant":
+        params = {
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": lr,
+            "warmup_num_steps": warmup,
+            "warmup_type": "linear",
+        }
+        return {"type": "WarmupLR", "params": params}
+    raise ConfigError(f"train.schedule must be one of cosine, linear, constant; got {schedule!r}")
 
 
 def zero_stage(ds: dict[str, Any]) -> int:

@@ -14,8 +14,9 @@ import torch
 class ThroughputMeter:
     """Counts work between two :meth:`read` calls and turns it into rates.
 
-    The loop calls :meth:`add` once per optimizer step with what that step consumed (over all
-    ranks, so the rates are global). :meth:`read` returns the rates since the previous read and
+    The loop calls :meth:`add` once per micro-batch with what it consumed and :meth:`end_step`
+    once per optimizer step; before :meth:`read` the counts are replaced by their sums over all
+    ranks, so the rates are global. :meth:`read` returns the rates since the previous read and
     starts a new window, so a logging interval of N steps reports the mean over those N steps.
     """
 
@@ -23,6 +24,7 @@ class ThroughputMeter:
     frames: int = 0
     tokens: int = 0
     data_wait_s: float = 0.0
+    steps: int = 0
     _window_start: float = field(default_factory=time.perf_counter)
 
     def add(self, samples: int, frames: int, tokens: int, data_wait_s: float) -> None:
@@ -30,6 +32,15 @@ class ThroughputMeter:
         self.frames += frames
         self.tokens += tokens
         self.data_wait_s += data_wait_s
+
+    def restart(self) -> None:
+        """Start a new window now, dropping what was counted (e.g. after an evaluation pause)."""
+        self.samples = self.frames = self.tokens = self.steps = 0
+        self.data_wait_s = 0.0
+        self._window_start = time.perf_counter()
+
+    def end_step(self) -> None:
+        self.steps += 1
 
     def read(self) -> dict[str, float]:
         now = time.perf_counter()
@@ -39,10 +50,9 @@ class ThroughputMeter:
             "throughput/frames_per_s": self.frames / elapsed,
             "throughput/tokens_per_s": self.tokens / elapsed,
             "time/data_wait_fraction": self.data_wait_s / elapsed,
+            "time/step_s": elapsed / max(self.steps, 1),
         }
-        self.samples = self.frames = self.tokens = 0
-        self.data_wait_s = 0.0
-        self._window_start = now
+        self.restart()
         return rates
 
 
@@ -62,3 +72,39 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     scale = 1 if sys.platform == "darwin" else 1024
     return {"memory/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / gib}
+
+
+class PhaseTimer:
+    """Wall time of the step's phases (forward, backward, optimizer) without stalling the device.
+
+    On CUDA each phase boundary records an event; the elapsed times are read only in
+    :meth:`read`, at logging time, when the events have long completed, so the step path never
+    waits for the GPU. Elsewhere the work is synchronous and ``perf_counter`` is exact.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.use_events = device.type == "cuda"
+        self._marks: list[tuple[str, object, object]] = []
+        self.totals: dict[str, float] = {}
+
+    def _now(self) -> object:
+        if self.use_events:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> object:
+        return self._now()
+
+    def stop(self, phase: str, start: object) -> None:
+        self._marks.append((phase, start, self._now()))
+
+    def read(self) -> dict[str, float]:
+        """Seconds per phase since the previous read, as ``time/<phase>_s`` (summed over steps)."""
+        totals: dict[str, float] = {}
+        for phase, start, end in self._marks:
+            seconds = start.elapsed_time(end) / 1000 if self.use_events else end - start
+            totals[phase] = totals.get(phase, 0.0) + seconds
+        self._marks.clear()
+        return {f"time/{phase}_s": s for phase, s in totals.items()}

@@ -1,11 +1,14 @@
-"""MLflow tracking that stays off the training step's path.
+"""MLflow tracking that stays off the training step's path and survives the server going away.
 
 One HTTP round trip per metric costs tens of milliseconds against a remote tracking server,
 more than a small training step. So :meth:`Tracker.log` only appends to an in-memory buffer; a
-daemon thread uploads the buffer with ``log_batch`` every ``flush_interval_s``. When an upload
-fails (server down, network blip) the metrics stay buffered and go out with the next attempt;
-if the server is still unreachable when the run closes, the rest is written to
-``<output_dir>/mlflow_spool.jsonl`` so nothing is lost.
+daemon thread uploads the buffer with ``log_batch`` every ``flush_interval_s``.
+
+When the server does not answer (down at start, restarted mid-run, a network blip), nothing is
+lost and training does not wait: metrics stay buffered, params/tags/artifacts are queued, and
+the uploader retries on its next tick, creating the run first if it could not be created yet.
+If the server is still unreachable when the run closes, the buffered metrics are written to
+``<output_dir>/mlflow_spool.jsonl``.
 
 Only rank 0 talks to MLflow; the other ranks get a :class:`NullTracker` with the same methods.
 """
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
+
+# MLflow retries each HTTP call itself with exponential backoff (minutes in all by default). The
+# uploader retries on every tick anyway, so a call may give up quickly; the user's env still wins.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 # MLflow's own limits for one log_batch call.
 _MAX_METRICS_PER_BATCH = 1000
@@ -68,28 +78,36 @@ class Tracker(NullTracker):
         flush_interval_s: float = 2.0,
         tags: dict[str, str] | None = None,
         artifact_location: str | None = None,
+        resume_run_id: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is not None:
-            experiment_id = exp.experiment_id
-        else:
-            if artifact_location is not None:
-                artifact_location = Path(artifact_location).resolve().as_uri()
-            experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {})
-        self.run_id: str = run.info.run_id
-        self.experiment_id = experiment_id
         self.spool_path = Path(spool_path)
         self.flush_interval_s = flush_interval_s
         self.failed_uploads = 0
+        self._experiment = experiment
+        self._run_name = run_name
+        self._tags = tags or {}
+        self._artifact_location = Path(artifact_location).resolve().as_uri() if artifact_location else None
+        self._resume_run_id = resume_run_id
+        # Params a resumed run already holds: MLflow refuses to change a logged param's value.
+        self._logged_params: dict[str, str] = {}
         self._pending: list[Metric] = []
-        self._lock = threading.Lock()
+        self._queued_calls: list[Callable[[], None]] = []
+        self._lock = threading.Lock()  # guards the buffers
+        self._io = threading.Lock()  # one uploader at a time: no call or metric is sent twice
         self._stop = threading.Event()
+        self.run_id: str | None = None
+        try:
+            self._open_run()
+        except Exception as err:  # server down at start: train anyway, create the run later
+            log.warning(
+                "MLflow at %s unreachable (%s): metrics are buffered until it answers", tracking_uri, err
+            )
         self._thread = threading.Thread(target=self._upload_loop, name="mlflow-uploader", daemon=True)
         self._thread.start()
 
+    # ------------------------------------------------------------------ the step path: buffer only
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Buffer ``metrics`` (name → value) at ``step``; returns at once."""
         now = int(time.time() * 1000)
@@ -97,24 +115,35 @@ class Tracker(NullTracker):
         with self._lock:
             self._pending.extend(batch)
 
+    # ------------------------------------------------------------------ rarer calls: now, or queued
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [
-            Param(k, _param_value(v)) for k, v in params.items() if len(_param_value(v)) <= _MAX_PARAM_CHARS
-        ]
-        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+        """Log params; on a resumed run, values that changed since are recorded as tags instead."""
+        self._call_or_queue(lambda: self._log_params(params))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call_or_queue(
+            lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        )
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        self._call_or_queue(lambda: self.client.log_dict(self.run_id, data, artifact_file))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call_or_queue(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
+    # ------------------------------------------------------------------ uploading
     def flush(self) -> bool:
-        """Upload everything buffered now. Returns False (and keeps the metrics) on failure."""
+        """Send everything buffered and queued now. Returns False (keeping it all) on failure."""
+        with self._io:
+            return self._flush()
+
+    def _flush(self) -> bool:
+        try:
+            if self.run_id is None:
+                self._open_run()
+            self._run_queued_calls()
+        except Exception as err:
+            return self._failed(err)
         with self._lock:
             batch, self._pending = self._pending, []
         try:
@@ -124,11 +153,9 @@ class Tracker(NullTracker):
                 batch = batch[_MAX_METRICS_PER_BATCH:]
             return True
         except Exception as err:  # any transport or server error: keep the metrics, retry later
-            self.failed_uploads += 1
-            log.warning("MLflow upload failed (%s); %d metrics kept for the next attempt", err, len(batch))
             with self._lock:
                 self._pending = batch + self._pending
-            return False
+            return self._failed(err)
 
     def close(self, status: str = "FINISHED") -> None:
         """Stop the uploader, send what is left, end the run; spool to disk if the server is away."""
@@ -144,8 +171,80 @@ class Tracker(NullTracker):
 
     def _upload_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
-            if self._pending:
+            if self._pending or self._queued_calls or self.run_id is None:
                 self.flush()
+
+    def _failed(self, err: Exception) -> bool:
+        self.failed_uploads += 1
+        log.warning(
+            "MLflow upload failed (%s); %d metrics kept for the next attempt", err, len(self._pending)
+        )
+        return False
+
+    def _open_run(self) -> None:
+        """Reopen the run being resumed, or create a new one in the experiment."""
+        if self._resume_run_id is not None and self._reopen(self._resume_run_id):
+            return
+        exp = self.client.get_experiment_by_name(self._experiment)
+        if exp is not None:
+            experiment_id = exp.experiment_id
+        else:
+            experiment_id = self.client.create_experiment(
+                self._experiment, artifact_location=self._artifact_location
+            )
+        self.run_id = self.client.create_run(
+            experiment_id, run_name=self._run_name, tags=self._tags
+        ).info.run_id
+
+    def _reopen(self, run_id: str) -> bool:
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as err:  # deleted, or a different tracking store than the run was logged to
+            log.warning("cannot continue MLflow run %s (%s); starting a new run", run_id, err)
+            self._resume_run_id = None
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        self._logged_params = dict(run.data.params)
+        self.run_id = run_id
+        return True
+
+    def _call_or_queue(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            self._queued_calls.append(call)
+        if self.run_id is not None:
+            with self._io:
+                try:
+                    self._run_queued_calls()
+                except Exception as err:
+                    self._failed(err)
+
+    def _run_queued_calls(self) -> None:
+        """Run queued calls in order; one that fails stays first in the queue."""
+        while True:
+            with self._lock:
+                if not self._queued_calls:
+                    return
+                call = self._queued_calls[0]
+            call()
+            with self._lock:
+                self._queued_calls.pop(0)
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        values = {k: _param_value(v) for k, v in params.items()}
+        changed = {
+            k: v for k, v in values.items() if k in self._logged_params and self._logged_params[k] != v
+        }
+        if changed:
+            tags = [RunTag(f"resume.changed.{k}", v[:_MAX_PARAM_CHARS]) for k, v in changed.items()]
+            self.client.log_batch(self.run_id, tags=tags)
+        new = [
+            Param(k, v)
+            for k, v in values.items()
+            if len(v) <= _MAX_PARAM_CHARS and k not in self._logged_params
+        ]
+        for i in range(0, len(new), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[i : i + _MAX_PARAMS_PER_BATCH])
+        self._logged_params.update({p.key: p.value for p in new})
 
     def _spool(self) -> None:
         with self._lock:

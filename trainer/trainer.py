@@ -1,22 +1,27 @@
 """The training loop: one object that owns every piece of mutable state of a run.
 
 ``Trainer(cfg)`` builds the run (process group, assets, model + adapter, DeepSpeed engine,
-data, tracker); :meth:`fit` trains; :meth:`evaluate` captions held-out clips and scores them;
-:meth:`close` writes ``summary.json`` and ends the MLflow run. ``train.py`` only calls these.
+data, tracker) and resumes from the latest checkpoint when there is one; :meth:`fit` trains
+until the step budget or a preemption signal; :meth:`evaluate` captions held-out clips and
+scores them; :meth:`close` writes ``summary.json`` and ends the MLflow run. ``train.py`` only
+calls these.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import random
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import deepspeed
+import numpy as np
 import torch
+import torch.distributed as tdist
 from tqdm import tqdm
 
 from data.frame_selector import FrameSelector
@@ -26,15 +31,22 @@ from models.loading import load_model
 from models.processor import VideoLlamaProcessor
 from trainer import checkpoint
 from trainer.assets import prepare_assets
-from trainer.caption_metrics import score_captions
+from trainer.compat import check_compatibility
 from trainer.config import RunConfig
-from trainer.distributed import all_reduce_sum, barrier, gather_to_main, init_distributed, resolve_dtype
-from trainer.ds_config import load_ds_config
-from trainer.metrics import ThroughputMeter, peak_memory
+from trainer.distributed import all_reduce_sum, barrier, init_distributed, resolve_dtype
+from trainer.ds_config import load_ds_config, zero_stage
+from trainer.evaluation import evaluate_captions
+from trainer.flops import count_flops, peak_tflops
+from trainer.metrics import PhaseTimer, ThroughputMeter, peak_memory
+from trainer.preemption import PreemptionHandler
 from trainer.system_info import device_name, git_commit, library_versions
 from trainer.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Too many consecutive steps had a NaN/inf loss."""
 
 
 class Trainer:
@@ -43,6 +55,8 @@ class Trainer:
         self.dist = init_distributed(cfg.deepspeed.dist_backend)
         self.device = self.dist.device
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
+        self.ds_config = load_ds_config(cfg, self.dist.world_size, self.device, self.dtype)
+        check_compatibility(cfg, self.ds_config, self.device, self.dtype)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.adapter_dir = self.output_dir / "adapter"
@@ -53,7 +67,7 @@ class Trainer:
         barrier()
 
         # Same seed on every rank: the adapter's random init must be identical everywhere.
-        torch.manual_seed(cfg.seed)
+        _seed_everything(cfg.seed)
         self.processor = VideoLlamaProcessor.from_pretrained(cfg.model.name_or_path)
         model = load_model(
             cfg.model.name_or_path,
@@ -73,81 +87,120 @@ class Trainer:
         )
         self.trainable_params, self.total_params = trainable_parameter_count(model)
         self.selector = FrameSelector(k=cfg.selector.k, policy=cfg.selector.policy, bits=cfg.selector.bits)
-
-        self.ds_config = load_ds_config(cfg, self.dist.world_size, self.device, self.dtype)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config,
         )
-
-        self.train_data = build_dataset(
-            cfg.data.train_shards,
-            num_frames=cfg.data.num_candidate_frames,
-            frame_size=(cfg.data.frame_size, cfg.data.frame_size),
-            batch_size=cfg.train.micro_batch_size,
-            text_fn=self.processor.training_example,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
-            shuffle_buffer=cfg.data.shuffle_buffer,
-            seed=cfg.seed,
+        self.engine.train()
+        self.train_loader = build_loader(
+            build_dataset(
+                cfg.data.train_shards,
+                num_frames=cfg.data.num_candidate_frames,
+                frame_size=(cfg.data.frame_size, cfg.data.frame_size),
+                batch_size=cfg.train.micro_batch_size,
+                text_fn=self.processor.training_example,
+                pad_token_id=self.processor.tokenizer.pad_token_id,
+                shuffle_buffer=cfg.data.shuffle_buffer,
+                seed=cfg.seed,
+            ),
+            cfg.data.num_workers,
         )
-        self.train_loader = build_loader(self.train_data, cfg.data.num_workers)
 
-        # Mutable run state (what a checkpoint's client_state carries).
+        # Mutable run state: everything below goes into the checkpoint's client_state.
         self.step = 0
         self.samples_seen = 0
         self.data_epoch = 0
         self.bad_samples: Counter[str] = Counter()
+        self.nonfinite_steps = 0
         self.losses: list[float] = []
+        self.mlflow_run_id: str | None = None
+
         self.eval_scores: dict[str, float] = {}
         self.throughput_history: list[dict[str, float]] = []
+        self.flops_per_step: int | None = None
+        self.preempted = False
         self.started_at = time.time()
 
+        resume_from = self._resume_source()
+        if resume_from is not None:
+            self._restore(checkpoint.load_checkpoint(self.engine, *resume_from))
         self.tracker = self._start_tracking() if self.dist.is_main else NullTracker()
-        if cfg.train.resume and checkpoint.latest_tag(self.checkpoint_dir):
-            self._restore(checkpoint.load_checkpoint(self.engine, self.checkpoint_dir))
 
     # ------------------------------------------------------------------ training
     def fit(self) -> None:
-        """Train until ``train.steps`` optimizer steps are done."""
+        """Train until ``train.steps`` optimizer steps are done or a stop signal arrives."""
         cfg = self.cfg.train
         meter = ThroughputMeter()
+        timer = PhaseTimer(self.device)
         batches = self._batches()
+        nonfinite_in_a_row = 0
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="train", disable=not self.dist.is_main, unit="step"
         )
-        self.engine.train()
-        while self.step < cfg.steps:
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                t0 = time.perf_counter()
-                batch = next(batches).to(self.device)
-                wait = time.perf_counter() - t0
-                loss = self._forward(batch)
-                self.engine.backward(loss)
-                self.engine.step()
-                step_loss += loss.item() / cfg.grad_accum
-                self.samples_seen += batch.batch_size
-                self.bad_samples.update(batch.bad_samples)
-                meter.add(
-                    batch.batch_size,
-                    batch.batch_size * self.cfg.selector.k,
-                    int(batch.attention_mask.sum()),
-                    wait,
-                )
-            self.step += 1
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss is {step_loss} at step {self.step}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log_step(step_loss, meter)
-            bar.update(1)
-            bar.set_postfix(loss=f"{self.losses[-1]:.3f}" if self.losses else "-")
-            if cfg.save_every and self.step % cfg.save_every == 0:
-                self.save()
+        with PreemptionHandler() as preemption:
+            while self.step < cfg.steps:
+                loss = self._optimizer_step(batches, meter, timer)
+                self.step += 1
+                nonfinite_in_a_row = 0 if loss is not None else nonfinite_in_a_row + 1
+                if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_in_a_row} steps in a row had a NaN/inf loss (last at step {self.step}); "
+                        "lower train.lr, check the data, or raise train.max_nonfinite_steps"
+                    )
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log_step(loss, meter, timer)
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.losses[-1]:.3f}" if self.losses else "-")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evaluate()
+                    meter.restart()  # evaluation time is not training throughput
+                if self._agree(preemption.requested):
+                    self.preempted = True
+                    log.warning(
+                        "stopping at step %d on request; the run resumes from this checkpoint", self.step
+                    )
+                    break
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
         bar.close()
         self.save()
 
-    def _forward(self, batch: VideoBatch) -> torch.Tensor:
+    def _optimizer_step(self, batches, meter: ThroughputMeter, timer: PhaseTimer) -> float | None:
+        """``grad_accum`` micro-batches and one update. Returns the mean loss, None if it was skipped.
+
+        A micro-batch whose loss is NaN/inf on any rank is skipped on every rank (no backward), so
+        the ranks stay in step; the update then uses the micro-batches that were finite.
+        """
+        losses = []
+        for _ in range(self.cfg.train.grad_accum):
+            t0 = time.perf_counter()
+            batch = next(batches).to(self.device)
+            wait = time.perf_counter() - t0
+            self.samples_seen += batch.batch_size
+            self.bad_samples.update(batch.bad_samples)
+            meter.add(
+                batch.batch_size,
+                batch.batch_size * self.cfg.selector.k,
+                int(batch.attention_mask.sum()),
+                wait,
+            )
+            if self.cfg.train.count_flops and self.flops_per_step is None:
+                # Counted once: FlopCounterMode slows the step it watches.
+                flops, loss = count_flops(partial(self._forward_backward, batch, timer))
+                self.flops_per_step = flops * self.cfg.train.grad_accum
+            else:
+                loss = self._forward_backward(batch, timer)
+            losses.append(loss)
+        meter.end_step()
+        finite = [x for x in losses if x is not None]
+        if not finite:
+            self.nonfinite_steps += 1
+            return None
+        return sum(finite) / len(finite)
+
+    def _forward_backward(self, batch: VideoBatch, timer: PhaseTimer) -> float | None:
+        start = timer.start()
         selected = self.selector(batch.frames, dtype=self.dtype)
         out = self.engine(
             pixel_values=selected.frames,
@@ -156,7 +209,25 @@ class Trainer:
             labels=batch.labels,
             frame_scores=selected.scores,
         )
-        return out.loss
+        timer.stop("forward", start)
+        loss = out.loss
+        if self._agree(not bool(torch.isfinite(loss.detach()))):
+            return None
+        start = timer.start()
+        self.engine.backward(loss)
+        timer.stop("backward", start)
+        start = timer.start()
+        self.engine.step()
+        timer.stop("optimizer", start)
+        return loss.item()
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any rank (one scalar all-reduce)."""
+        if self.dist.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device if tdist.get_backend() == "nccl" else "cpu")
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item())
 
     def _batches(self):
         """Endless stream of training batches; a new pass over the shards is a new data epoch."""
@@ -169,23 +240,32 @@ class Trainer:
                 raise RuntimeError(f"no training samples could be read from {self.cfg.data.train_shards}")
             self.data_epoch += 1
 
-    def _log_step(self, local_loss: float, meter: ThroughputMeter) -> None:
+    def _log_step(self, local_loss: float | None, meter: ThroughputMeter, timer: PhaseTimer) -> None:
         world = self.dist.world_size
-        loss_sum, *counts = all_reduce_sum([local_loss, meter.samples, meter.frames, meter.tokens])
-        loss = loss_sum / world
+        loss_sum, n_finite, *counts = all_reduce_sum(
+            [local_loss or 0.0, float(local_loss is not None), meter.samples, meter.frames, meter.tokens]
+        )
         # Rates use global counts: every rank's work over this rank's wall time.
         meter.samples, meter.frames, meter.tokens = (int(c) for c in counts)
         rates = meter.read()
-        self.losses.append(loss)
         self.throughput_history.append(rates)
-        metrics = {
-            "train/loss": loss,
+        metrics: dict[str, float] = {
             "train/lr": self.engine.get_lr()[0],
             "train/samples_seen": self.samples_seen * world,
+            "train/nonfinite_steps": self.nonfinite_steps,
             **rates,
+            **timer.read(),
             **peak_memory(self.device),
             **{f"data/bad_samples_{reason}": n for reason, n in self.bad_samples.items()},
         }
+        if n_finite:
+            metrics["train/loss"] = loss_sum / n_finite
+            self.losses.append(metrics["train/loss"])
+        if self.flops_per_step:
+            metrics["flops/per_step_tflop"] = self.flops_per_step * world / 1e12
+            peak = peak_tflops(self.device, self.cfg.train.peak_tflops)
+            if peak:
+                metrics["flops/mfu"] = self.flops_per_step / rates["time/step_s"] / (peak * 1e12)
         self.tracker.log(metrics, step=self.step)
 
     # ------------------------------------------------------------------ checkpoints
@@ -196,8 +276,10 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "data_epoch": self.data_epoch,
             "bad_samples": dict(self.bad_samples),
+            "nonfinite_steps": self.nonfinite_steps,
             "losses": self.losses,
-            "rng_cpu": torch.get_rng_state(),
+            "mlflow_run_id": self.tracker.run_id,
+            "rng": _rng_state(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -205,84 +287,59 @@ class Trainer:
         self.samples_seen = state["samples_seen"]
         self.data_epoch = state["data_epoch"]
         self.bad_samples = Counter(state["bad_samples"])
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
         self.losses = list(state["losses"])
-        torch.set_rng_state(state["rng_cpu"])
+        self.mlflow_run_id = state.get("mlflow_run_id")
+        _set_rng_state(state["rng"])
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
 
+    def _resume_source(self) -> tuple[Path, str] | None:
+        """(checkpoint root, tag) to continue from, per ``train.resume``."""
+        mode = self.cfg.train.resume
+        if mode == "none":
+            return None
+        if mode == "auto":
+            tag = checkpoint.latest_tag(self.checkpoint_dir)
+            return (self.checkpoint_dir, tag) if tag else None
+        folder = Path(mode)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"train.resume: checkpoint folder {folder} does not exist")
+        return folder.parent, folder.name
+
     def save(self) -> Path:
-        """DeepSpeed checkpoint (atomic) + peft adapter export."""
+        """DeepSpeed checkpoint (atomic) + peft adapter export with the processor and run config."""
         path = checkpoint.save_checkpoint(
             self.engine, self.checkpoint_dir, self.step, self.state_dict(), self.cfg.train.keep_last
         )
-        if self.dist.is_main:
-            checkpoint.export_adapter(self.engine.module, self.adapter_dir)
-            self.processor.save_pretrained(self.adapter_dir)
+        trainable = [p for p in self.engine.module.parameters() if p.requires_grad]
+        # Under ZeRO-3 each rank holds a slice of every parameter: gather the adapter to export it.
+        with deepspeed.zero.GatheredParameters(trainable, enabled=zero_stage(self.ds_config) == 3):
+            if self.dist.is_main:
+                checkpoint.export_adapter(self.engine.module, self.adapter_dir)
+                self.processor.save_pretrained(self.adapter_dir)
+                (self.adapter_dir / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         barrier()
         return path
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Caption held-out clips on every rank, gather them on rank 0, score with pycocoevalcap."""
-        cfg = self.cfg.eval
-        if cfg.num_samples <= 0:
+        """Caption held-out clips on every rank, score them on rank 0, log to MLflow."""
+        if self.cfg.eval.num_samples <= 0:
             return {}
-        # Each rank captions the eval shards split_by_node gives it; CIDEr needs the whole set at once.
-        per_rank = math.ceil(cfg.num_samples / self.dist.world_size)
-        gathered = gather_to_main(self._generate_captions(per_rank))
-        if self.dist.is_main:
-            captions = {key: pair for part in gathered for key, pair in part.items()}
-            keep = sorted(captions)[: cfg.num_samples]
-            predictions = {k: captions[k][0] for k in keep}
-            references = {k: captions[k][1] for k in keep}
-            self.eval_scores = {f"eval/{k}": v for k, v in score_captions(predictions, references).items()}
+        result = evaluate_captions(
+            self.engine.module, self.processor, self.selector, self.cfg, self.dist, self.dtype
+        )
+        if result is not None:
+            scores, captions = result
+            self.eval_scores = {f"eval/{k}": v for k, v in scores.items()}
             self.tracker.log(self.eval_scores, step=self.step)
             self.tracker.log_dict(
-                {k: {"prediction": predictions[k], "references": references[k]} for k in keep},
-                "eval/captions.json",
+                {k: {"prediction": p, "references": r} for k, (p, r) in captions.items()},
+                f"eval/captions_step{self.step}.json",
             )
         barrier()
         return self.eval_scores
-
-    def _generate_captions(self, limit: int) -> dict[str, tuple[str, list[str]]]:
-        """Greedy/beam captions for up to ``limit`` clips of this rank's eval shards: key → (prediction, refs)."""
-        cfg = self.cfg
-        data = build_dataset(
-            cfg.data.eval_shards,
-            num_frames=cfg.data.num_candidate_frames,
-            frame_size=(cfg.data.frame_size, cfg.data.frame_size),
-            batch_size=cfg.eval.batch_size,
-            text_fn=None,
-        )
-        model = self.engine.module
-        model.eval()
-        captions: dict[str, tuple[str, list[str]]] = {}
-        bar = tqdm(total=limit, desc="eval", unit="clip", disable=not self.dist.is_main)
-        for batch in build_loader(data, 0):
-            batch = batch.to(self.device)
-            selected = self.selector(batch.frames, dtype=self.dtype)
-            prompt = {
-                k: v.to(self.device) for k, v in self.processor.generation_inputs(batch.batch_size).items()
-            }
-            generated = model.generate(
-                pixel_values=selected.frames,
-                frame_scores=selected.scores,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                num_beams=cfg.eval.num_beams,
-                do_sample=False,
-                **prompt,
-            )
-            for key, text, ref in zip(
-                batch.keys, self.processor.decode(generated), batch.captions, strict=True
-            ):
-                captions[key] = (text, [ref])
-            bar.update(batch.batch_size)
-            if len(captions) >= limit:
-                break
-        bar.close()
-        model.train()
-        return dict(sorted(captions.items())[:limit])
 
     # ------------------------------------------------------------------ tracking and summary
     def _start_tracking(self) -> Tracker:
@@ -293,8 +350,9 @@ class Trainer:
             cfg.tracking.run_name,
             spool_path=self.output_dir / "mlflow_spool.jsonl",
             flush_interval_s=cfg.tracking.flush_interval_s,
-            artifact_location=cfg.tracking.artifact_location,
             tags={"adapter.method": cfg.adapter.method, "model.quantization": cfg.model.quantization},
+            artifact_location=cfg.tracking.artifact_location,
+            resume_run_id=self.mlflow_run_id,
         )
         tracker.log_params(
             {
@@ -303,7 +361,7 @@ class Trainer:
                 "model.trainable_params": self.trainable_params,
                 "model.total_params": self.total_params,
                 "model.compute_dtype": str(self.dtype).removeprefix("torch."),
-                "deepspeed.zero_stage": self.ds_config.get("zero_optimization", {}).get("stage", 0),
+                "deepspeed.zero_stage": zero_stage(self.ds_config),
             }
         )
         tracker.set_tags(self._system_info())
@@ -329,11 +387,16 @@ class Trainer:
             "experiment": self.cfg.tracking.experiment,
             "output_dir": str(self.output_dir),
             "steps": self.step,
+            "preempted": self.preempted,
             "world_size": self.dist.world_size,
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": self.losses[-1] if self.losses else None,
+            "nonfinite_steps": self.nonfinite_steps,
             "eval": {k.removeprefix("eval/"): v for k, v in self.eval_scores.items()},
             "throughput": mean,
+            "flops_per_step_tflop": self.flops_per_step * self.dist.world_size / 1e12
+            if self.flops_per_step
+            else None,
             "memory": peak_memory(self.device),
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
@@ -351,5 +414,26 @@ class Trainer:
         path = self.output_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         self.tracker.log_artifact(path)
-        self.tracker.close(status)
+        self.tracker.close("KILLED" if self.preempted and status == "FINISHED" else status)
         return summary
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -21,7 +21,13 @@ def word_ids(caption: str) -> dict[str, torch.Tensor]:
 
 
 def _keys(dataset) -> list[str]:
-    return [k for batch in dataset for k in batch.keys]
+    """Keys of the real rows (padding rows repeat earlier ones so that ranks stay in step)."""
+    return [
+        k
+        for batch in dataset
+        for k, pad in zip(batch.keys, batch.is_padding.tolist(), strict=True)
+        if not pad
+    ]
 
 
 def test_batches_have_right_shapes_and_padding(synth_shards):
@@ -199,3 +205,25 @@ def test_frames_decode_to_clip_content(synth_shards):
     original = generate_clip(0, seed=0, size=SIZE, num_frames=FRAMES)[0]
     decoded = batch.frames[0].permute(0, 2, 3, 1).numpy().astype(np.int16)
     assert np.abs(decoded - original).mean() < 12  # lossy H.264 but the same picture
+
+
+def test_unopenable_shard_is_named_and_counted(synth_shards, tmp_path, caplog):
+    shutil.copy(synth_shards[0], tmp_path / "00000.tar")
+    (tmp_path / "00001.tar").write_bytes(b"this is not a tar archive" * 40)
+    batches = list(
+        build_dataset(str(tmp_path), num_frames=1, frame_size=(16, 16), batch_size=4, text_fn=None)
+    )
+    assert len(_keys(batches)) == 6
+    assert sum(b.bad_samples.get("tar_error", 0) for b in batches) == 1
+    assert "00001.tar" in caplog.text
+
+
+def test_frames_by_fps(synth_shards):
+    ds = build_dataset(
+        synth_shards[0], num_frames=2, frame_size=(SIZE, SIZE), batch_size=1, text_fn=None, sample_fps=100.0
+    )
+    batch = next(iter(ds))
+    original = generate_clip(0, seed=0, size=SIZE, num_frames=FRAMES)[0]
+    # 100 fps on an 8 fps clip: two neighbouring source frames around the middle (3 and 4)
+    decoded = batch.frames[0].permute(0, 2, 3, 1).numpy().astype(np.int16)
+    assert np.abs(decoded[0] - original[3]).mean() < 12 and np.abs(decoded[1] - original[4]).mean() < 12

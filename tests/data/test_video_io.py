@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from data.video_io import VideoDecodeError, decode_frames, encode_mp4, uniform_indices
+from data.video_io import (
+    VideoDecodeError,
+    decode_frames,
+    encode_mp4,
+    fps_indices,
+    probe_video,
+    transcode,
+    uniform_indices,
+)
 
 
 def _two_colour_clip(t: int = 8, h: int = 64, w: int = 64) -> np.ndarray:
@@ -51,3 +59,21 @@ def test_encode_rejects_odd_sizes_and_wrong_dtype():
         encode_mp4(np.zeros((2, 15, 16, 3), np.uint8))
     with pytest.raises(ValueError):
         encode_mp4(np.zeros((2, 16, 16, 3), np.float32))
+
+
+def test_fps_indices_are_centred_and_spaced():
+    assert fps_indices(100, 25.0, 4, 5.0).tolist() == [42, 47, 52, 57]
+    assert fps_indices(6, 10.0, 4, 5.0).tolist() == [1, 3, 5, 5]  # short clip: last frame repeats
+
+
+def test_transcode_cuts_scales_and_resamples_and_probe_rejects_truncation():
+    mp4 = encode_mp4(_two_colour_clip(t=16, h=64, w=96), fps=8.0)  # 2 s
+    assert probe_video(mp4) == 16
+    cut = transcode(mp4, start=0.5, end=1.5, height=32, fps=4)
+    assert probe_video(cut) == 4
+    frames = decode_frames(cut, num_frames=1, size=(32, 48))
+    assert frames[0, 2, :, 40:].float().mean() > 150  # still blue on the right after scaling
+    with pytest.raises(VideoDecodeError):
+        probe_video(mp4[: len(mp4) // 2])
+    with pytest.raises(VideoDecodeError, match="no frame"):
+        transcode(mp4, start=5.0, end=6.0)

@@ -79,8 +79,21 @@ def test_method_checks(tiny_ckpt):
     plain = load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="qlora needs"):
         apply_adapter(plain, "qlora")
+    with pytest.raises(ValueError, match="temporal_qlora needs"):
+        apply_adapter(plain, "temporal_qlora")
+    nf4 = _nf4(tiny_ckpt)
     with pytest.raises(ValueError, match="quantized"):
-        apply_adapter(_nf4(tiny_ckpt), "lora")
+        apply_adapter(nf4, "lora")
+    with pytest.raises(ValueError, match="quantized"):
+        apply_adapter(nf4, "temporal_lora")
+    with pytest.raises(ValueError, match="gate settings"):
+        apply_adapter(nf4, "qlora", gate={"mode": "rank"})
+    with pytest.raises(ValueError, match="unknown gate setting"):
+        apply_adapter(nf4, "temporal_qlora", gate={"modes": "rank"})
+    with pytest.raises(ValueError, match="gate_mode"):
+        apply_adapter(nf4, "temporal_qlora", gate={"mode": "soft"})
+    with pytest.raises(ValueError, match="total_step"):
+        apply_adapter(nf4, "adalora")
 
 
 def test_parameter_count_counts_4bit_values(tiny_ckpt):

@@ -40,3 +40,30 @@ def test_autoconfig_round_trip(tmp_path):
     assert loaded.max_frames == 12 and loaded.video_token_id == 4
     assert loaded.text_config.vocab_size == 50
     assert loaded.video_qformer_config.encoder_hidden_size == loaded.qformer_config.hidden_size
+
+
+def test_clip_and_siglip_vision_configs_are_checked_against_the_qformer():
+    for model_type in ("clip_vision_model", "siglip_vision_model"):
+        config = VideoLlamaConfig(
+            vision_config={"model_type": model_type, "hidden_size": 96, "num_attention_heads": 4},
+            qformer_config={"encoder_hidden_size": 96},
+        )
+        assert config.vision_config.model_type == model_type
+        with pytest.raises(
+            ValueError, match=r"encoder_hidden_size \(1408\).*vision_config.hidden_size \(96\)"
+        ):
+            VideoLlamaConfig(
+                vision_config={"model_type": model_type, "hidden_size": 96, "num_attention_heads": 4}
+            )
+
+
+def test_unsupported_towers_are_named():
+    with pytest.raises(ValueError, match="'vit'.*not supported"):
+        VideoLlamaConfig(vision_config={"model_type": "vit", "hidden_size": 1408})
+    with pytest.raises(ValueError, match="'t5'.*AutoModelForCausalLM"):
+        VideoLlamaConfig(text_config={"model_type": "t5"})
+
+
+def test_video_qformer_cross_attends_in_every_layer_by_default():
+    # as Video-LLaMA's init_video_Qformer (cross_attention_freq = 1): both layers hold cross-attention
+    assert VideoLlamaConfig().video_qformer_config.cross_attention_frequency == 1

@@ -76,3 +76,39 @@ def test_int8_and_skip_modules(tiny_ckpt, batch):
     assert isinstance(model.language_model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
+
+
+def _dequantized_reference(tiny_ckpt, nf4_model, dtype):
+    """The unquantized model with every NF4 weight replaced by its dequantized value."""
+    ref = load_model(tiny_ckpt, quantization="none", compute_dtype=dtype, device="cpu")
+    with torch.no_grad():
+        for name, module in nf4_model.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                ref.get_submodule(name).weight.copy_(w)
+    return ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nf4_logits_match_dequantized_reference(tiny_ckpt, batch, dtype):
+    """The 4-bit forward equals a plain forward with the dequantized weights: quantization error is
+    all there is, the quantized path adds none of its own."""
+    nf4 = load_model(tiny_ckpt, quantization="nf4", compute_dtype=dtype, device="cpu")
+    ref = _dequantized_reference(tiny_ckpt, nf4, dtype)
+    with torch.no_grad():
+        a, b = nf4(**batch).logits.float(), ref(**batch).logits.float()
+    tol = {torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_4bit_storage_is_the_compute_dtype(tiny_ckpt):
+    """`bnb_4bit_quant_storage=compute_dtype`: the packed weights are bf16 tensors of out*in/4
+    elements (two 4-bit codes per byte, two bytes per element), so every parameter has one dtype and
+    ZeRO-3 can flatten and partition the 4-bit weights with the rest."""
+    model = load_model(tiny_ckpt, quantization="nf4", compute_dtype=torch.bfloat16, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    weight = model.language_model.model.layers[0].mlp.up_proj.weight
+    out_features, in_features = weight.quant_state.shape
+    assert isinstance(weight, bnb.nn.Params4bit) and weight.dtype == torch.bfloat16
+    assert weight.numel() == out_features * in_features // 4
+    assert weight.quant_state.dtype == torch.bfloat16  # dequantized into the compute dtype

@@ -123,3 +123,97 @@ def test_generate_and_decode(model, processor, batch):
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     short = model.generate(batch["pixel_values"], **prompt, max_new_tokens=3, do_sample=False)
     assert short.shape[0] == 2 and 1 <= short.shape[1] <= 3
+
+
+TOWERS = {
+    "clip": {"model_type": "clip_vision_model"},
+    "siglip": {"model_type": "siglip_vision_model", "vision_use_head": False},
+}
+TEXT = {
+    "qwen2": {"model_type": "qwen2", "num_key_value_heads": 2, "tie_word_embeddings": True},
+    "opt": {"model_type": "opt", "ffn_dim": 256, "word_embed_proj_dim": 128},
+}
+
+
+def _variant(processor, vision: str | None, text: str | None):
+    from models.presets import PRESETS, preset_config
+
+    overrides = {}
+    if vision is not None:
+        overrides["vision_config"] = {
+            **{k: v for k, v in PRESETS["tiny"]["vision_config"].items() if k != "model_type"},
+            **TOWERS[vision],
+        }
+    if text is not None:
+        base = {
+            k: PRESETS["tiny"]["text_config"][k]
+            for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")
+        }
+        overrides["text_config"] = {
+            "intermediate_size": 256,
+            "max_position_embeddings": 512,
+            "vocab_size": len(processor.tokenizer),
+            **base,
+            **TEXT[text],
+        }
+    torch.manual_seed(0)
+    # the sub-config dicts replace (not merge with) the preset's: a model_type change brings new fields
+    config = preset_config("tiny", processor.tokenizer)
+    fields = config.to_dict()
+    fields.update(overrides)
+    for drop in ("model_type", "transformers_version", "architectures"):
+        fields.pop(drop, None)
+    return VideoLlamaForConditionalGeneration(type(config)(**fields))
+
+
+@pytest.mark.parametrize(("vision", "text"), [("clip", "qwen2"), ("siglip", "opt")])
+def test_other_towers_train_checkpoint_and_round_trip(processor, batch, tmp_path, vision, text):
+    model = _variant(processor, vision, text)
+    assert type(model.vision_model).__name__.lower().startswith(vision)
+    assert model.language_model.config.model_type == text
+    # every selectable tower's own unsplittable blocks are collected; none asks for fp32
+    layer = {"clip": "CLIPEncoderLayer", "siglip": "SiglipEncoderLayer"}[vision]
+    decoder = {"qwen2": "Qwen2DecoderLayer", "opt": "OPTDecoderLayer"}[text]
+    assert {layer, decoder, "Blip2QFormerLayer"} <= set(model._no_split_modules)
+    assert not model._keep_in_fp32_modules
+
+    model.train()
+
+    def loss_and_grads():
+        model.zero_grad()
+        torch.manual_seed(0)
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), model.query_tokens.grad.clone()
+
+    plain = loss_and_grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    vision_layers = model.vision_model.encoder.layers
+    assert vision_layers[0].gradient_checkpointing and model.qformer.encoder.layer[0].gradient_checkpointing
+    ckpt = loss_and_grads()
+    torch.testing.assert_close(ckpt[0], plain[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ckpt[1], plain[1], rtol=1e-4, atol=1e-6)
+
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = VideoLlamaForConditionalGeneration.from_pretrained(tmp_path)
+    assert type(loaded.vision_model) is type(model.vision_model)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_save_load_round_trip_identical_logits_bf16(tiny_ckpt, batch, tmp_path):
+    # Loaded in bf16 rather than `.to(bfloat16)`: `.to` would also round the rotary frequency buffer,
+    # which from_pretrained keeps in fp32 (recomputed, never saved), and the logits would differ.
+    model = VideoLlamaForConditionalGeneration.from_pretrained(tiny_ckpt, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    loaded = VideoLlamaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        a, b = model(**batch).logits, loaded(**batch).logits
+    assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+def test_wrong_frame_size_names_both_sizes(model, batch):
+    with pytest.raises(ValueError, match=r"\(32, 32\) pixels but vision_config.image_size is 64"):
+        model(pixel_values=torch.zeros(2, 4, 3, 32, 32), input_ids=batch["input_ids"])

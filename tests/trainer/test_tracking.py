@@ -56,3 +56,46 @@ def test_failed_upload_keeps_metrics_and_spools(mlflow_server, tmp_path):
     tracker.close()  # still down: spooled to disk, not lost
     lines = (tmp_path / "spool.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"step": 1' in lines[0]
+
+
+def test_server_restarted_mid_run_loses_nothing(tmp_path):
+    from tests.conftest import MlflowServer
+
+    (tmp_path / "srv").mkdir()
+    server = MlflowServer(tmp_path / "srv").start()
+    tracker = Tracker(server.uri, "restart-test", "run-d", tmp_path / "spool.jsonl", flush_interval_s=0.2)
+    for step in range(1, 11):
+        tracker.log({"train/loss": float(step)}, step=step)
+    assert tracker.flush()
+    server.stop()
+    for step in range(11, 21):  # logged while the server is down
+        tracker.log({"train/loss": float(step)}, step=step)
+    tracker.log_dict({"while": "down"}, "during_outage.json")
+    assert tracker.flush() is False
+    server.start()  # same port, same store
+    tracker.close()
+    client = MlflowClient(server.uri)
+    assert sorted(m.step for m in client.get_metric_history(tracker.run_id, "train/loss")) == list(
+        range(1, 21)
+    )
+    assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["during_outage.json"]
+    assert not (tmp_path / "spool.jsonl").exists()
+    server.stop()
+
+
+def test_server_down_at_start_run_created_when_it_answers(tmp_path):
+    from tests.conftest import MlflowServer
+
+    (tmp_path / "srv").mkdir()
+    server = MlflowServer(tmp_path / "srv")  # not started yet
+    tracker = Tracker(server.uri, "late-server", "run-e", tmp_path / "spool.jsonl", flush_interval_s=0.2)
+    assert tracker.run_id is None
+    tracker.log_params({"train.lr": 0.5})
+    tracker.log({"train/loss": 3.0}, step=1)
+    server.start()
+    tracker.close()
+    client = MlflowClient(server.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.data.params["train.lr"] == "0.5"
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "train/loss")] == [3.0]
+    server.stop()

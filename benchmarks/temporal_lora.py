@@ -1,0 +1,113 @@
+"""Temporal LoRA step time against plain LoRA: same model, same batch, same ranks.
+
+One training step = forward + backward + AdamW step, on a Video-LLaMA loaded in NF4 (QLoRA) with
+LoRA on the ViT and LLM linears; temporal LoRA gates the ViT linears per frame from the frame
+scores (and, in a third variant, from the pooled frame feature too, and in rank mode). The two
+methods' steps are interleaved round by round so machine load drifts hit both alike; the ratio of
+median step times is the figure (goal <= 1.10).
+
+    python -m benchmarks.temporal_lora --device cpu [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+
+import torch
+
+from benchmarks.harness import parse_args, time_call, write_result
+from data.synthvid import caption_corpus
+from models.adapters import apply_adapter
+from models.loading import load_model
+from models.presets import create_pretrained
+from models.processor import VideoLlamaProcessor
+
+# Non-quick: the tiny preset widened and deepened so the step is not dominated by Python overhead.
+LARGER = {
+    "vision_config": {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "image_size": 128,
+    },
+    "text_config": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4},
+}
+VARIANTS = {
+    "lora": ("qlora", None),
+    "temporal_scale": ("temporal_qlora", {"inputs": ["motion", "entropy", "scene_change"], "mode": "scale"}),
+    "temporal_feature_rank": ("temporal_qlora", {"inputs": ["motion", "entropy", "feature"], "mode": "rank"}),
+}
+
+
+def _batch(processor, batch_size: int, frames: int, size: int, device: torch.device) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    captions = caption_corpus()[:batch_size]
+    tokens = processor.pad([processor.training_example(c) for c in captions])
+    return {
+        "pixel_values": torch.randn(batch_size, frames, 3, size, size, generator=gen).to(device),
+        "frame_scores": torch.rand(batch_size, frames, 3, generator=gen).to(device),
+        **{k: v.to(device) for k, v in tokens.items()},
+    }
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    batch_size, frames, rounds = (2, 4, 6) if args.quick else (4, 8, 10)
+    overrides = {} if args.quick else LARGER
+    size = 64 if args.quick else LARGER["vision_config"]["image_size"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = create_pretrained("tiny", tmp, caption_corpus(), seed=0, **overrides)
+        processor = VideoLlamaProcessor.from_pretrained(path)
+        batch = _batch(processor, batch_size, frames, size, device)
+        steps = {}
+        for name, (method, gate) in VARIANTS.items():
+            torch.manual_seed(0)
+            base = load_model(path, quantization="nf4", compute_dtype=dtype, device=device)
+            model = apply_adapter(base, method, r=16, alpha=32, gate=gate).train()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+            def step(model=model, optimizer=optimizer) -> None:
+                model(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            steps[name] = step
+
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for name, step in steps.items():  # warm-up: allocator, AdamW state
+            time_call(step, device, repeats=0, warmup=2)
+        for _ in range(rounds):
+            for name, step in steps.items():
+                times[name].extend(time_call(step, device, repeats=1, warmup=0))
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    write_result(
+        "temporal_lora",
+        device,
+        config={
+            "quick": args.quick,
+            "batch_size": batch_size,
+            "frames": frames,
+            "image_size": size,
+            "rank": 16,
+            "quantization": "nf4",
+            "dtype": str(dtype),
+            "rounds": rounds,
+            "model_overrides": overrides,
+        },
+        figures={
+            "step_s_median": median,
+            "step_s_all": times,
+        },
+        ratios={
+            f"{name}_over_lora_step_time": median[name] / median["lora"] for name in median if name != "lora"
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

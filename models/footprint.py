@@ -1,0 +1,249 @@
+"""Weight memory of a Video-LLaMA per component and weight format, measured on real bitsandbytes tensors.
+
+    python -m models.footprint --preset 1b [--vocab-size 32000] [--json]
+
+How it is measured without holding the model in memory:
+
+1. the preset is built on the meta device (shapes only, no storage);
+2. its linears are swapped for bitsandbytes layers by transformers' own `replace_with_bnb_linear`
+   with the `BitsAndBytesConfig` that `models.loading` passes to `from_pretrained`, so exactly the
+   linears a quantized load would quantize are counted as quantized (same skip list);
+3. for every distinct (shape, settings) of a quantized weight, one random bf16 tensor of that
+   shape is quantized by bitsandbytes (`Params4bit` / `Int8Params`, the objects a quantized load
+   holds), and its bytes are read off the result: packed storage + every tensor of its quantization
+   state. The byte count depends on the shape and the settings only, never on the values.
+
+Everything not quantized is counted at 2 bytes (bf16, the compute dtype). Only parameters count:
+buffers (rotary tables, position ids) are neither trained nor quantized and are left out.
+`model_weight_bytes` applies the same accounting to a model that was really loaded, which is how
+the tests check this estimate against `from_pretrained(..., quantization_config=...)`.
+"""
+
+import argparse
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import bitsandbytes as bnb
+import torch
+from torch import nn
+from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+
+from .configuration_video_llama import VideoLlamaConfig
+from .loading import quantization_config
+from .modeling_video_llama import VideoLlamaForConditionalGeneration
+from .presets import preset_fields
+
+COMPONENTS = ("vision", "qformer", "video_qformer", "projection", "llm")
+# Footprint format name -> `models.loading` quantization name.
+FORMATS = {"bf16": "none", "int8": "int8", "nf4": "nf4-nodq", "nf4-dq": "nf4"}
+COMPUTE_DTYPE = torch.bfloat16
+NF4_FLOOR_BYTES = 0.5  # 4 bits per weight, nothing else
+QLORA_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # QLoRA's figure for NF4 + double quant: 4.127 bits
+LLAMA_VOCAB_SIZE = 32000
+
+# Parameter-name prefix -> component; learned queries and the frame position embedding belong to
+# the Q-Former that reads them.
+_COMPONENT_PREFIXES = (
+    ("vision_model.", "vision"),
+    ("qformer.", "qformer"),
+    ("query_tokens", "qformer"),
+    ("video_qformer.", "video_qformer"),
+    ("video_query_tokens", "video_qformer"),
+    ("frame_position_embedding.", "video_qformer"),
+    ("video_projection.", "projection"),
+    ("language_model.", "llm"),
+)
+
+
+def component_of(param_name: str) -> str:
+    """The component (one of `COMPONENTS`) a parameter name belongs to."""
+    for prefix, component in _COMPONENT_PREFIXES:
+        if param_name.startswith(prefix):
+            return component
+    raise ValueError(f"parameter {param_name!r} belongs to no component of {COMPONENTS}")
+
+
+def _quant_state_tensors(param: nn.Parameter) -> list[torch.Tensor]:
+    """Every tensor a quantized weight keeps besides its storage.
+
+    NF4: per-block absmax (fp32, or uint8 + nested fp32 absmax / offset with double quant) and the
+    lookup tables (each layer holds its own copy, as a load shows). LLM.int8: per-row scales (SCB).
+    """
+    tensors = []
+    state = getattr(param, "quant_state", None)
+    if state is not None:
+        tensors += [state.absmax, state.code]
+        if state.nested:
+            tensors += [state.offset, state.state2.absmax, state.state2.code]
+    scb = getattr(param, "SCB", None)
+    if scb is not None:
+        tensors.append(scb)
+    return [t for t in tensors if t is not None]
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _is_quantized(param: nn.Parameter) -> bool:
+    return isinstance(param, (bnb.nn.Params4bit, bnb.nn.Int8Params))
+
+
+def _logical_numel(param: nn.Parameter) -> int:
+    """Number of weights, for packed 4-bit storage too (its quant_state keeps the real shape)."""
+    state = getattr(param, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else param.numel()
+
+
+def _empty_table() -> dict[str, dict[str, int]]:
+    return {c: {"params": 0, "bytes": 0, "quantized_params": 0, "quantized_bytes": 0} for c in COMPONENTS}
+
+
+def model_weight_bytes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Per-component parameter counts and bytes of a loaded model (quantized or not).
+
+    Returns:
+        {component: {"params", "bytes", "quantized_params", "quantized_bytes"}}; bytes of a quantized
+        weight include its quantization state; the `quantized_*` entries cover quantized weights only.
+    """
+    table = _empty_table()
+    for name, param in model.named_parameters():
+        row = table[component_of(name)]
+        n, size = _logical_numel(param), _nbytes(param) + sum(map(_nbytes, _quant_state_tensors(param)))
+        row["params"] += n
+        row["bytes"] += size
+        if _is_quantized(param):
+            row["quantized_params"] += n
+            row["quantized_bytes"] += size
+    return table
+
+
+def _measure_quantized(param: nn.Parameter, cache: dict[tuple, int]) -> int:
+    """Bytes of `param` (a not-yet-quantized bnb parameter on meta) once bitsandbytes quantizes it."""
+    shape = tuple(param.shape)
+    if isinstance(param, bnb.nn.Params4bit):
+        key = (
+            "4bit",
+            shape,
+            param.blocksize,
+            param.compress_statistics,
+            param.quant_type,
+            param.quant_storage,
+        )
+    else:
+        key = ("int8", shape)
+    if key not in cache:
+        data = torch.randn(shape, dtype=COMPUTE_DTYPE)
+        if key[0] == "4bit":
+            real = bnb.nn.Params4bit(
+                data,
+                requires_grad=False,
+                blocksize=param.blocksize,
+                compress_statistics=param.compress_statistics,
+                quant_type=param.quant_type,
+                quant_storage=param.quant_storage,
+            ).to("cpu")
+        else:
+            real = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False).to("cpu")
+        cache[key] = _nbytes(real) + sum(map(_nbytes, _quant_state_tensors(real)))
+    return cache[key]
+
+
+def _meta_model(config: VideoLlamaConfig, fmt: str) -> nn.Module:
+    with torch.device("meta"):
+        model = VideoLlamaForConditionalGeneration(config)
+    qconfig = quantization_config(FORMATS[fmt], COMPUTE_DTYPE)
+    if qconfig is not None:
+        replace_with_bnb_linear(
+            model, modules_to_not_convert=qconfig.llm_int8_skip_modules, quantization_config=qconfig
+        )
+    return model
+
+
+def estimate_weight_bytes(
+    config: VideoLlamaConfig, fmt: str, cache: dict[tuple, int] | None = None
+) -> dict[str, dict[str, int]]:
+    """`model_weight_bytes` of `config` loaded in `fmt` (a key of `FORMATS`), without building it."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {tuple(FORMATS)}, got {fmt!r}")
+    cache = {} if cache is None else cache
+    table = _empty_table()
+    for name, param in _meta_model(config, fmt).named_parameters():
+        row = table[component_of(name)]
+        n = param.numel()
+        row["params"] += n
+        if _is_quantized(param):
+            size = _measure_quantized(param, cache)
+            row["quantized_params"] += n
+            row["quantized_bytes"] += size
+        else:
+            size = n * COMPUTE_DTYPE.itemsize
+        row["bytes"] += size
+    return table
+
+
+def summarize(table: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Totals and the bytes per parameter of the quantized linears (None when nothing is quantized)."""
+    total = {key: sum(row[key] for row in table.values()) for key in next(iter(table.values()))}
+    q_params = total["quantized_params"]
+    return {
+        "components": table,
+        "total": total,
+        "quantized_linear_bytes_per_param": total["quantized_bytes"] / q_params if q_params else None,
+    }
+
+
+def preset_footprint(
+    preset: str, vocab_size: int = LLAMA_VOCAB_SIZE, formats: Iterable[str] = tuple(FORMATS)
+) -> dict[str, Any]:
+    """Footprint of a preset in each format (the LLM vocabulary is a free choice: presets take
+    theirs from a tokenizer; LLaMA's 32000 by default)."""
+    fields = preset_fields(preset, text_config={"vocab_size": vocab_size})
+    config = VideoLlamaConfig(**fields, video_token_index=vocab_size - 1)
+    cache: dict[tuple, int] = {}
+    return {
+        "preset": preset,
+        "vocab_size": vocab_size,
+        "compute_dtype": str(COMPUTE_DTYPE).removeprefix("torch."),
+        "formats": {fmt: summarize(estimate_weight_bytes(config, fmt, cache)) for fmt in formats},
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Human-readable table: parameters per component, MiB per format, measured bytes/param."""
+    formats = report["formats"]
+    first = next(iter(formats.values()))
+    lines = [
+        f"preset {report['preset']} (vocab {report['vocab_size']}, unquantized weights in "
+        f"{report['compute_dtype']})",
+        f"{'component':<14}{'params':>14}" + "".join(f"{fmt + ' MiB':>14}" for fmt in formats),
+    ]
+    for component in [*COMPONENTS, "total"]:
+        row = first["total"] if component == "total" else first["components"][component]
+        cells = []
+        for summary in formats.values():
+            src = summary["total"] if component == "total" else summary["components"][component]
+            cells.append(f"{src['bytes'] / 2**20:>14.2f}")
+        lines.append(f"{component:<14}{row['params']:>14,}" + "".join(cells))
+    lines.append("bytes/param of the quantized linears (measured on bitsandbytes tensors):")
+    for fmt, summary in formats.items():
+        value = summary["quantized_linear_bytes_per_param"]
+        if value is not None:
+            lines.append(f"  {fmt:<8}{value:.4f} B  ({8 * value:.3f} bits)")
+    lines.append(f"  floor   {NF4_FLOOR_BYTES:.4f} B (4 bits); QLoRA NF4+DQ {QLORA_DQ_BITS / 8:.4f} B")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True, help="a key of models.presets.PRESETS")
+    parser.add_argument("--vocab-size", type=int, default=LLAMA_VOCAB_SIZE, help="LLM vocabulary size")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    report = preset_footprint(args.preset, vocab_size=args.vocab_size)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+
+
+if __name__ == "__main__":
+    main()
