@@ -554,6 +554,9 @@ class VideoLoader:
             num_workers=num_workers,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            # Each iter() draws the workers' base seed; from a private generator that draw leaves the
+            # global RNG (dropout, LoRA init) alone, so a resumed run sees the same random numbers.
+            generator=torch.Generator().manual_seed(0),
         )
         self.state = StreamState(ranks=self.ranks, workers=self.workers)
         if dataset.start_state is not None:

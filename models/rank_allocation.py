@@ -470,7 +470,9 @@ def adalora_update(model: nn.Module, step: int) -> None:
     model.base_model.update_and_allocate(step)
 
 
-def adalora_ranks(model: nn.Module, patterns: Mapping[str, str], adapter_name: str = "default") -> dict[str, Any]:
+def adalora_ranks(
+    model: nn.Module, patterns: Mapping[str, str], adapter_name: str = "default"
+) -> dict[str, Any]:
     """Current AdaLoRA ranks per group: {group: {"rank_sum", "rank_mean", "modules"}}.
 
     Before the first budget masking every layer holds init_r components; afterwards the kept ones are
@@ -486,5 +488,9 @@ def adalora_ranks(model: nn.Module, patterns: Mapping[str, str], adapter_name: s
                 kept = rank_pattern.get(f"{name}.lora_E.{adapter_name}")
                 ranks.append(int(sum(kept)) if kept is not None else int(module.r[adapter_name]))
         if ranks:
-            report[group] = {"rank_sum": sum(ranks), "rank_mean": sum(ranks) / len(ranks), "modules": len(ranks)}
+            report[group] = {
+                "rank_sum": sum(ranks),
+                "rank_mean": sum(ranks) / len(ranks),
+                "modules": len(ranks),
+            }
     return report

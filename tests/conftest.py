@@ -84,3 +84,65 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
     yield server
     server.stop()
+
+
+DEMO_DATA = [
+    "data.synthvid.num_train=128",
+    "data.synthvid.num_eval=16",
+    "data.synthvid.samples_per_shard=8",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory) -> Path:
+    """A tiny base model and SynthVid shards, made once per session the way the trainer makes them."""
+    from trainer.assets import prepare_assets
+    from trainer.config import load_config
+
+    root = tmp_path_factory.mktemp("assets")
+    prepare_assets(load_config(REPO / "configs/demo.yaml", asset_overrides(root)))
+    return root
+
+
+def asset_overrides(root: Path) -> list[str]:
+    return [
+        f"model.name_or_path={root / 'base'}",
+        f"data.train_shards={root / 'data/train'}",
+        f"data.eval_shards={root / 'data/eval'}",
+        *DEMO_DATA,
+    ]
+
+
+def train_command(
+    assets: Path, output_dir: Path, tracking_uri: str, *overrides: str, ranks: int = 0
+) -> list[str]:
+    """``python train.py`` (ranks=0) or ``deepspeed --num_gpus N train.py`` on the demo config."""
+    bin_dir = Path(sys.executable).parent
+    launcher = (
+        [sys.executable]
+        if ranks == 0
+        else [str(bin_dir / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())]
+    )
+    return [
+        *launcher,
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        f"output_dir={output_dir}",
+        *asset_overrides(assets),
+        "train.micro_batch_size=4",
+        f"tracking.uri={tracking_uri}",
+        "tracking.flush_interval_s=0.5",
+        *overrides,
+    ]
+
+
+def run_training(
+    cmd: list[str], log_path: Path, timeout: int = 900, expect_rc: int = 0
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    log_path.write_text(log)
+    assert proc.returncode == expect_rc, log[-6000:]
+    return proc

@@ -7,59 +7,38 @@ check what it left behind. A second run resumes from its checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, free_port
+from tests.conftest import run_training, train_command
 
 pytestmark = pytest.mark.e2e
 
 STEPS = 30
 
 
-def launch(tmp: Path, tracking_uri: str, *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [
-        str(deepspeed),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        "train.py",
-        "--config",
-        "configs/demo.yaml",
-        f"output_dir={tmp / 'run'}",
-        f"model.name_or_path={tmp / 'base'}",
-        f"data.train_shards={tmp / 'data/train'}",
-        f"data.eval_shards={tmp / 'data/eval'}",
-        "data.synthvid.num_train=128",
-        "data.synthvid.num_eval=16",
-        "data.synthvid.samples_per_shard=8",
+def launch(assets: Path, tmp: Path, tracking_uri: str, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = train_command(
+        assets,
+        tmp / "run",
+        tracking_uri,
         f"train.steps={STEPS}",
-        "train.micro_batch_size=4",
         "eval.num_samples=16",
-        f"tracking.uri={tracking_uri}",
         "tracking.experiment=e2e-demo",
         *overrides,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    log = proc.stdout + proc.stderr
-    (tmp / f"launch-{len(list(tmp.glob('launch-*.log')))}.log").write_text(log)
-    assert proc.returncode == 0, log[-6000:]
-    return proc
+        ranks=2,
+    )
+    return run_training(cmd, tmp / f"launch-{len(list(tmp.glob('launch-*.log')))}.log")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, mlflow_server):
+def demo_run(tmp_path_factory, mlflow_server, demo_assets):
     tmp = tmp_path_factory.mktemp("demo")
-    proc = launch(tmp, mlflow_server.uri)
+    proc = launch(demo_assets, tmp, mlflow_server.uri)
     summary = json.loads((tmp / "run/summary.json").read_text())
     return tmp, proc, summary
 
@@ -121,7 +100,8 @@ def test_checkpoint_and_adapter_reload(demo_run):
 
     adapter = Path(summary["adapter"])
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
-    base = load_model(tmp / "base", quantization="nf4", compute_dtype=torch.float32, device="cpu")
+    base_path = json.loads((adapter / "run_config.json").read_text())["model"]["name_or_path"]
+    base = load_model(base_path, quantization="nf4", compute_dtype=torch.float32, device="cpu")
     model = PeftModel.from_pretrained(base, adapter)
     reloaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
     assert reloaded
@@ -131,11 +111,42 @@ def test_checkpoint_and_adapter_reload(demo_run):
         assert torch.equal(value, saved[name]), name
 
 
-def test_resume_continues_from_the_checkpoint(demo_run, mlflow_server):
+def test_resume_continues_from_the_checkpoint(demo_run, mlflow_server, demo_assets):
     tmp, _, first = demo_run
-    launch(tmp, mlflow_server.uri, f"train.steps={STEPS + 4}", "train.resume=true", "eval.num_samples=0")
+    launch(demo_assets, tmp, mlflow_server.uri, f"train.steps={STEPS + 4}", "eval.num_samples=0")
     summary = json.loads((tmp / "run/summary.json").read_text())
     assert summary["steps"] == STEPS + 4
-    # The loss history carried in the checkpoint continues instead of restarting.
+    # The loss history carried in the checkpoint continues instead of restarting, in the same MLflow run.
     assert summary["first_loss"] == first["first_loss"]
+    assert summary["run_id"] == first["run_id"]
+    steps = [
+        m.step for m in MlflowClient(mlflow_server.uri).get_metric_history(first["run_id"], "train/loss")
+    ]
+    assert sorted(steps) == list(range(1, STEPS + 5))
     assert Path(summary["checkpoint"]).name == f"global_step{STEPS + 4}"
+
+
+def test_merged_export_matches_the_adapter_model(demo_run, tmp_path):
+    """dequantize → merge → 16-bit save_pretrained reproduces the QLoRA model's outputs."""
+    _, _, summary = demo_run
+    from peft import PeftModel
+
+    from models.loading import load_model
+    from models.modeling_video_llama import VideoLlamaForConditionalGeneration
+    from models.processor import VideoLlamaProcessor
+    from trainer.export import main as export_main
+
+    export_main(["--adapter", summary["adapter"], "--out", str(tmp_path / "merged"), "--dtype", "float32"])
+    merged = VideoLlamaForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    assert not any("4bit" in type(m).__name__ for m in merged.modules())
+    base_path = json.loads((Path(summary["adapter"]) / "run_config.json").read_text())["model"][
+        "name_or_path"
+    ]
+    base = load_model(base_path, quantization="nf4", compute_dtype=torch.float32, device="cpu")
+    reference = PeftModel.from_pretrained(base, summary["adapter"]).eval()
+    prompt = VideoLlamaProcessor.from_pretrained(tmp_path / "merged").generation_inputs(2)
+    pixels = torch.randn(2, 4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = merged(pixel_values=pixels, **prompt).logits
+        want = reference(pixel_values=pixels, **prompt).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

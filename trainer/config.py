@@ -75,8 +75,15 @@ class DataConfig:
     # N candidate frames decoded per clip (the selector then keeps K of them).
     num_candidate_frames: int = 16
     frame_size: int = 64
+    # Decode frames this many per second of video (None: N frames spread over the whole clip).
+    sample_fps: float | None = None
     num_workers: int = 1
     shuffle_buffer: int = 64
+    # Epochs: exact (default; every sample once per epoch, ranks padded to equal batch counts), or
+    # an endless stream cut every epoch_samples samples (cycling shards, or drawing them with
+    # replacement when resampled).
+    resampled: bool = False
+    epoch_samples: int | None = None
 
 
 @dataclass
@@ -86,6 +93,12 @@ class SelectorConfig:
     policy: str = "uniform"
     # Luma bit depth of the entropy / scene-change histograms.
     bits: int = 4
+    # hybrid policy: weights of the (entropy, scene_change, motion) scores.
+    weights: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.4])
+    # scene / motion / hybrid: temporal suppression radius as a fraction of the clip.
+    coverage: float = 0.1
+    # random / headtail policies: seed of the draws (eval restarts from it on every call).
+    seed: int = 0
 
 
 @dataclass

@@ -50,32 +50,31 @@ def load_ds_config(
 
 
 def scheduler_block(schedule: str, lr: float, steps: int, warmup: int, min_lr_ratio: float) -> dict[str, Any]:
-    """DeepSpeed's scheduler entry for ``train.schedule`` (all start with a linear warm-up)."""
+    """DeepSpeed's scheduler entry for ``train.schedule`` (all start with a linear warm-up).
+
+    DeepSpeed's schedulers need at least one warm-up step; ``warmup=0`` becomes one step that
+    already starts at the full learning rate.
+    """
+    start_ratio = 0.0 if warmup > 0 else 1.0
+    warmup = max(warmup, 1)
     if schedule == "cosine":
         params = {
             "total_num_steps": steps,
             "warmup_num_steps": warmup,
-            "warmup_min_ratio": 0.0,
+            "warmup_min_ratio": start_ratio,
             "cos_min_ratio": min_lr_ratio,
         }
         return {"type": "WarmupCosineLR", "params": params}
+    warmup_params = {
+        "warmup_min_lr": lr * start_ratio,
+        "warmup_max_lr": lr,
+        "warmup_num_steps": warmup,
+        "warmup_type": "linear",
+    }
     if schedule == "linear":  # decays to 0 at the last step
-        params = {
-            "total_num_steps": steps,
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": lr,
-            "warmup_num_steps": warmup,
-            "warmup_type": "linear",
-        }
-        return {"type": "WarmupDecayLR", "params": params}
+        return {"type": "WarmupDecayLR", "params": {"total_num_steps": steps, **warmup_params}}
     if schedule == "constant":
-        params = {
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": lr,
-            "warmup_num_steps": warmup,
-            "warmup_type": "linear",
-        }
-        return {"type": "WarmupLR", "params": params}
+        return {"type": "WarmupLR", "params": warmup_params}
     raise ConfigError(f"train.schedule must be one of cosine, linear, constant; got {schedule!r}")
 
 

@@ -6,6 +6,7 @@ because CIDEr's n-gram weights come from the whole reference set (see caption_me
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -31,8 +32,13 @@ def generate_captions(
     device: torch.device,
     dtype: torch.dtype,
     show_progress: bool = True,
+    synced_ranks: bool = False,
 ) -> Captions:
-    """Caption up to ``limit`` clips of this rank's part of ``cfg.data.eval_shards``."""
+    """Caption up to ``limit`` clips of this rank's part of ``cfg.data.eval_shards``.
+
+    ``synced_ranks``: keep generating until every rank is done (needed when parameters are
+    sharded across ranks, i.e. ZeRO-3; transformers' ``synced_gpus``).
+    """
     data = build_dataset(
         cfg.data.eval_shards,
         num_frames=cfg.data.num_candidate_frames,
@@ -42,9 +48,14 @@ def generate_captions(
     )
     was_training = model.training
     model.eval()
+    selector.eval()  # deterministic frame choice: the same clips give the same captions
+    loader = build_loader(data, 0)
+    # Every rank runs the same number of generate calls (the exact-mode loader pads ranks to equal
+    # batch counts): under ZeRO-3 each forward gathers parameters collectively.
+    num_batches = min(len(loader), math.ceil(limit / cfg.eval.batch_size))
     captions: Captions = {}
-    bar = tqdm(total=limit, desc="eval", unit="clip", disable=not show_progress)
-    for batch in build_loader(data, 0):
+    bar = tqdm(total=num_batches, desc="eval", unit="batch", disable=not show_progress)
+    for batch in itertools.islice(loader, num_batches):
         batch = batch.to(device)
         selected = selector(batch.frames, dtype=dtype)
         prompt = {k: v.to(device) for k, v in processor.generation_inputs(batch.batch_size).items()}
@@ -54,15 +65,19 @@ def generate_captions(
             max_new_tokens=cfg.eval.max_new_tokens,
             num_beams=cfg.eval.num_beams,
             do_sample=False,
+            synced_gpus=synced_ranks,
             **prompt,
         )
-        for key, text, ref in zip(batch.keys, processor.decode(generated), batch.captions, strict=True):
-            captions[key] = (text, [ref])
-        bar.update(batch.batch_size)
-        if len(captions) >= limit:
-            break
+        rows = zip(
+            batch.keys, processor.decode(generated), batch.references, batch.is_padding.tolist(), strict=True
+        )
+        for key, text, refs, is_padding in rows:
+            if not is_padding:  # a repeat that keeps ranks in step, not another clip
+                captions[key] = (text, refs)
+        bar.update(1)
     bar.close()
     model.train(was_training)
+    selector.train(was_training)
     return dict(sorted(captions.items())[:limit])
 
 
@@ -73,10 +88,21 @@ def evaluate_captions(
     cfg: RunConfig,
     dist: DistInfo,
     dtype: torch.dtype,
+    sharded_params: bool = False,
 ) -> tuple[dict[str, float], Captions] | None:
     """Sharded generation + scoring. Returns (scores, captions) on rank 0, None on the others."""
     per_rank = math.ceil(cfg.eval.num_samples / dist.world_size)
-    local = generate_captions(model, processor, selector, cfg, per_rank, dist.device, dtype, dist.is_main)
+    local = generate_captions(
+        model,
+        processor,
+        selector,
+        cfg,
+        per_rank,
+        dist.device,
+        dtype,
+        dist.is_main,
+        sharded_params and dist.world_size > 1,
+    )
     gathered = gather_to_main(local)
     if gathered is None:
         return None

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,10 @@ class Trainer:
             gradient_checkpointing=cfg.model.gradient_checkpointing,
         )
         self.trainable_params, self.total_params = trainable_parameter_count(model)
-        self.selector = FrameSelector(k=cfg.selector.k, policy=cfg.selector.policy, bits=cfg.selector.bits)
+        sel = cfg.selector
+        self.selector = FrameSelector(
+            sel.k, sel.policy, sel.bits, weights=tuple(sel.weights), coverage=sel.coverage, seed=sel.seed
+        )
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -103,6 +107,9 @@ class Trainer:
                 pad_token_id=self.processor.tokenizer.pad_token_id,
                 shuffle_buffer=cfg.data.shuffle_buffer,
                 seed=cfg.seed,
+                resampled=cfg.data.resampled,
+                epoch_samples=cfg.data.epoch_samples,
+                sample_fps=cfg.data.sample_fps,
             ),
             cfg.data.num_workers,
         )
@@ -110,7 +117,6 @@ class Trainer:
         # Mutable run state: everything below goes into the checkpoint's client_state.
         self.step = 0
         self.samples_seen = 0
-        self.data_epoch = 0
         self.bad_samples: Counter[str] = Counter()
         self.nonfinite_steps = 0
         self.losses: list[float] = []
@@ -120,6 +126,9 @@ class Trainer:
         self.throughput_history: list[dict[str, float]] = []
         self.flops_per_step: int | None = None
         self.preempted = False
+        self.nonfinite_in_a_row = 0
+        self.meter = ThroughputMeter()
+        self.timer = PhaseTimer(self.device)
         self.started_at = time.time()
 
         resume_from = self._resume_source()
@@ -131,30 +140,19 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``train.steps`` optimizer steps are done or a stop signal arrives."""
         cfg = self.cfg.train
-        meter = ThroughputMeter()
-        timer = PhaseTimer(self.device)
         batches = self._batches()
-        nonfinite_in_a_row = 0
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="train", disable=not self.dist.is_main, unit="step"
         )
+        self.selector.train()
         with PreemptionHandler() as preemption:
             while self.step < cfg.steps:
-                loss = self._optimizer_step(batches, meter, timer)
-                self.step += 1
-                nonfinite_in_a_row = 0 if loss is not None else nonfinite_in_a_row + 1
-                if nonfinite_in_a_row >= cfg.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{nonfinite_in_a_row} steps in a row had a NaN/inf loss (last at step {self.step}); "
-                        "lower train.lr, check the data, or raise train.max_nonfinite_steps"
-                    )
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log_step(loss, meter, timer)
+                self.train_step(batches)
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.losses[-1]:.3f}" if self.losses else "-")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self.evaluate()
-                    meter.restart()  # evaluation time is not training throughput
+                    self.meter.restart()  # evaluation time is not training throughput
                 if self._agree(preemption.requested):
                     self.preempted = True
                     log.warning(
@@ -166,7 +164,26 @@ class Trainer:
         bar.close()
         self.save()
 
-    def _optimizer_step(self, batches, meter: ThroughputMeter, timer: PhaseTimer) -> float | None:
+    def train_step(self, batches: Iterator[VideoBatch]) -> float | None:
+        """One optimizer step (``grad_accum`` micro-batches from ``batches``) and its metrics.
+
+        Returns this rank's mean loss, or None when every micro-batch was NaN/inf and skipped (a
+        skipped step still counts towards ``train.steps``; the learning-rate schedule does not move).
+        """
+        cfg = self.cfg.train
+        loss = self._optimizer_step(batches)
+        self.step += 1
+        self.nonfinite_in_a_row = 0 if loss is not None else self.nonfinite_in_a_row + 1
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} steps in a row had a NaN/inf loss (last at step {self.step}); "
+                "lower train.lr, check the data, or raise train.max_nonfinite_steps"
+            )
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            self._log_step(loss)
+        return loss
+
+    def _optimizer_step(self, batches: Iterator[VideoBatch]) -> float | None:
         """``grad_accum`` micro-batches and one update. Returns the mean loss, None if it was skipped.
 
         A micro-batch whose loss is NaN/inf on any rank is skipped on every rank (no backward), so
@@ -179,7 +196,7 @@ class Trainer:
             wait = time.perf_counter() - t0
             self.samples_seen += batch.batch_size
             self.bad_samples.update(batch.bad_samples)
-            meter.add(
+            self.meter.add(
                 batch.batch_size,
                 batch.batch_size * self.cfg.selector.k,
                 int(batch.attention_mask.sum()),
@@ -187,20 +204,20 @@ class Trainer:
             )
             if self.cfg.train.count_flops and self.flops_per_step is None:
                 # Counted once: FlopCounterMode slows the step it watches.
-                flops, loss = count_flops(partial(self._forward_backward, batch, timer))
+                flops, loss = count_flops(partial(self._forward_backward, batch))
                 self.flops_per_step = flops * self.cfg.train.grad_accum
             else:
-                loss = self._forward_backward(batch, timer)
+                loss = self._forward_backward(batch)
             losses.append(loss)
-        meter.end_step()
+        self.meter.end_step()
         finite = [x for x in losses if x is not None]
         if not finite:
             self.nonfinite_steps += 1
             return None
         return sum(finite) / len(finite)
 
-    def _forward_backward(self, batch: VideoBatch, timer: PhaseTimer) -> float | None:
-        start = timer.start()
+    def _forward_backward(self, batch: VideoBatch) -> float | None:
+        start = self.timer.start()
         selected = self.selector(batch.frames, dtype=self.dtype)
         out = self.engine(
             pixel_values=selected.frames,
@@ -209,16 +226,16 @@ class Trainer:
             labels=batch.labels,
             frame_scores=selected.scores,
         )
-        timer.stop("forward", start)
+        self.timer.stop("forward", start)
         loss = out.loss
         if self._agree(not bool(torch.isfinite(loss.detach()))):
             return None
-        start = timer.start()
+        start = self.timer.start()
         self.engine.backward(loss)
-        timer.stop("backward", start)
-        start = timer.start()
+        self.timer.stop("backward", start)
+        start = self.timer.start()
         self.engine.step()
-        timer.stop("optimizer", start)
+        self.timer.stop("optimizer", start)
         return loss.item()
 
     def _agree(self, flag: bool) -> bool:
@@ -229,8 +246,8 @@ class Trainer:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item())
 
-    def _batches(self):
-        """Endless stream of training batches; a new pass over the shards is a new data epoch."""
+    def _batches(self) -> Iterator[VideoBatch]:
+        """Endless stream of training batches; the loader starts a new data epoch after each pass."""
         while True:
             yielded = False
             for batch in self.train_loader:
@@ -238,23 +255,32 @@ class Trainer:
                 yield batch
             if not yielded:
                 raise RuntimeError(f"no training samples could be read from {self.cfg.data.train_shards}")
-            self.data_epoch += 1
 
-    def _log_step(self, local_loss: float | None, meter: ThroughputMeter, timer: PhaseTimer) -> None:
+    @property
+    def data_epoch(self) -> int:
+        return self.train_loader.state.epoch
+
+    def _log_step(self, local_loss: float | None) -> None:
         world = self.dist.world_size
         loss_sum, n_finite, *counts = all_reduce_sum(
-            [local_loss or 0.0, float(local_loss is not None), meter.samples, meter.frames, meter.tokens]
+            [
+                local_loss or 0.0,
+                float(local_loss is not None),
+                self.meter.samples,
+                self.meter.frames,
+                self.meter.tokens,
+            ]
         )
         # Rates use global counts: every rank's work over this rank's wall time.
-        meter.samples, meter.frames, meter.tokens = (int(c) for c in counts)
-        rates = meter.read()
+        self.meter.samples, self.meter.frames, self.meter.tokens = (int(c) for c in counts)
+        rates = self.meter.read()
         self.throughput_history.append(rates)
         metrics: dict[str, float] = {
             "train/lr": self.engine.get_lr()[0],
             "train/samples_seen": self.samples_seen * world,
             "train/nonfinite_steps": self.nonfinite_steps,
             **rates,
-            **timer.read(),
+            **self.timer.read(),
             **peak_memory(self.device),
             **{f"data/bad_samples_{reason}": n for reason, n in self.bad_samples.items()},
         }
@@ -274,23 +300,25 @@ class Trainer:
         return {
             "step": self.step,
             "samples_seen": self.samples_seen,
-            "data_epoch": self.data_epoch,
+            "data": self.train_loader.state_dict(),
             "bad_samples": dict(self.bad_samples),
             "nonfinite_steps": self.nonfinite_steps,
             "losses": self.losses,
             "mlflow_run_id": self.tracker.run_id,
             "rng": _rng_state(),
+            "selector": self.selector.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.samples_seen = state["samples_seen"]
-        self.data_epoch = state["data_epoch"]
+        self.train_loader.load_state_dict(state["data"])
         self.bad_samples = Counter(state["bad_samples"])
         self.nonfinite_steps = state.get("nonfinite_steps", 0)
         self.losses = list(state["losses"])
         self.mlflow_run_id = state.get("mlflow_run_id")
         _set_rng_state(state["rng"])
+        self.selector.load_state_dict(state["selector"])
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
 
@@ -387,6 +415,7 @@ class Trainer:
             "experiment": self.cfg.tracking.experiment,
             "output_dir": str(self.output_dir),
             "steps": self.step,
+            "data_epoch": self.data_epoch,
             "preempted": self.preempted,
             "world_size": self.dist.world_size,
             "first_loss": self.losses[0] if self.losses else None,

@@ -1,0 +1,62 @@
+"""Export a trained adapter merged into its base, as one 16-bit model for inference.
+
+``python -m trainer.export --adapter outputs/demo/adapter --out outputs/demo/merged [--dtype bfloat16]``
+
+The adapter was trained against the *dequantized* 4-bit weights, not the original 16-bit ones,
+so the merge starts from the quantized base exactly as training saw it: load it quantized,
+dequantize every 4-bit/8-bit linear (transformers' ``dequantize``), add the LoRA update
+(peft's ``merge_and_unload``), and save the result with ``save_pretrained`` together with the
+processor. Merging into a still-quantized model would re-quantize the sum and lose the update's
+small values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from models.loading import load_model
+from models.processor import VideoLlamaProcessor
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def export_merged(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Merge ``adapter_dir`` (written by the trainer) into its base and save to ``out_dir``."""
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    run_config = adapter_dir / "run_config.json"
+    if not run_config.is_file():
+        raise FileNotFoundError(f"{run_config} not found: point --adapter at a trainer's adapter folder")
+    model_cfg = json.loads(run_config.read_text())["model"]
+    base = load_model(
+        model_cfg["name_or_path"], quantization=model_cfg["quantization"], compute_dtype=dtype, device="cpu"
+    )
+    if model_cfg["quantization"] != "none":
+        base = base.dequantize()
+        # transformers leaves the "loaded in 4 bit" flags set; peft would then pick its bnb layers.
+        base.is_loaded_in_4bit = base.is_loaded_in_8bit = False
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged = merged.to(dtype)
+    merged.save_pretrained(out_dir)
+    VideoLlamaProcessor.from_pretrained(adapter_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--adapter", required=True, help="the run's adapter folder (<output_dir>/adapter)")
+    parser.add_argument("--out", required=True, help="folder for the merged model")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    args = parser.parse_args(argv)
+    out = export_merged(args.adapter, args.out, DTYPES[args.dtype])
+    print(f"merged model written to {out}")
+
+
+if __name__ == "__main__":
+    main()
