@@ -15,7 +15,7 @@ from trainer.ds_config import zero_stage
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
 # Methods that train adapters on a quantized base vs on a 16/32-bit base.
-QUANTIZED_METHODS = {"qlora", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora"}
+QUANTIZED_METHODS = {"qlora", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora", "qlora8"}
 FULL_PRECISION_METHODS = {"lora", "temporal_lora", "full"}
 
 
@@ -45,6 +45,11 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
         raise ConfigError(
             "ZeRO-3 parameter offload moves the packed 4-bit weights without their quantization state: "
             "offload the optimizer only (ds_configs/zero3_offload.json)"
+        )
+    if method == "adalora" and stage > 0:
+        raise ConfigError(
+            "adapter.method=adalora reallocates ranks from the full gradients, which ZeRO stages 1-3 keep "
+            "in their partitions: use deepspeed.config=ds_configs/zero0.json"
         )
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError("model.dtype=float16 needs a CUDA device; use float32 or bfloat16 here")

@@ -40,8 +40,36 @@ class ModelConfig:
 
 
 @dataclass
+class GateConfig:
+    """Temporal (frame-gated) LoRA: what the per-frame gate g_t is computed from and how it acts."""
+
+    # Selector scores (entropy, scene_change, motion) and/or "feature" (the frame's pooled input).
+    inputs: list[str] = field(default_factory=lambda: ["motion", "entropy"])
+    # scale: y = W x + g_t (alpha/r) B A x; rank: frame t uses the first ceil(r g_t) components.
+    mode: str = "scale"
+    hidden: int = 16
+    # Initial gate value, so training starts close to plain LoRA.
+    init: float = 0.9
+    # Regex of the layers to gate; None: the frame-rowed ones (vision tower, frame Q-Former).
+    modules: str | None = None
+
+
+@dataclass
+class AdaLoraSettings:
+    """peft AdaLoRA baseline; total_step defaults to train.steps."""
+
+    total_step: int | None = None
+    target_r: int = 8
+    init_r: int = 12
+    tinit: int = 0
+    tfinal: int = 0
+    delta_t: int = 1
+
+
+@dataclass
 class AdapterConfig:
-    # qlora | lora | full | frozen (more methods arrive with the temporal/ranked adapters).
+    # qlora | lora | temporal_qlora | temporal_lora | ranked_qlora | temporal_ranked_qlora | adalora
+    # | full | frozen
     method: str = "qlora"
     r: int = 8
     alpha: int = 16
@@ -50,6 +78,19 @@ class AdapterConfig:
     target_modules: list[str] | None = None
     # Modules trained in full and saved with the adapter; None: the model's default (the projection).
     modules_to_save: list[str] | None = None
+    # Per-modality ranks / alphas: {vision: 16, frame_qformer: 8, video_qformer: 8, projection: 8, llm: 64}.
+    ranks: dict[str, int] | None = None
+    alphas: dict[str, float] | None = None
+    # static (the ranks above) or a budget allocator: entropy | motion | importance.
+    allocation: str = "static"
+    # Trainable-parameter budget of the allocators (and AdaLoRA's LoRA budget).
+    budget: float | None = None
+    # Training batches the allocators measure activations / gradients / motion on.
+    calibration_batches: int = 4
+    # Group name → regex, overriding the built-in module groups.
+    group_patterns: dict[str, str] | None = None
+    gate: GateConfig = field(default_factory=GateConfig)
+    adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
 
 
 @dataclass
@@ -257,6 +298,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)):
             value = [value]

@@ -9,6 +9,8 @@ calls these.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import random
@@ -30,6 +32,8 @@ from data.pipeline import VideoBatch, build_dataset, build_loader
 from models.adapters import apply_adapter, trainable_parameter_count
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
+from models.rank_allocation import adalora_update
+from models.temporal_lora import gate_summary
 from trainer import checkpoint
 from trainer.assets import prepare_assets
 from trainer.compat import check_compatibility
@@ -76,21 +80,13 @@ class Trainer:
             compute_dtype=self.dtype,
             device=self.device,
         )
-        model = apply_adapter(
-            model,
-            cfg.adapter.method,
-            r=cfg.adapter.r,
-            alpha=cfg.adapter.alpha,
-            dropout=cfg.adapter.dropout,
-            target_modules=cfg.adapter.target_modules,
-            modules_to_save=cfg.adapter.modules_to_save,
-            gradient_checkpointing=cfg.model.gradient_checkpointing,
-        )
-        self.trainable_params, self.total_params = trainable_parameter_count(model)
         sel = cfg.selector
         self.selector = FrameSelector(
             sel.k, sel.policy, sel.bits, weights=tuple(sel.weights), coverage=sel.coverage, seed=sel.seed
         )
+        model = apply_adapter(model, cfg.adapter.method, **self._adapter_kwargs(model))
+        self.adapter_allocation: dict[str, Any] | None = getattr(model, "adapter_allocation", None)
+        self.trainable_params, self.total_params = trainable_parameter_count(model)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -135,6 +131,60 @@ class Trainer:
         if resume_from is not None:
             self._restore(checkpoint.load_checkpoint(self.engine, *resume_from))
         self.tracker = self._start_tracking() if self.dist.is_main else NullTracker()
+
+    def _adapter_kwargs(self, model: Any) -> dict[str, Any]:
+        """``apply_adapter`` keywords from the ``adapter`` config section."""
+        cfg, a = self.cfg, self.cfg.adapter
+        kwargs: dict[str, Any] = {
+            "r": a.r,
+            "alpha": a.alpha,
+            "dropout": a.dropout,
+            "target_modules": a.target_modules,
+            "modules_to_save": a.modules_to_save,
+            "gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "ranks": a.ranks,
+            "alphas": a.alphas,
+            "allocation": a.allocation,
+            "budget": a.budget,
+            "group_patterns": a.group_patterns,
+        }
+        if a.method.startswith("temporal"):
+            # Unset keys (None) fall back to the model's defaults.
+            kwargs["gate"] = {k: v for k, v in dataclasses.asdict(a.gate).items() if v is not None}
+        if a.method == "adalora":
+            kwargs["adalora"] = {
+                **dataclasses.asdict(a.adalora),
+                "total_step": a.adalora.total_step or cfg.train.steps,
+            }
+        if a.allocation != "static":
+            kwargs["calibration_batches"] = self._calibration_batches(model, a.calibration_batches)
+        return kwargs
+
+    def _calibration_batches(self, model: Any, count: int) -> list[dict[str, torch.Tensor]]:
+        """The first ``count`` training batches as model inputs, for the rank allocators."""
+        cfg = self.cfg
+        data = build_dataset(
+            cfg.data.train_shards,
+            num_frames=cfg.data.num_candidate_frames,
+            frame_size=(cfg.data.frame_size, cfg.data.frame_size),
+            batch_size=cfg.train.micro_batch_size,
+            text_fn=self.processor.training_example,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+        )
+        batches = []
+        for batch in itertools.islice(build_loader(data, 0), count):
+            batch = batch.to(self.device)
+            selected = self.selector(batch.frames, dtype=self.dtype)
+            batches.append(
+                {
+                    "pixel_values": selected.frames,
+                    "frame_scores": selected.scores,
+                    "input_ids": batch.input_ids,
+                    "attention_mask": batch.attention_mask,
+                    "labels": batch.labels,
+                }
+            )
+        return batches
 
     # ------------------------------------------------------------------ training
     def fit(self) -> None:
@@ -234,6 +284,8 @@ class Trainer:
         self.engine.backward(loss)
         self.timer.stop("backward", start)
         start = self.timer.start()
+        if self.cfg.adapter.method == "adalora" and self.engine.is_gradient_accumulation_boundary():
+            adalora_update(self.engine.module, self.step)  # reads .grad: before the step clears it
         self.engine.step()
         self.timer.stop("optimizer", start)
         return loss.item()
@@ -284,6 +336,8 @@ class Trainer:
             **peak_memory(self.device),
             **{f"data/bad_samples_{reason}": n for reason, n in self.bad_samples.items()},
         }
+        if self.cfg.adapter.method.startswith("temporal"):
+            metrics.update(gate_summary(self.engine.module))
         if n_finite:
             metrics["train/loss"] = loss_sum / n_finite
             self.losses.append(metrics["train/loss"])
@@ -395,6 +449,8 @@ class Trainer:
         tracker.set_tags(self._system_info())
         tracker.log_dict(cfg.to_dict(), "config/run_config.json")
         tracker.log_dict(self.ds_config, "config/deepspeed.json")
+        if self.adapter_allocation is not None:
+            tracker.log_dict(self.adapter_allocation, "adapter/allocation.json")
         return tracker
 
     def _system_info(self) -> dict[str, str]:

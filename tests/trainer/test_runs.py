@@ -189,3 +189,33 @@ def test_zero3_qlora_on_two_ranks(demo_assets, tmp_path):
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.numel() > 0 for v in adapter.values())
     assert any(v.abs().sum() > 0 for v in lora_b)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["adapter.method=temporal_qlora", "adapter.gate.mode=rank"],
+        ["adapter.method=ranked_qlora", "adapter.allocation=entropy", "adapter.budget=60000"],
+        ["adapter.method=adalora", "deepspeed.config=ds_configs/zero0.json", "adapter.budget=50000"],
+    ],
+    ids=["temporal_qlora", "ranked_qlora_entropy", "adalora"],
+)
+def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, overrides):
+    from mlflow.tracking import MlflowClient
+
+    from models.adapters import load_adapter
+    from models.loading import load_model
+
+    run_dir = tmp_path / "run"
+    uri = sqlite_uri(tmp_path)
+    cmd = train_command(demo_assets, run_dir, uri, "train.steps=8", "eval.num_samples=0", *overrides)
+    run_training(cmd, tmp_path / "run.log")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"]
+    metrics = MlflowClient(uri).get_run(summary["run_id"]).data.metrics
+    if "temporal" in overrides[0]:
+        assert 0.0 <= metrics["gate/mean"] <= 1.0 and "gate/frame/0/mean" in metrics
+    if "budget" in " ".join(overrides) and "adalora" not in overrides[0]:
+        assert abs(summary["trainable_params"] - 60000) <= 0.02 * 60000
+    base = load_model(demo_assets / "base", quantization="nf4", compute_dtype=torch.float32, device="cpu")
+    assert load_adapter(base, run_dir / "adapter") is not None
