@@ -74,6 +74,7 @@ def main() -> None:
             trainer.train_step(batches)
 
     times: dict[str, list[float]] = {"bare": [], "ours": [], "ours_mlflow": []}
+    bare(), ours(False), ours(True)  # warm-up, not counted: allocator, optimizer state, first log
     for _ in range(blocks):  # alternate so slow phases of the machine hit every variant
         times["bare"] += time_call(bare, trainer.device, repeats=1, warmup=0)
         times["ours"] += time_call(lambda: ours(False), trainer.device, repeats=1, warmup=0)
