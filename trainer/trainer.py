@@ -28,7 +28,7 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from data.frame_selector import FrameSelector
-from data.pipeline import VideoBatch, build_dataset, build_loader
+from data.pipeline import VideoBatch, VideoDataPipeline, build_dataset, build_loader
 from models.adapters import apply_adapter, trainable_parameter_count
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
@@ -94,18 +94,11 @@ class Trainer:
         )
         self.engine.train()
         self.train_loader = build_loader(
-            build_dataset(
-                cfg.data.train_shards,
-                num_frames=cfg.data.num_candidate_frames,
-                frame_size=(cfg.data.frame_size, cfg.data.frame_size),
-                batch_size=cfg.train.micro_batch_size,
-                text_fn=self.processor.training_example,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
+            self._train_dataset(
                 shuffle_buffer=cfg.data.shuffle_buffer,
                 seed=cfg.seed,
                 resampled=cfg.data.resampled,
                 epoch_samples=cfg.data.epoch_samples,
-                sample_fps=cfg.data.sample_fps,
             ),
             cfg.data.num_workers,
         )
@@ -162,17 +155,8 @@ class Trainer:
 
     def _calibration_batches(self, model: Any, count: int) -> list[dict[str, torch.Tensor]]:
         """The first ``count`` training batches as model inputs, for the rank allocators."""
-        cfg = self.cfg
-        data = build_dataset(
-            cfg.data.train_shards,
-            num_frames=cfg.data.num_candidate_frames,
-            frame_size=(cfg.data.frame_size, cfg.data.frame_size),
-            batch_size=cfg.train.micro_batch_size,
-            text_fn=self.processor.training_example,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
-        )
         batches = []
-        for batch in itertools.islice(build_loader(data, 0), count):
+        for batch in itertools.islice(build_loader(self._train_dataset(), 0), count):
             batch = batch.to(self.device)
             selected = self.selector(batch.frames, dtype=self.dtype)
             batches.append(
@@ -185,6 +169,20 @@ class Trainer:
                 }
             )
         return batches
+
+    def _train_dataset(self, **options: Any) -> VideoDataPipeline:
+        """The training shards, decoded and tokenized as the model needs them (``options``: ordering)."""
+        cfg = self.cfg
+        return build_dataset(
+            cfg.data.train_shards,
+            num_frames=cfg.data.num_candidate_frames,
+            frame_size=(cfg.data.frame_size, cfg.data.frame_size),
+            batch_size=cfg.train.micro_batch_size,
+            text_fn=self.processor.training_example,
+            pad_token_id=self.processor.tokenizer.pad_token_id,
+            sample_fps=cfg.data.sample_fps,
+            **options,
+        )
 
     # ------------------------------------------------------------------ training
     def fit(self) -> None:
