@@ -56,14 +56,15 @@ class GateConfig:
 
 @dataclass
 class AdaLoraSettings:
-    """peft AdaLoRA baseline; total_step defaults to train.steps."""
+    """peft AdaLoRA baseline; unset values take models.rank_allocation's defaults
+    (total_step = train.steps, tinit 10% and tfinal 20% of it)."""
 
     total_step: int | None = None
-    target_r: int = 8
-    init_r: int = 12
-    tinit: int = 0
-    tfinal: int = 0
-    delta_t: int = 1
+    target_r: int | None = None
+    init_r: int | None = None
+    tinit: int | None = None
+    tfinal: int | None = None
+    delta_t: int | None = None
 
 
 @dataclass

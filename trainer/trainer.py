@@ -142,13 +142,9 @@ class Trainer:
             "group_patterns": a.group_patterns,
         }
         if a.method.startswith("temporal"):
-            # Unset keys (None) fall back to the model's defaults.
-            kwargs["gate"] = {k: v for k, v in dataclasses.asdict(a.gate).items() if v is not None}
+            kwargs["gate"] = _set_fields(a.gate)
         if a.method == "adalora":
-            kwargs["adalora"] = {
-                **dataclasses.asdict(a.adalora),
-                "total_step": a.adalora.total_step or cfg.train.steps,
-            }
+            kwargs["adalora"] = {"total_step": cfg.train.steps, **_set_fields(a.adalora)}
         if a.allocation != "static":
             kwargs["calibration_batches"] = self._calibration_batches(model, a.calibration_batches)
         return kwargs
@@ -499,6 +495,11 @@ class Trainer:
         self.tracker.log_artifact(path)
         self.tracker.close("KILLED" if self.preempted and status == "FINISHED" else status)
         return summary
+
+
+def _set_fields(section: Any) -> dict[str, Any]:
+    """A config dataclass as a dict without its unset (None) fields, which keep the callee's defaults."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
 
 
 def _seed_everything(seed: int) -> None:

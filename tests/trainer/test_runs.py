@@ -7,7 +7,6 @@ Each test starts ``train.py`` in a subprocess (one process, or 2 CPU ranks throu
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_training, train_command
+from tests.conftest import REPO, run_training, train_command, training_env
 from trainer.checkpoint import latest_tag
 
 pytestmark = pytest.mark.e2e
@@ -40,8 +39,9 @@ class Training:
     """A training process whose stderr (tqdm's progress) is read as it runs."""
 
     def __init__(self, cmd: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=training_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         self.output = b""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
