@@ -137,11 +137,21 @@ def train_command(
     ]
 
 
+# Set in this process by tests that start a process group; a child must not inherit them (it would
+# try to join, or listen on, this process's rendezvous port).
+_DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def training_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def run_training(
     cmd: list[str], log_path: Path, timeout: int = 900, expect_rc: int = 0
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     log_path.write_text(log)
     assert proc.returncode == expect_rc, log[-6000:]
