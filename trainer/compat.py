@@ -15,7 +15,7 @@ from trainer.ds_config import zero_stage
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
 # Methods that train adapters on a quantized base vs on a 16/32-bit base.
-QUANTIZED_METHODS = {"qlora", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora", "qlora8"}
+QUANTIZED_METHODS = {"qlora", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora"}
 FULL_PRECISION_METHODS = {"lora", "temporal_lora", "full"}
 
 
