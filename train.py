@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from trainer.config import load_config
 from trainer.trainer import Trainer
@@ -19,6 +20,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    parser.add_argument(
+        "--preempted-file",
+        type=Path,
+        default=None,
+        help="created (by rank 0) when the run stopped on SIGTERM/SIGUSR1 after a checkpoint; "
+        "slurm/train.sbatch requeues the job when it exists",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100")
     return parser.parse_args(argv)
 
@@ -31,10 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     status = "FAILED"
     try:
         trainer.fit()
-        trainer.evaluate()
+        if not trainer.preempted:  # a preempted job has seconds left: evaluation waits for the end
+            trainer.evaluate()
         status = "FINISHED"
     finally:
         summary = trainer.close(status)
+    if summary is not None and summary["preempted"] and args.preempted_file is not None:
+        args.preempted_file.write_text(f"stopped at step {summary['steps']}\n")
     if summary is not None:
         print(json.dumps(summary, indent=2))
         print(

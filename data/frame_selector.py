@@ -65,12 +65,13 @@ class SelectedFrames:
     Attributes:
         frames: [B, K, 3, H, W] normalized ((x/255 - mean) / std) in the requested dtype.
         indices: long [B, K] positions among the N candidates, sorted in time.
-        scores: float32 [B, K, 3] (entropy, scene_change, motion) of the chosen frames, in [0, 1].
+        scores: float32 [B, K, 3] (entropy, scene_change, motion) of the chosen frames, in [0, 1];
+            None when the caller did not ask for them (`FrameSelector.__call__(with_scores=False)`).
     """
 
     frames: torch.Tensor
     indices: torch.Tensor
-    scores: torch.Tensor
+    scores: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,8 @@ POLICIES: dict[str, Policy] = {
     "hybrid": _hybrid,
 }
 RANDOM_POLICIES = frozenset({"random", "headtail"})
+# Policies that never read the scores (only their shape): with_scores=False skips computing them.
+SCORE_FREE_POLICIES = frozenset({"uniform", "random", "headtail"})
 
 
 class FrameSelector:
@@ -342,11 +345,21 @@ class FrameSelector:
             return torch.arange(n, device=scores.device).expand(b, n)
         return POLICIES[self.policy](scores, self._noise(b, n, scores.device), self.args)
 
-    def __call__(self, frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> SelectedFrames:
-        """frames uint8 [B, N, 3, H, W] → `SelectedFrames` with K = min(k, N), on frames.device."""
+    def __call__(
+        self, frames: torch.Tensor, dtype: torch.dtype = torch.float32, with_scores: bool = True
+    ) -> SelectedFrames:
+        """frames uint8 [B, N, 3, H, W] → `SelectedFrames` with K = min(k, N), on frames.device.
+
+        with_scores: also return the chosen frames' scores (temporal adapters and reports read
+        them). Without, the score-free policies cost one gather: the step of a plain LoRA run
+        with uniform frames pays nothing for the selector.
+        """
         if frames.dtype != torch.uint8:
             raise ValueError(f"expected uint8 frames, got {frames.dtype}")
-        scores = frame_scores(frames, self.bits)  # [B, N, 3]
+        if with_scores or self.policy not in SCORE_FREE_POLICIES:
+            scores = frame_scores(frames, self.bits)  # [B, N, 3]
+        else:
+            scores = frames.new_empty(*frames.shape[:2], 0, dtype=torch.float32)  # [B, N, 0]: shape only
         indices = self.select(scores)
         rows = torch.arange(frames.shape[0], device=frames.device)[:, None]
         chosen = frames[rows, indices]  # [B, K, 3, H, W] uint8: gather before converting, K <= N
@@ -355,7 +368,8 @@ class FrameSelector:
         # (x/255 - mean) / std as one multiply-add, in float32, cast once at the end: bf16 would
         # round before the shift
         normalized = torch.addcmul(-mean / std, chosen.float(), 1.0 / (255.0 * std)).to(dtype)
-        return SelectedFrames(frames=normalized, indices=indices.contiguous(), scores=scores[rows, indices])
+        chosen_scores = scores[rows, indices] if with_scores else None
+        return SelectedFrames(frames=normalized, indices=indices.contiguous(), scores=chosen_scores)
 
 
 def load_candidates(path: str, n: int, height: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ Architecture (Zhang et al., 2023, "Video-LLaMA"), built from transformers blocks
       ▼ causal LLM (any AutoModelForCausalLM)       logits [B, L, V]
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +35,15 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_video_llama import VideoLlamaConfig
+from .retrieval_head import info_nce
+
+
+@dataclass
+class VideoLlamaOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the retrieval head's auxiliary loss (None without text ids)."""
+
+    contrastive_loss: torch.FloatTensor | None = None
+
 
 # One class per supported `vision_config.model_type`. Their `last_hidden_state` differs slightly:
 # BLIP-2 and SigLIP apply the final LayerNorm to it (BLIP-2's `ln_vision`), CLIP leaves it before
@@ -110,6 +120,9 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         # Per-frame scores of the current forward ([B, K, S]); read by temporal LoRA gates (a later
         # issue). Set only for the duration of one forward so no batch tensor outlives its step.
         self.current_frame_scores: torch.Tensor | None = None
+        # Optional contrastive head (`models.retrieval_head.attach_retrieval_head`), not part of the
+        # base checkpoint: it is trained and saved with the adapter.
+        self.retrieval_head: nn.Module | None = None
         self.post_init()
 
     # --- embeddings: the LLM owns them --------------------------------------------------------------
@@ -228,8 +241,10 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         frame_scores: torch.Tensor | None = None,
+        text_input_ids: torch.LongTensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> VideoLlamaOutput:
         """Caption loss / logits for a batch of videos.
 
         Args:
@@ -239,10 +254,14 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             labels: long [B, L], -100 where no loss (prompt, video, padding); shifted inside.
             frame_scores: float [B, K, S] per-frame selector scores; kept in
                 `self.current_frame_scores` during this forward for temporal adapters, unused otherwise.
+            text_input_ids: long [B, Lc] each sample's caption alone (`retrieval_head.caption_tokens`);
+                with a retrieval head, `contrastive_loss` is the symmetric InfoNCE of the batch.
+            text_attention_mask: [B, Lc], 1 on caption tokens.
             **kwargs: passed to the LLM (e.g. `use_cache`, `output_hidden_states`) and to the loss
                 (`num_items_in_batch`).
         Returns:
-            `CausalLMOutputWithPast` with `loss` (scalar, if labels) and `logits` float [B, L, V].
+            `VideoLlamaOutput` with `loss` (scalar, if labels), `logits` float [B, L, V] and
+            `contrastive_loss` (scalar, if text_input_ids and a retrieval head).
         """
         video_features = self._encode_video(pixel_values, frame_scores)
         inputs_embeds = self._merge_video_tokens(input_ids, video_features)
@@ -261,13 +280,40 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
                 vocab_size=self.config.text_config.vocab_size,
                 num_items_in_batch=num_items_in_batch,
             )
-        return CausalLMOutputWithPast(
+        contrastive_loss = None
+        if text_input_ids is not None and self.retrieval_head is not None:
+            video, _, scale = self.retrieval_head(video_tokens=video_features)
+            text = self.embed_text(text_input_ids, text_attention_mask)
+            contrastive_loss = info_nce(video, text, scale)
+        return VideoLlamaOutput(
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            contrastive_loss=contrastive_loss,
         )
+
+    # --- retrieval ----------------------------------------------------------------------------------
+    def _head(self) -> nn.Module:
+        if self.retrieval_head is None:
+            raise ValueError("this model has no retrieval head (models.retrieval_head.attach_retrieval_head)")
+        return self.retrieval_head
+
+    def embed_video(
+        self, pixel_values: torch.Tensor, frame_scores: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unit-norm video embeddings float32 [B, E] of pixel_values [B, K, 3, H, W]."""
+        head = self._head()
+        return head(video_tokens=self._encode_video(pixel_values, frame_scores))[0]
+
+    def embed_text(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Unit-norm text embeddings float32 [B, E] of captions alone, input_ids [B, Lc] (no video tokens)."""
+        head = self._head()
+        states = self.language_model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
+        return head(text_states=states.last_hidden_state, text_mask=attention_mask)[1]
 
     # --- captioning ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -2,6 +2,11 @@
 
 CIDEr weighs n-grams by their document frequency in the *whole* reference set, so scores are
 computed once over all clips, never averaged over batches.
+
+Empty generations (the model emitted eos at once, or only punctuation, which the PTB tokenizer
+drops) are legitimate predictions: pycocoevalcap 1.2 scores an empty hypothesis 0 in every metric
+(checked in tests), so they are passed through as they are, never dropped (dropping would raise
+the score).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
         )
     if not references:
         raise ValueError("no captions to score")
+    unreferenced = sorted(k for k, refs in references.items() if not any(r.strip() for r in refs))
+    if unreferenced:
+        raise ValueError(f"clips without any non-empty reference caption: {unreferenced[:10]}")
     if shutil.which("java") is None:
         raise RuntimeError(JAVA_HELP)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from models.adapters import save_adapter
 from trainer.distributed import barrier
 
 _TAG = re.compile(r"^global_step(\d+)$")
@@ -69,7 +70,54 @@ def load_checkpoint(engine: Any, root: str | Path, tag: str | None = None) -> di
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {Path(root) / tag}")
+    replay_cpu_adam_bias_correction(engine.optimizer)
     return client_state
+
+
+def replay_cpu_adam_bias_correction(optimizer: Any) -> int:
+    """Bring DeepSpeed's C++ CPU Adam to the state an uninterrupted run would have; returns the steps replayed.
+
+    The C++ optimizer (ZeRO-Offload's) keeps beta1^t and beta2^t for bias correction as running
+    products, multiplied by beta once per step, and recomputes them with pow() only when the step
+    sequence breaks, which is the first step of a freshly created optimizer after a resume. pow()
+    and the product differ in the last float bits, so without this the first update after a resume
+    differs from the uninterrupted run's by ~1 ulp and the runs drift apart. Replaying the step
+    sequence on one-element dummies rebuilds the same products (a few microseconds per step).
+    A no-op for every other optimizer (torch and fused Adam compute beta**t each step).
+    """
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    while optimizer is not None and not isinstance(optimizer, DeepSpeedCPUAdam):
+        optimizer = getattr(optimizer, "optimizer", None)  # ZeRO wrappers hold the base optimizer
+    if optimizer is None:
+        return 0
+    group_steps = [
+        max(
+            (int(optimizer.state[p]["step"]) for p in g["params"] if "step" in optimizer.state.get(p, {})),
+            default=0,
+        )
+        for g in optimizer.param_groups
+    ]
+    param, grad, exp_avg, exp_avg_sq = (torch.zeros(1) for _ in range(4))
+    for step in range(1, max(group_steps, default=0) + 1):
+        for group, steps in zip(optimizer.param_groups, group_steps, strict=True):
+            if step <= steps:  # the order in which DeepSpeedCPUAdam.step visits the groups
+                beta1, beta2 = group["betas"]
+                optimizer.ds_opt_adam.adam_update(
+                    optimizer.opt_id,
+                    step,
+                    group["lr"],
+                    beta1,
+                    beta2,
+                    group["eps"],
+                    group["weight_decay"],
+                    group["bias_correction"],
+                    param,
+                    grad,
+                    exp_avg,
+                    exp_avg_sq,
+                )
+    return max(group_steps, default=0)
 
 
 def _check_trainable_saved(engine: Any, folder: Path) -> None:
@@ -84,10 +132,9 @@ def _check_trainable_saved(engine: Any, folder: Path) -> None:
 
 
 def export_adapter(model: Any, out_dir: str | Path) -> Path:
-    """Write the trainable weights in peft's format (adapter_config.json + adapter_model.safetensors)."""
-    out_dir = Path(out_dir)
-    model.save_pretrained(str(out_dir))
-    return out_dir
+    """Write the trained weights in peft's layout (adapter_config.json + adapter_model.safetensors;
+    the whole model for full fine-tuning), readable by ``models.adapters.load_adapter``."""
+    return save_adapter(model, out_dir)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -15,8 +15,41 @@ from trainer.ds_config import zero_stage
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
 # Methods that train adapters on a quantized base vs on a 16/32-bit base.
-QUANTIZED_METHODS = {"qlora", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora"}
+QUANTIZED_METHODS = {"qlora", "qlora8", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora"}
 FULL_PRECISION_METHODS = {"lora", "temporal_lora", "full"}
+# What model.quantization=auto becomes for each adapter.method. prefix and adapter take any base; NF4
+# is their default because they are compared with QLoRA at the same base memory. frozen (zero-shot)
+# evaluates the base as it was trained: 16-bit.
+METHOD_QUANTIZATION = {
+    **{m: "nf4" for m in QUANTIZED_METHODS},
+    "qlora8": "int8",
+    **{m: "none" for m in FULL_PRECISION_METHODS},
+    "frozen": "none",
+    "prefix": "nf4",
+    "adapter": "nf4",
+    "adalora": "nf4",
+}
+
+
+def resolve_quantization(cfg: RunConfig) -> str:
+    """model.quantization with "auto" replaced by the method's own; a contradiction is a ConfigError.
+
+    The trainer writes the result back into the config before anything reads it, so the run config
+    that is logged and saved next to the adapter names the real weight format.
+    """
+    quant, method = cfg.model.quantization, cfg.adapter.method
+    if method not in METHOD_QUANTIZATION:
+        raise ConfigError(
+            f"adapter.method must be one of {', '.join(sorted(METHOD_QUANTIZATION))}; got {method!r}"
+        )
+    if quant == "auto":
+        return METHOD_QUANTIZATION[method]
+    if method == "qlora8" and quant != "int8":
+        raise ConfigError(
+            f"adapter.method=qlora8 is LoRA on an int8 base but model.quantization={quant}: "
+            "set model.quantization=int8 or auto (or use adapter.method=qlora for NF4)"
+        )
+    return quant
 
 
 def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
@@ -26,7 +59,10 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
     stage = zero_stage(ds)
     zero = ds.get("zero_optimization", {})
     if quant not in QUANTIZATIONS:
-        raise ConfigError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}; got {quant!r}")
+        raise ConfigError(
+            f"model.quantization must be auto or one of {', '.join(QUANTIZATIONS)} (auto is resolved by "
+            f"trainer.compat.resolve_quantization before this check); got {quant!r}"
+        )
     if method in QUANTIZED_METHODS and quant == "none":
         raise ConfigError(
             f"adapter.method={method} trains on a quantized base: set model.quantization=nf4 (or int8)"

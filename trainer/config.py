@@ -32,8 +32,9 @@ class ModelConfig:
     # When name_or_path does not exist and preset is set, a random-init base model of this preset
     # is written there first (rank 0 only). Set to null to require an existing checkpoint.
     preset: str | None = "tiny"
-    # Weight format of the frozen towers: nf4 (+ double quant), nf4-nodq, int8 or none (16/32 bit).
-    quantization: str = "nf4"
+    # Weight format of the frozen towers: nf4 (+ double quant), nf4-nodq, int8 or none (16/32 bit);
+    # auto: the adapter method's own (trainer.compat.METHOD_QUANTIZATION: qlora nf4, qlora8 int8, lora none).
+    quantization: str = "auto"
     # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32.
     dtype: str = "auto"
     gradient_checkpointing: bool = False
@@ -68,9 +69,18 @@ class AdaLoraSettings:
 
 
 @dataclass
+class BottleneckSettings:
+    """Bottleneck adapters (adapter.method=adapter): h + up(act(down(h))) after attention / MLP blocks."""
+
+    dim: int = 16
+    # gelu | relu | silu | tanh
+    activation: str = "gelu"
+
+
+@dataclass
 class AdapterConfig:
-    # qlora | lora | temporal_qlora | temporal_lora | ranked_qlora | temporal_ranked_qlora | adalora
-    # | full | frozen
+    # qlora | qlora8 | lora | prefix | adapter | temporal_qlora | temporal_lora | ranked_qlora
+    # | temporal_ranked_qlora | adalora | full | frozen (zero-shot: no training, evaluation only)
     method: str = "qlora"
     r: int = 8
     alpha: int = 16
@@ -92,6 +102,12 @@ class AdapterConfig:
     group_patterns: dict[str, str] | None = None
     gate: GateConfig = field(default_factory=GateConfig)
     adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
+    # Towers that get adapters: vision | llm | both; null: the method's default (both for the LoRA
+    # family, llm for adapter; prefix is LLM-only). Not with ranks / target_modules.
+    placement: str | None = None
+    # Prefix tuning (method=prefix): learned key/value pairs per LLM layer.
+    num_virtual_tokens: int = 20
+    bottleneck: BottleneckSettings = field(default_factory=BottleneckSettings)
 
 
 @dataclass
@@ -112,6 +128,8 @@ class DataConfig:
     # A folder of .tar shards, a brace pattern (dir/{00000..00009}.tar) or a single tar.
     train_shards: str = "outputs/data/synthvid/train"
     eval_shards: str = "outputs/data/synthvid/eval"
+    # Held-out test shards for `python -m trainer.evaluate --split test` (None: no test split).
+    test_shards: str | None = None
     # If set, missing shard folders are generated with SynthVid (rank 0 only).
     synthvid: SynthVidConfig | None = field(default_factory=SynthVidConfig)
     # N candidate frames decoded per clip (the selector then keeps K of them).
@@ -171,6 +189,10 @@ class TrainConfig:
     count_flops: bool = True
     # Dense bf16 peak of the accelerator for MFU; null: looked up from the device name.
     peak_tflops: float | None = None
+    # Weight of the auxiliary symmetric InfoNCE loss of the retrieval head (0: no head at all).
+    contrastive_weight: float = 0.0
+    # Size of the retrieval head's shared video-text embedding space.
+    contrastive_dim: int = 128
 
 
 @dataclass
@@ -200,6 +222,8 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 16
     num_beams: int = 1
+    # Clips shown in the qualitative HTML report of `python -m trainer.evaluate`.
+    report_samples: int = 8
 
 
 @dataclass

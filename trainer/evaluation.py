@@ -1,46 +1,122 @@
-"""Captioning evaluation: every rank captions its share of the eval shards, rank 0 scores the set.
+"""Evaluation: every rank runs its share of the eval shards through the model, rank 0 scores the set.
 
-Generation is sharded by the pipeline's ``split_by_node``; the captions are gathered on rank 0
-because CIDEr's n-gram weights come from the whole reference set (see caption_metrics).
+One pass over the data per rank gives, for each clip: the generated caption, the reference
+captions, the frames the selector kept, the temporal gates (temporal adapters) and, when the model
+has a retrieval head, the video embedding and one text embedding per reference. The clips are
+gathered on rank 0 because both CIDEr's n-gram weights and retrieval ranks come from the whole set
+(see caption_metrics and retrieval_metrics). Generation is sharded by the pipeline's
+``split_by_node``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from data.frame_selector import FrameSelector
-from data.pipeline import build_dataset, build_loader
+from data.pipeline import VideoBatch, build_dataset, build_loader
+from models.retrieval_head import caption_tokens
 from trainer.caption_metrics import score_captions
 from trainer.config import RunConfig
 from trainer.distributed import DistInfo, gather_to_main
+from trainer.retrieval_metrics import retrieval_metrics
 
-Captions = dict[str, tuple[str, list[str]]]  # clip key → (prediction, references)
+TASKS = ("caption", "retrieval")
+
+
+@dataclass
+class ClipResult:
+    """What evaluation keeps of one clip (numpy / lists only: it is pickled to rank 0).
+
+    Attributes:
+        prediction: generated caption ("" when the model emitted nothing).
+        references: every reference caption.
+        selected: indices of the K kept frames among the N candidates.
+        gates: gated layer name → the clip's K gates (temporal adapters), else {}.
+        video_embedding: float32 [E] or None (no retrieval head).
+        text_embeddings: float32 [R, E], one per reference, or None.
+        frames: uint8 [N, 3, H, W] candidate frames, kept for the first clips only (the report).
+    """
+
+    prediction: str
+    references: list[str]
+    selected: list[int]
+    gates: dict[str, list[float]] = field(default_factory=dict)
+    video_embedding: np.ndarray | None = None
+    text_embeddings: np.ndarray | None = None
+    frames: np.ndarray | None = None
+
+
+@dataclass
+class EvalResult:
+    """Rank 0's result: scores (metric name → value), the clips by key, the tasks run and, for
+    retrieval, each clip's top-5 videos [(key, similarity)]."""
+
+    scores: dict[str, float]
+    clips: dict[str, ClipResult]
+    tasks: tuple[str, ...]
+    rankings: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+
+def _base(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def has_retrieval_head(model: Any) -> bool:
+    return getattr(_base(model), "retrieval_head", None) is not None
+
+
+def _embed_references(model: Any, processor: Any, references: list[list[str]], device: torch.device) -> list:
+    """Text embeddings float32 [R_i, E] of each clip's references, tokenized as in training."""
+    flat = [ref for refs in references for ref in refs]
+    tokens = processor.pad([processor.training_example(ref) for ref in flat])
+    ids, mask = caption_tokens(tokens["input_ids"], tokens["labels"], processor.tokenizer.pad_token_id)
+    embeddings = model.embed_text(ids.to(device), mask.to(device)).float().cpu().numpy()
+    bounds = np.cumsum([0] + [len(refs) for refs in references])
+    return [embeddings[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+
+
+def _gates(model: Any, batch_size: int) -> list[dict[str, list[float]]]:
+    """Per clip, the gates of the latest forward (empty dicts without temporal layers)."""
+    context = getattr(_base(model), "frame_gate_context", None)
+    if context is None:
+        return [{} for _ in range(batch_size)]
+    from models.temporal_lora import gate_statistics
+
+    stats = gate_statistics(model)
+    return [{name: gates[i].tolist() for name, gates in stats.items()} for i in range(batch_size)]
 
 
 @torch.no_grad()
-def generate_captions(
+def run_clips(
     model: Any,
     processor: Any,
     selector: FrameSelector,
     cfg: RunConfig,
+    shards: str,
     limit: int,
     device: torch.device,
     dtype: torch.dtype,
+    tasks: tuple[str, ...] = ("caption",),
+    keep_frames: int = 0,
     show_progress: bool = True,
     synced_ranks: bool = False,
-) -> Captions:
-    """Caption up to ``limit`` clips of this rank's part of ``cfg.data.eval_shards``.
+) -> dict[str, ClipResult]:
+    """Run up to ``limit`` clips of this rank's part of ``shards`` through the model.
 
-    ``synced_ranks``: keep generating until every rank is done (needed when parameters are
-    sharded across ranks, i.e. ZeRO-3; transformers' ``synced_gpus``).
+    ``tasks``: "caption" generates captions; "retrieval" embeds the video and its references (needs
+    the model's retrieval head). ``keep_frames``: keep the candidate frames of this many clips.
+    ``synced_ranks``: keep generating until every rank is done (needed when parameters are sharded
+    across ranks, i.e. ZeRO-3; transformers' ``synced_gpus``).
     """
     data = build_dataset(
-        cfg.data.eval_shards,
+        shards,
         num_frames=cfg.data.num_candidate_frames,
         frame_size=(cfg.data.frame_size, cfg.data.frame_size),
         batch_size=cfg.eval.batch_size,
@@ -50,38 +126,82 @@ def generate_captions(
     model.eval()
     selector.eval()  # deterministic frame choice: the same clips give the same captions
     loader = build_loader(data, 0)
-    # Every rank runs the same number of generate calls (the exact-mode loader pads ranks to equal
+    # Every rank runs the same number of forward calls (the exact-mode loader pads ranks to equal
     # batch counts): under ZeRO-3 each forward gathers parameters collectively.
     num_batches = min(len(loader), math.ceil(limit / cfg.eval.batch_size))
-    captions: Captions = {}
+    clips: dict[str, ClipResult] = {}
     bar = tqdm(total=num_batches, desc="eval", unit="batch", disable=not show_progress)
     for batch in itertools.islice(loader, num_batches):
         batch = batch.to(device)
         selected = selector(batch.frames, dtype=dtype)
-        prompt = {k: v.to(device) for k, v in processor.generation_inputs(batch.batch_size).items()}
-        generated = model.generate(
-            pixel_values=selected.frames,
-            frame_scores=selected.scores,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            num_beams=cfg.eval.num_beams,
-            do_sample=False,
-            synced_gpus=synced_ranks,
-            **prompt,
-        )
-        rows = zip(
-            batch.keys, processor.decode(generated), batch.references, batch.is_padding.tolist(), strict=True
-        )
-        for key, text, refs, is_padding in rows:
-            if not is_padding:  # a repeat that keeps ranks in step, not another clip
-                captions[key] = (text, refs)
+        n = batch.batch_size
+        predictions = [""] * n
+        if "caption" in tasks:
+            prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
+            generated = model.generate(
+                pixel_values=selected.frames,
+                frame_scores=selected.scores,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                num_beams=cfg.eval.num_beams,
+                do_sample=False,
+                synced_gpus=synced_ranks,
+                **prompt,
+            )
+            predictions = processor.decode(generated)
+        videos: list[Any] = [None] * n
+        texts: list[Any] = [None] * n
+        if "retrieval" in tasks:
+            videos = list(model.embed_video(selected.frames, selected.scores).float().cpu().numpy())
+            texts = _embed_references(model, processor, batch.references, device)
+        gates = _gates(model, n)
+        for i, (key, is_padding) in enumerate(zip(batch.keys, batch.is_padding.tolist(), strict=True)):
+            if is_padding:  # a repeat that keeps ranks in step, not another clip
+                continue
+            clips[key] = ClipResult(
+                prediction=predictions[i],
+                references=batch.references[i],
+                selected=selected.indices[i].tolist(),
+                gates=gates[i],
+                video_embedding=videos[i],
+                text_embeddings=texts[i],
+                frames=_frames(batch, i) if len(clips) < keep_frames else None,
+            )
         bar.update(1)
     bar.close()
     model.train(was_training)
     selector.train(was_training)
-    return dict(sorted(captions.items())[:limit])
+    return dict(sorted(clips.items())[:limit])
 
 
-def evaluate_captions(
+def _frames(batch: VideoBatch, i: int) -> np.ndarray:
+    return batch.frames[i].cpu().numpy()
+
+
+def retrieval_scores(clips: dict[str, ClipResult]) -> tuple[dict[str, float], np.ndarray, list[int]]:
+    """Retrieval metrics over ``clips`` (in key order); also the caption × video similarity and owners."""
+    keys = list(clips)
+    videos = np.stack([clips[k].video_embedding for k in keys])  # [V, E]
+    texts = np.concatenate([clips[k].text_embeddings for k in keys])  # [C, E]
+    owner = [v for v, k in enumerate(keys) for _ in range(len(clips[k].text_embeddings))]
+    similarity = texts @ videos.T  # [C, V] cosine similarities (unit-norm embeddings)
+    return retrieval_metrics(similarity, owner), similarity, owner
+
+
+def top_videos(
+    clips: dict[str, ClipResult], similarity: np.ndarray, owner: list[int], k: int = 5
+) -> dict[str, list[tuple[str, float]]]:
+    """For each clip, the top-``k`` videos of its first reference caption: [(key, similarity), …]."""
+    keys = list(clips)
+    first = {v: c for c, v in reversed(list(enumerate(owner)))}  # video → its first caption's row
+    out = {}
+    for v, key in enumerate(keys):
+        row = similarity[first[v]]
+        order = np.argsort(-row, kind="stable")[:k]
+        out[key] = [(keys[j], float(row[j])) for j in order]
+    return out
+
+
+def evaluate(
     model: Any,
     processor: Any,
     selector: FrameSelector,
@@ -89,27 +209,55 @@ def evaluate_captions(
     dist: DistInfo,
     dtype: torch.dtype,
     sharded_params: bool = False,
-) -> tuple[dict[str, float], Captions] | None:
-    """Sharded generation + scoring. Returns (scores, captions) on rank 0, None on the others."""
+    shards: str | None = None,
+    tasks: tuple[str, ...] | None = None,
+    keep_frames: int = 0,
+) -> EvalResult | None:
+    """Sharded pass + scoring of ``cfg.eval.num_samples`` clips. Returns the result on rank 0, None elsewhere.
+
+    ``tasks`` default: caption, plus retrieval when the model has a retrieval head.
+    """
+    if tasks is None:
+        tasks = ("caption", "retrieval") if has_retrieval_head(model) else ("caption",)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown evaluation task(s) {unknown}; choose from {TASKS}")
+    if "retrieval" in tasks and not has_retrieval_head(model):
+        raise ValueError(
+            "retrieval evaluation needs a model trained with a retrieval head (train.contrastive_weight > 0)"
+        )
     per_rank = math.ceil(cfg.eval.num_samples / dist.world_size)
-    local = generate_captions(
+    local = run_clips(
         model,
         processor,
         selector,
         cfg,
+        shards or cfg.data.eval_shards,
         per_rank,
         dist.device,
         dtype,
+        tasks,
+        keep_frames,
         dist.is_main,
         sharded_params and dist.world_size > 1,
     )
     gathered = gather_to_main(local)
     if gathered is None:
         return None
-    merged = {key: pair for part in gathered for key, pair in part.items()}
-    keep = sorted(merged)[: cfg.eval.num_samples]
-    captions = {k: merged[k] for k in keep}
-    scores = score_captions(
-        {k: p for k, (p, _) in captions.items()}, {k: r for k, (_, r) in captions.items()}
-    )
-    return scores, captions
+    merged = {key: clip for part in gathered for key, clip in part.items()}
+    if not merged:
+        raise RuntimeError(f"no evaluation clips could be read from {shards or cfg.data.eval_shards}")
+    clips = {k: merged[k] for k in sorted(merged)[: cfg.eval.num_samples]}
+    scores: dict[str, float] = {}
+    if "caption" in tasks:
+        scores.update(
+            score_captions(
+                {k: c.prediction for k, c in clips.items()}, {k: c.references for k, c in clips.items()}
+            )
+        )
+    rankings: dict[str, list[tuple[str, float]]] = {}
+    if "retrieval" in tasks:
+        metrics, similarity, owner = retrieval_scores(clips)
+        scores.update(metrics)
+        rankings = top_videos(clips, similarity, owner)
+    return EvalResult(scores, clips, tuple(tasks), rankings)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -189,9 +190,15 @@ class Tracker(NullTracker):
         if exp is not None:
             experiment_id = exp.experiment_id
         else:
-            experiment_id = self.client.create_experiment(
-                self._experiment, artifact_location=self._artifact_location
-            )
+            try:
+                experiment_id = self.client.create_experiment(
+                    self._experiment, artifact_location=self._artifact_location
+                )
+            except MlflowException as err:
+                # Another process (a SLURM array task, a sweep run) created it since the lookup.
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment_id = self.client.get_experiment_by_name(self._experiment).experiment_id
         self.run_id = self.client.create_run(
             experiment_id, run_name=self._run_name, tags=self._tags
         ).info.run_id

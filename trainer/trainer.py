@@ -33,14 +33,15 @@ from models.adapters import apply_adapter, trainable_parameter_count
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
 from models.rank_allocation import adalora_update
+from models.retrieval_head import attach_retrieval_head, caption_tokens
 from models.temporal_lora import gate_summary
 from trainer import checkpoint
 from trainer.assets import prepare_assets
-from trainer.compat import check_compatibility
+from trainer.compat import check_compatibility, resolve_quantization
 from trainer.config import RunConfig
 from trainer.distributed import all_reduce_sum, barrier, init_distributed, resolve_dtype
 from trainer.ds_config import load_ds_config, zero_stage
-from trainer.evaluation import evaluate_captions
+from trainer.evaluation import evaluate as run_evaluation
 from trainer.flops import count_flops, peak_tflops
 from trainer.metrics import PhaseTimer, ThroughputMeter, peak_memory
 from trainer.preemption import PreemptionHandler
@@ -57,6 +58,8 @@ class NonFiniteLossError(FloatingPointError):
 class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+        # Before anything reads it: "auto" becomes the method's weight format (qlora8 → int8, ...).
+        cfg.model.quantization = resolve_quantization(cfg)
         self.dist = init_distributed(cfg.deepspeed.dist_backend)
         self.device = self.dist.device
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
@@ -84,13 +87,18 @@ class Trainer:
         self.selector = FrameSelector(
             sel.k, sel.policy, sel.bits, weights=tuple(sel.weights), coverage=sel.coverage, seed=sel.seed
         )
+        if cfg.train.contrastive_weight > 0:  # before the adapter, which then trains and saves it
+            attach_retrieval_head(model, cfg.train.contrastive_dim)
         model = apply_adapter(model, cfg.adapter.method, **self._adapter_kwargs(model))
         self.adapter_allocation: dict[str, Any] | None = getattr(model, "adapter_allocation", None)
         self.trainable_params, self.total_params = trainable_parameter_count(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=self.ds_config,
+            model_parameters=trainable or None,
+            # Nothing to train (frozen, the zero-shot baseline): an engine without optimizer, which
+            # DeepSpeed refuses to build on an empty parameter list.
+            config=self.ds_config if trainable else _without_optimizer(self.ds_config),
         )
         self.engine.train()
         self.train_loader = build_loader(
@@ -109,6 +117,7 @@ class Trainer:
         self.bad_samples: Counter[str] = Counter()
         self.nonfinite_steps = 0
         self.losses: list[float] = []
+        self.contrastive_losses: list[float] = []  # this rank's InfoNCE values since the last log
         self.mlflow_run_id: str | None = None
 
         self.eval_scores: dict[str, float] = {}
@@ -145,6 +154,12 @@ class Trainer:
             kwargs["gate"] = _set_fields(a.gate)
         if a.method == "adalora":
             kwargs["adalora"] = {"total_step": cfg.train.steps, **_set_fields(a.adalora)}
+        if a.placement is not None:
+            kwargs["placement"] = a.placement
+        if a.method == "prefix":
+            kwargs["num_virtual_tokens"] = a.num_virtual_tokens
+        if a.method == "adapter":
+            kwargs["bottleneck"] = _set_fields(a.bottleneck)
         if a.allocation != "static":
             kwargs["calibration_batches"] = self._calibration_batches(model, a.calibration_batches)
         return kwargs
@@ -184,6 +199,11 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``train.steps`` optimizer steps are done or a stop signal arrives."""
         cfg = self.cfg.train
+        if self.trainable_params == 0:
+            log.warning(
+                "adapter.method=%s trains nothing: no steps, evaluation only", self.cfg.adapter.method
+            )
+            return
         batches = self._batches()
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="train", disable=not self.dist.is_main, unit="step"
@@ -262,16 +282,27 @@ class Trainer:
 
     def _forward_backward(self, batch: VideoBatch) -> float | None:
         start = self.timer.start()
-        selected = self.selector(batch.frames, dtype=self.dtype)
+        # Only the temporal adapters' gates read the frame scores; other methods skip computing them.
+        needs_scores = self.cfg.adapter.method.startswith("temporal")
+        selected = self.selector(batch.frames, dtype=self.dtype, with_scores=needs_scores)
+        weight = self.cfg.train.contrastive_weight
+        text = {}
+        if weight > 0:  # the caption alone, for the retrieval head's text side
+            ids, mask = caption_tokens(batch.input_ids, batch.labels, self.processor.tokenizer.pad_token_id)
+            text = {"text_input_ids": ids, "text_attention_mask": mask}
         out = self.engine(
             pixel_values=selected.frames,
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             labels=batch.labels,
             frame_scores=selected.scores,
+            **text,
         )
         self.timer.stop("forward", start)
         loss = out.loss
+        if weight > 0:
+            self.contrastive_losses.append(out.contrastive_loss.item())
+            loss = loss + weight * out.contrastive_loss
         if self._agree(not bool(torch.isfinite(loss.detach()))):
             return None
         start = self.timer.start()
@@ -332,6 +363,9 @@ class Trainer:
         }
         if self.cfg.adapter.method.startswith("temporal"):
             metrics.update(gate_summary(self.engine.module))
+        if self.contrastive_losses:
+            metrics["train/contrastive_loss"] = sum(self.contrastive_losses) / len(self.contrastive_losses)
+            self.contrastive_losses = []
         if n_finite:
             metrics["train/loss"] = loss_sum / n_finite
             self.losses.append(metrics["train/loss"])
@@ -355,6 +389,9 @@ class Trainer:
             "mlflow_run_id": self.tracker.run_id,
             "rng": _rng_state(),
             "selector": self.selector.state_dict(),
+            # Kept so a resumed run does not count again: a step under FlopCounterMode can round
+            # differently in the last bit, which would break bit-exact resume.
+            "flops_per_step": self.flops_per_step,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -367,6 +404,7 @@ class Trainer:
         self.mlflow_run_id = state.get("mlflow_run_id")
         _set_rng_state(state["rng"])
         self.selector.load_state_dict(state["selector"])
+        self.flops_per_step = state.get("flops_per_step")
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
 
@@ -395,23 +433,35 @@ class Trainer:
                 checkpoint.export_adapter(self.engine.module, self.adapter_dir)
                 self.processor.save_pretrained(self.adapter_dir)
                 (self.adapter_dir / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+                # Lets `python -m trainer.evaluate` log into this run.
+                run_info = {"mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.tracking_uri}
+                (self.adapter_dir / "run_info.json").write_text(json.dumps({**run_info, "step": self.step}))
         barrier()
         return path
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        """Caption held-out clips on every rank, score them on rank 0, log to MLflow."""
+        """Caption (and, with a retrieval head, retrieve) held-out clips on every rank, score them on
+        rank 0, log to MLflow."""
         if self.cfg.eval.num_samples <= 0:
             return {}
-        result = evaluate_captions(
-            self.engine.module, self.processor, self.selector, self.cfg, self.dist, self.dtype
+        result = run_evaluation(
+            self.engine.module,
+            self.processor,
+            self.selector,
+            self.cfg,
+            self.dist,
+            self.dtype,
+            sharded_params=zero_stage(self.ds_config) == 3,
         )
         if result is not None:
-            scores, captions = result
-            self.eval_scores = {f"eval/{k}": v for k, v in scores.items()}
+            self.eval_scores = {f"eval/{k}": v for k, v in result.scores.items()}
             self.tracker.log(self.eval_scores, step=self.step)
             self.tracker.log_dict(
-                {k: {"prediction": p, "references": r} for k, (p, r) in captions.items()},
+                {
+                    k: {"prediction": c.prediction, "references": c.references}
+                    for k, c in result.clips.items()
+                },
                 f"eval/captions_step{self.step}.json",
             )
         barrier()
@@ -495,6 +545,12 @@ class Trainer:
         self.tracker.log_artifact(path)
         self.tracker.close("KILLED" if self.preempted and status == "FINISHED" else status)
         return summary
+
+
+def _without_optimizer(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed config of a model that only runs forward: no optimizer, scheduler or ZeRO."""
+    dropped = ("optimizer", "scheduler", "zero_optimization")
+    return {k: v for k, v in ds_config.items() if k not in dropped}
 
 
 def _set_fields(section: Any) -> dict[str, Any]:

@@ -49,6 +49,15 @@ def test_shapes_sorted_unique_indices_and_determinism(policy):
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_without_scores_the_same_frames_are_chosen(policy):
+    frames = _random_frames()
+    full = FrameSelector(5, policy).eval()(frames)
+    bare = FrameSelector(5, policy).eval()(frames, with_scores=False)
+    assert bare.scores is None
+    assert torch.equal(bare.indices, full.indices) and torch.equal(bare.frames, full.frames)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_edge_cases_k_at_least_n_single_frame_and_black_clip(policy):
     frames = _random_frames(n=3)
     for k in (3, 8):  # K >= N keeps every frame

@@ -2,7 +2,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from models.adapters import apply_adapter, trainable_parameter_count
+from models.adapters import apply_adapter, load_adapter, save_adapter, trainable_parameter_count
 from models.loading import load_model
 
 
@@ -66,7 +66,9 @@ def test_full_and_frozen(tiny_ckpt, batch):
     assert trainable == total
 
     frozen = apply_adapter(
-        load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu"), "frozen"
+        load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu"),
+        "frozen",
+        modules_to_save=["video_projection"],  # a linear probe; by default frozen trains nothing
     )
     trainable, _ = trainable_parameter_count(frozen)
     assert trainable == sum(p.numel() for p in frozen.video_projection.parameters())
@@ -99,3 +101,119 @@ def test_method_checks(tiny_ckpt):
 def test_parameter_count_counts_4bit_values(tiny_ckpt):
     plain = load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu")
     assert trainable_parameter_count(_nf4(tiny_ckpt))[1] == trainable_parameter_count(plain)[1]
+
+
+# --- every method: trains, saves (save_adapter = the trainer's export), reloads bit for bit -----------
+_METHOD_BASES = {"qlora8": "int8", "prefix": "nf4", "adapter": "nf4"}
+
+
+def _trained(model, batch, steps=2):
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("qlora8", {}),
+        ("prefix", {"num_virtual_tokens": 4}),
+        ("adapter", {"placement": "both", "bottleneck": {"dim": 8}}),
+        ("full", {}),
+        ("frozen", {"modules_to_save": ["video_projection"]}),
+    ],
+)
+def test_every_method_round_trips_bit_for_bit(tiny_ckpt, batch, tmp_path, method, kwargs):
+    quantization = _METHOD_BASES.get(method, "none")
+
+    def base():
+        return load_model(tiny_ckpt, quantization=quantization, compute_dtype=torch.float32, device="cpu")
+
+    model = apply_adapter(base(), method, **kwargs)
+    trained_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained_names
+    model = _trained(model, batch)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if n in trained_names}
+
+    save_adapter(model, tmp_path / "adapter")
+    reloaded = load_adapter(base(), tmp_path / "adapter").eval()
+    params = dict(reloaded.named_parameters())
+    for name, value in trained.items():
+        assert torch.equal(params[name], value), name
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, expected)
+    assert not any(p.requires_grad for p in reloaded.parameters())
+    trainable = load_adapter(base(), tmp_path / "adapter", is_trainable=True)
+    assert {n for n, p in trainable.named_parameters() if p.requires_grad} == set(trained_names)
+
+
+def test_frozen_is_zero_shot_and_saves_nothing_trainable(tiny_ckpt, batch, tmp_path):
+    model = apply_adapter(
+        load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu"), "frozen"
+    )
+    assert trainable_parameter_count(model)[0] == 0
+    save_adapter(model, tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json"]
+    plain = load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu")
+    reloaded = load_adapter(plain, tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize(
+    ("placement", "towers"), [("vision", {"vision"}), ("llm", {"llm"}), ("both", {"vision", "llm"})]
+)
+def test_lora_placement_picks_the_towers(tiny_ckpt, placement, towers):
+    model = apply_adapter(_nf4(tiny_ckpt), "qlora", placement=placement)
+    names = _lora_modules(model)
+    found = {"vision" for n in names if ".vision_model." in n} | {
+        "llm" for n in names if ".language_model." in n
+    }
+    assert found == towers and not any("qformer" in n for n in names)
+
+
+def test_prefix_generation_matches_forward(tiny_ckpt, batch, processor):
+    """Greedy decoding through peft's prefix cache sees what a plain forward over the same tokens sees:
+    the first two generated steps' logits equal the forward logits at the last position."""
+    model = _trained(apply_adapter(_nf4(tiny_ckpt), "prefix", num_virtual_tokens=3), batch)
+    plain = _nf4(tiny_ckpt).eval()
+    prompt = processor.generation_inputs(2)
+    video = {"pixel_values": batch["pixel_values"]}
+    with torch.no_grad():
+        out = model.generate(
+            **video,
+            **prompt,
+            max_new_tokens=2,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        first = model(**video, **prompt).logits[:, -1]
+        ids = torch.cat([prompt["input_ids"], out.sequences[:, :1]], dim=1)
+        second = model(**video, input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+        without_prefix = plain(**video, **prompt).logits[:, -1]
+    torch.testing.assert_close(out.logits[0], first, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.logits[1], second, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(first, without_prefix, atol=1e-3)  # the prefix does act
+
+
+def test_new_method_checks(tiny_ckpt):
+    nf4 = _nf4(tiny_ckpt)
+    with pytest.raises(ValueError, match="qlora8 needs a model loaded in int8"):
+        apply_adapter(nf4, "qlora8")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        apply_adapter(nf4, "qlora", placement="audio")
+    with pytest.raises(ValueError, match="exclusive"):
+        apply_adapter(nf4, "ranked_qlora", placement="llm", ranks={"llm": 8})
+    with pytest.raises(ValueError, match="LLM only"):
+        apply_adapter(nf4, "prefix", placement="vision")
+    with pytest.raises(ValueError, match="num_virtual_tokens is for method 'prefix'"):
+        apply_adapter(nf4, "qlora", num_virtual_tokens=4)
+    with pytest.raises(ValueError, match="bottleneck settings are for method 'adapter'"):
+        apply_adapter(nf4, "prefix", bottleneck={"dim": 4})

@@ -74,7 +74,7 @@ def test_flat_params():
 
 def test_demo_config_loads():
     cfg = load_config("configs/demo.yaml")
-    assert cfg.adapter.method == "qlora" and cfg.model.quantization == "nf4"
+    assert cfg.adapter.method == "qlora" and cfg.model.quantization == "auto"
 
 
 @pytest.mark.parametrize("name", ["zero2_offload.json", "zero2.json"])

@@ -1,0 +1,85 @@
+"""Peak memory of a stretch of code, on the device that runs it.
+
+On CUDA the caching allocator keeps exact counters (`torch.cuda.max_memory_allocated` / `_reserved`)
+and `reset` clears the peaks. On CPU there are no tensor counters, so the figure is the process's
+resident set: `VmHWM` (peak RSS) from ``/proc/self/status``, whose peak Linux resets when ``5`` is
+written to ``/proc/self/clear_refs``. Before each reset the C allocator gives freed memory back to the
+kernel (``malloc_trim``); otherwise memory freed by an earlier phase (the bf16 → NF4 load, say) stays
+resident, hides the next phase's growth and counts as if it were in use (shared/PLATFORM.md).
+
+RSS also counts the Python runtime and the loaded libraries: compare CPU figures as differences
+from a baseline taken in the same kind of process (see `benchmarks.train_memory`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import re
+from pathlib import Path
+
+import torch
+
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", _PROC_STATUS.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{_PROC_STATUS} has no {field} line: peak RSS needs Linux")
+    return int(match.group(1))
+
+
+def _release_free_heap() -> None:
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if hasattr(libc, "malloc_trim"):  # glibc only; elsewhere freed memory just stays resident
+        libc.malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak bytes since the last :meth:`reset` on `device`.
+
+    `read()` returns ``{"current": bytes now, "peak": peak bytes since reset}`` plus, on CUDA,
+    ``"peak_reserved"`` (the allocator's cached segments). CPU figures are RSS (whole process).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        if self.device.type != "cuda" and not _CLEAR_REFS.exists():
+            raise RuntimeError(f"CPU peak memory needs {_CLEAR_REFS} (Linux >= 4.0)")
+
+    def reset(self) -> None:
+        """Start a new peak from the memory in use now."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        _release_free_heap()
+        _CLEAR_REFS.write_text("5")
+
+    def read(self) -> dict[str, int]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return {
+                "current": torch.cuda.memory_allocated(self.device),
+                "peak": torch.cuda.max_memory_allocated(self.device),
+                "peak_reserved": torch.cuda.max_memory_reserved(self.device),
+            }
+        return {"current": _status_kib("VmRSS") * 1024, "peak": _status_kib("VmHWM") * 1024}
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory a new allocation on `device` can still get: free GPU memory on CUDA, the kernel's
+    MemAvailable (free + reclaimable cache) elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    match = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError("/proc/meminfo has no MemAvailable line")
+    return int(match.group(1)) * 1024

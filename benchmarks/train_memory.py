@@ -1,0 +1,295 @@
+"""Peak memory of one training step per method (full, lora, qlora, temporal_qlora, …), same model and batch.
+
+    python -m benchmarks.train_memory --device cpu [--quick] [--preset tiny|1b] [--methods lora,qlora]
+
+Each method runs in its own child process, so one method's allocations (and the allocator's cached
+memory) cannot inflate another's peak. A child:
+
+1. imports everything (torch, DeepSpeed, bitsandbytes, peft, the model code) and records the memory
+   in use: the *baseline* (on CPU the RSS of the Python runtime and libraries, on CUDA ~0);
+2. loads the checkpoint (16-bit/fp32 for full and lora, NF4 + double quant for the qlora methods)
+   and sets up the method with `models.adapters.apply_adapter`; the weights are copied out of the
+   memory-mapped checkpoint (`_materialize`) so that they count in full;
+3. wraps it with `deepspeed.initialize` and ``ds_configs/zero2.json`` (ZeRO-2, no offload), the
+   config filled by the trainer's own `trainer.ds_config.load_ds_config`: the trainer's path, so the
+   step's memory includes what a real step holds — AdamW's two fp32 moments (8 B per trained
+   parameter: every parameter for full fine-tuning), ZeRO's fp32 partition of the trained parameters and its gradient
+   buckets — rather than what a bare torch AdamW would hold. Offload is left out because it moves
+   exactly the optimizer memory being compared to the host (on CPU: to the same memory);
+4. resets the peak (loading NF4 from a 16-bit checkpoint passes through the 16-bit weights, which is
+   a property of the checkpoint, not of the step) and runs one step: forward, backward, optimizer step.
+
+Reported per method: the absolute peak (whole process, load included), the baseline, the step's peak
+above the baseline (the figure the ratios use) and its parts that can be counted exactly (weights,
+trained parameters, optimizer state). On CPU all memory figures are RSS (see `benchmarks.memory`);
+on CUDA `torch.cuda.max_memory_allocated` / `_reserved`. The issue's goal: qlora <= 0.5 x lora at 1b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.harness import parse_args, write_result
+
+# name → (adapters.apply_adapter method, models.loading quantization).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "full": ("full", "none"),
+    "lora": ("lora", "none"),
+    "qlora": ("qlora", "nf4"),
+    "temporal_qlora": ("temporal_qlora", "nf4"),
+    "qlora8": ("qlora8", "int8"),
+}
+DEFAULT_VARIANTS = tuple(VARIANTS)
+# Full fine-tuning in fp32 under ZeRO-2 holds ~20 B per parameter before activations: weights 4,
+# gradients 4, ZeRO's fp32 partition 4, AdamW moments 8 (bf16: 2 + 2 + 4 + 8 = 16).
+FULL_BYTES_PER_PARAM = 20
+# (batch size, frames K) per preset: 1b at one clip, as a 24 GiB machine or a consumer GPU would run it.
+BATCH = {"tiny": (2, 4), "1b": (1, 4)}
+DS_CONFIG = "ds_configs/zero2.json"
+RANK, ALPHA = 16, 32
+
+
+def _extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny", choices=sorted(BATCH))
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated names from {sorted(VARIANTS)}; default {','.join(DEFAULT_VARIANTS)} "
+        "(qlora8 only where models.adapters has it)",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="default per preset: tiny 2, 1b 1")
+    parser.add_argument("--frames", type=int, default=None, help="frames K per clip; default 4")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float32")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="use this saved base model")
+    # Internal: run one method in this process and write its figures to --child-out.
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
+
+
+def available_variants(requested: str | None) -> list[str]:
+    """The variants to run: `requested` (all must be known and supported), or the defaults that
+    `models.adapters` supports (qlora8 comes from a later adapter set)."""
+    from models.adapters import METHODS
+
+    if requested is None:
+        return [v for v in DEFAULT_VARIANTS if VARIANTS[v][0] in METHODS]
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    for name in names:
+        if name not in VARIANTS:
+            raise SystemExit(f"--methods: unknown method {name!r}; known: {', '.join(sorted(VARIANTS))}")
+        if VARIANTS[name][0] not in METHODS:
+            raise SystemExit(
+                f"--methods: {name!r} needs adapter method {VARIANTS[name][0]!r}, "
+                f"which models.adapters.METHODS does not have"
+            )
+    return names
+
+
+def measure_in_child(
+    args: argparse.Namespace, variant: str, checkpoint: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Run `variant` in a fresh Python process (this module with --child); returns its figures."""
+    out = out_dir / f"{variant}.json"
+    cmd = [
+        sys.executable, "-m", "benchmarks.train_memory",
+        "--device", args.device, "--preset", args.preset, "--dtype", args.dtype,
+        "--batch-size", str(args.batch_size), "--frames", str(args.frames),
+        "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
+    ]  # fmt: skip
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"train_memory child for {variant!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    figures = json.loads(out.read_text())
+    figures["process_s"] = time.perf_counter() - start
+    # CPU seconds of the child: what the run costs on a machine shared with other jobs
+    figures["process_cpu_s"] = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
+    return figures
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """Steps 1-4 of the module docstring for one variant, in this process."""
+    # Imports first: they are the baseline's content.
+    import deepspeed
+
+    from benchmarks.memory import PeakMemory
+    from benchmarks.workload import model_batch
+    from models.adapters import apply_adapter, trainable_parameter_count
+    from models.loading import load_model
+    from models.processor import VideoLlamaProcessor
+    from trainer.config import RunConfig
+    from trainer.distributed import init_distributed, resolve_dtype
+    from trainer.ds_config import load_ds_config
+
+    device = torch.device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    meter = PeakMemory(device)
+    dist = init_distributed()
+    meter.reset()
+    baseline = meter.read()["current"]
+
+    method, quantization = VARIANTS[args.child]
+    torch.manual_seed(0)
+    processor = VideoLlamaProcessor.from_pretrained(args.checkpoint)
+    model = load_model(args.checkpoint, quantization=quantization, compute_dtype=dtype, device=device)
+    model = apply_adapter(model, method, r=RANK, alpha=ALPHA).train()
+    _materialize(model)
+    trainable, total = trainable_parameter_count(model)
+    weight_bytes = model.get_memory_footprint()
+    cfg = RunConfig()
+    cfg.deepspeed.config = DS_CONFIG
+    cfg.train.micro_batch_size = args.batch_size
+    ds_config = load_ds_config(cfg, dist.world_size, device, dtype)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+    )
+    batch = model_batch(
+        processor, args.batch_size, args.frames, model.config.vision_config.image_size, device, dtype
+    )
+    setup = meter.read()
+
+    meter.reset()
+    start = meter.read()["current"]
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    step = meter.read()
+
+    figures = {
+        "method": method,
+        "quantization": quantization,
+        "dtype": str(dtype),
+        "trainable_params": trainable,
+        "total_params": total,
+        "weight_bytes": weight_bytes,
+        "optimizer_state_bytes": _optimizer_state_bytes(engine.optimizer),
+        "baseline_bytes": baseline,
+        "setup_peak_bytes": setup["peak"],
+        "step_start_bytes": start,
+        "step_peak_bytes": step["peak"],
+        "absolute_peak_bytes": max(setup["peak"], step["peak"]),
+        "step_peak_above_baseline_bytes": step["peak"] - baseline,
+        "loss": float(loss.detach()),
+    }
+    if "peak_reserved" in step:
+        figures["step_peak_reserved_bytes"] = step["peak_reserved"]
+    args.child_out.write_text(json.dumps(figures))
+
+
+def _materialize(model: torch.nn.Module) -> None:
+    """Give every weight its own memory. `from_pretrained` maps the safetensors file and keeps
+    weights that need no conversion as views of the mapping; on CPU those pages count in RSS only
+    once touched, and the kernel may drop them again under memory pressure, so a 16-bit model
+    would look smaller than it is (shared/PLATFORM.md). A copy is ordinary memory that RSS counts."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
+def _does_not_fit(variant: str, checkpoint: Path, device: torch.device) -> str | None:
+    """Why full fine-tuning of `checkpoint` would not fit on `device` (None if it fits or for other
+    methods): its optimizer-state floor alone (`FULL_BYTES_PER_PARAM`) against the available memory."""
+    from safetensors import safe_open
+
+    from benchmarks.memory import available_bytes
+
+    if VARIANTS[variant][0] != "full":
+        return None
+    params = 0
+    for file in checkpoint.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            params += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    need, free = params * FULL_BYTES_PER_PARAM, available_bytes(device)
+    if need <= free:
+        return None
+    gib = 1024**3
+    return f"needs >= {need / gib:.1f} GiB ({params:,} params x {FULL_BYTES_PER_PARAM} B), {free / gib:.1f} GiB available"
+
+
+def _optimizer_state_bytes(optimizer: Any) -> int:
+    """Bytes of the optimizer's per-parameter state (AdamW moments), ZeRO's wrapper unwrapped."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    seen: set[int] = set()
+    total = 0
+    for state in inner.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.untyped_storage().data_ptr() not in seen:
+                seen.add(value.untyped_storage().data_ptr())
+                total += value.untyped_storage().nbytes()
+    return total
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], _extra_args)
+    default_batch, default_frames = BATCH[args.preset]
+    args.batch_size = args.batch_size or (1 if args.quick else default_batch)
+    args.frames = args.frames or (2 if args.quick else default_frames)
+    if args.child is not None:
+        run_child(args)
+        return
+    device = torch.device(args.device)
+    variants = available_variants(args.methods)
+    if "lora" not in variants:
+        raise SystemExit("--methods must include lora: the ratios are to lora")
+
+    with tempfile.TemporaryDirectory(prefix="train_memory-") as tmp:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            from benchmarks.workload import write_checkpoint
+
+            checkpoint = write_checkpoint(args.preset, Path(tmp) / "base")
+        per_method, skipped = {}, {}
+        for variant in variants:
+            reason = _does_not_fit(variant, checkpoint, device)
+            if reason:
+                print(f"skipping {variant}: {reason}")
+                skipped[variant] = reason
+                continue
+            per_method[variant] = measure_in_child(args, variant, checkpoint, Path(tmp))
+
+    lora = per_method["lora"]["step_peak_above_baseline_bytes"]
+    ratios = {
+        f"{args.preset}/{v}_over_lora_step_peak": f["step_peak_above_baseline_bytes"] / lora
+        for v, f in per_method.items()
+        if v != "lora"
+    }
+    write_result(
+        "train_memory" if args.preset == "tiny" else f"train_memory_{args.preset}",
+        device,
+        config={
+            "quick": args.quick,
+            "preset": args.preset,
+            "methods": {v: dict(zip(("method", "quantization"), VARIANTS[v], strict=True)) for v in variants},
+            "batch_size": args.batch_size,
+            "frames": args.frames,
+            "rank": RANK,
+            "alpha": ALPHA,
+            "dtype": args.dtype,
+            "optimizer": f"deepspeed.initialize with {DS_CONFIG} (ZeRO-2 AdamW, no offload)",
+            "memory_measure": "CUDA max_memory_allocated" if device.type == "cuda" else "process RSS (VmHWM)",
+            "ratio_figure": "step_peak_above_baseline_bytes",
+            "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        },
+        figures={**per_method, "skipped": skipped},
+        ratios=ratios,
+        out=args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

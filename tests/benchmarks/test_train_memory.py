@@ -1,0 +1,33 @@
+"""train_memory's child-process measurement, for real, on the tiny preset at --quick sizes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from benchmarks import train_memory
+from benchmarks.workload import write_checkpoint
+
+
+def test_child_measures_one_qlora_step(tmp_path: Path) -> None:
+    checkpoint = write_checkpoint("tiny", tmp_path / "base")
+    args = argparse.Namespace(device="cpu", preset="tiny", dtype="auto", batch_size=1, frames=2)
+    figures = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path)
+
+    assert figures["method"] == "qlora" and figures["quantization"] == "nf4"
+    assert 0 < figures["trainable_params"] < figures["total_params"]
+    # ZeRO-2's AdamW keeps two fp32 moments per trained parameter
+    assert figures["optimizer_state_bytes"] == 8 * figures["trainable_params"]
+    # the Python runtime + torch + DeepSpeed alone take well over 100 MB of RSS
+    assert figures["baseline_bytes"] > 100 * 2**20
+    assert figures["step_peak_bytes"] >= figures["step_start_bytes"] > figures["baseline_bytes"]
+    assert figures["absolute_peak_bytes"] >= figures["step_peak_bytes"]
+    assert figures["step_peak_above_baseline_bytes"] == figures["step_peak_bytes"] - figures["baseline_bytes"]
+    assert figures["loss"] > 0
+
+
+def test_unknown_method_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(SystemExit, match=r"unknown method 'qlora9'.*lora"):
+        train_memory.available_variants("lora,qlora9")

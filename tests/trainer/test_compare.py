@@ -1,0 +1,146 @@
+"""trainer.compare on runs logged to a real MLflow server; the Pareto front, the law fit, the README writer."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from trainer import compare as cmp
+from trainer import results_readme
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Synthetic configurations: (method, rank) → (CIDEr per seed, peak RSS GiB, step times logged per step).
+LAW = {"a": 0.9, "b": 0.6, "c": 0.8}
+RUNS = {
+    ("qlora", r): (
+        [cmp.power_law(r, **LAW) + d for d in (-0.01, 0.01)],
+        1.0 + r / 100,
+        [5.0, 0.50, 0.52, 0.48],
+    )
+    for r in (4, 8, 16, 32)
+}
+RUNS[("lora", 16)] = ([0.70, 0.74], 2.0, [5.0, 0.40, 0.41, 0.39])  # faster, more memory
+RUNS[("full", 16)] = ([0.60, 0.62], 3.0, [5.0, 0.90, 0.92, 0.88])  # dominated on both fronts
+
+
+def log_runs(uri: str, experiment: str) -> None:
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(experiment)
+    for (method, rank), (ciders, rss, step_times) in RUNS.items():
+        for seed, cider in enumerate(ciders):
+            run_id = client.create_run(exp_id, run_name=f"{method}-r{rank}-s{seed}").info.run_id
+            params = {
+                "seed": seed,
+                "adapter.method": method,
+                "adapter.r": rank,
+                "output_dir": f"/tmp/{method}{rank}{seed}",
+                "model.trainable_params": 1000 * rank,
+            }
+            metrics = [Metric("time/step_s", v, 0, i + 1) for i, v in enumerate(step_times)]
+            metrics += [
+                Metric("eval/cider", cider, 0, 4),
+                Metric("memory/peak_rss_gib", rss, 0, 4),
+                Metric("flops/per_step_tflop", 0.001 * rank, 0, 1),
+            ]
+            client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
+            client.set_terminated(run_id)
+    unfinished = client.create_run(exp_id, run_name="crashed").info.run_id
+    client.log_metric(unfinished, "eval/cider", 99.0)
+    client.set_terminated(unfinished, status="FAILED")
+
+
+@pytest.fixture(scope="module")
+def compared(mlflow_server, tmp_path_factory):
+    experiment = f"compare-test-{os.getpid()}"
+    log_runs(mlflow_server.uri, experiment)
+    out = tmp_path_factory.mktemp("comparison")
+    return cmp.compare(mlflow_server.uri, experiment, out), out, experiment
+
+
+def test_table_is_mean_and_std_over_seeds(compared):
+    result, out, _ = compared
+    table = result.table.set_index("label")
+    assert len(result.runs) == 12 and len(table) == 6  # the FAILED run is left out
+    full = table.loc["full-r16-s0"]  # label of a run without sweep tags: its first run's name
+    assert full["n"] == 2
+    assert full["eval/cider_mean"] == pytest.approx(0.61)
+    assert full["eval/cider_std"] == pytest.approx(np.std([0.60, 0.62], ddof=1))
+    assert full["time/step_s_mean"] == pytest.approx(0.90)  # median after the warm-up step
+    assert full["memory/peak_rss_gib_mean"] == pytest.approx(3.0)
+    assert full["model.trainable_params_mean"] == 16000
+    assert result.quality == ["eval/cider"] and result.memory == "memory/peak_rss_gib"
+    md = (out / "table.md").read_text().splitlines()
+    assert md[0].startswith("| configuration | method | seeds | CIDEr | peak memory")
+    row = next(line for line in md if "full-r16" in line)
+    assert "0.610 ± 0.014" in row and "3.000" in row and "16,000" in row
+    csv = pd.read_csv(out / "table.csv")
+    assert set(csv["method"]) == {"qlora", "lora", "full"} and len(csv) == 6
+
+
+def test_pareto_plots_highlight_the_front(compared):
+    _, out, _ = compared
+    summary = json.loads((out / "comparison.json").read_text())
+    fronts = summary["pareto_fronts"]
+    assert set(fronts) == {"pareto_cider_vs_memory.png", "pareto_cider_vs_step_time.png"}
+    assert "full-r16-s0" not in fronts["pareto_cider_vs_memory.png"]
+    assert "lora-r16-s0" in fronts["pareto_cider_vs_step_time.png"]  # the fastest
+    assert "qlora-r4-s0" in fronts["pareto_cider_vs_memory.png"]  # the smallest
+    for name in fronts:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_rank_law_recovers_the_generating_law(compared):
+    result, out, _ = compared
+    law = json.loads((out / "rank_law.json").read_text())
+    assert law == result.rank_law
+    assert law["law"] == "a - b * r**(-c)" and law["metric"] == "eval/cider"
+    assert law["distinct_ranks"] == [4.0, 8.0, 16.0, 32.0] and law["points"] == 8  # lora / full left out
+    for key, value in LAW.items():
+        assert law["params"][key] == pytest.approx(value, rel=0.1)
+    assert (out / "rank_law.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_comparison_is_logged_to_mlflow(compared, mlflow_server):
+    _, _, experiment = compared
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], filter_string="tags.`sweep.kind` = 'comparison'")
+    assert len(found) == 1
+    files = {a.path for a in client.list_artifacts(found[0].info.run_id, "comparison")}
+    assert {"comparison/table.md", "comparison/table.csv", "comparison/rank_law.png"} <= files
+    # A second comparison of the same experiment ignores the first one's run.
+    assert len(cmp.load_runs(mlflow_server.uri, experiment)) == 12
+
+
+def test_pareto_front_mask():
+    cost = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
+    quality = np.array([0.5, 0.7, 0.9, 0.6, 0.5])
+    # (2, 0.6) is beaten by (2, 0.7); the two identical cheapest points do not beat each other.
+    assert cmp.pareto_front(cost, quality).tolist() == [True, True, True, False, True]
+
+
+def test_two_ranks_fall_back_to_a_log_linear_fit():
+    fit = cmp.fit_rank_law(np.array([8.0, 8.0, 32.0, 32.0]), np.array([0.5, 0.5, 0.7, 0.7]))
+    assert fit["law"] == "a + b * ln(r)"
+    assert fit["params"]["b"] == pytest.approx(0.2 / np.log(4))
+    assert fit["r2"] == pytest.approx(1.0)
+
+
+def test_readme_section_is_written_between_markers(compared, tmp_path):
+    _, out, _ = compared
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n{results_readme.START}\nold\n{results_readme.END}\n\n## after\n")
+    assert results_readme.main(["--comparison", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n") and text.endswith(f"{results_readme.END}\n\n## after\n")
+    assert "old" not in text and "| configuration |" in text and "R² =" in text
+    rel = os.path.relpath(out, tmp_path)
+    assert f"![pareto_cider_vs_memory.png]({rel}/pareto_cider_vs_memory.png)" in text
+    with pytest.raises(ValueError, match="results:start"):
+        results_readme.replace_section("no markers", "x")

@@ -1,0 +1,62 @@
+"""trainer.compat: model.quantization=auto resolved from the method, impossible combinations refused."""
+
+import pytest
+import torch
+
+from trainer.compat import METHOD_QUANTIZATION, check_compatibility, resolve_quantization
+from trainer.config import ConfigError, load_config
+from trainer.ds_config import load_ds_config
+
+CPU = torch.device("cpu")
+
+
+def _cfg(*overrides):
+    return load_config(None, list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("qlora", "nf4"),
+        ("qlora8", "int8"),
+        ("lora", "none"),
+        ("full", "none"),
+        ("frozen", "none"),
+        ("prefix", "nf4"),
+    ],
+)
+def test_auto_quantization_follows_the_method(method, expected):
+    cfg = _cfg(f"adapter.method={method}")
+    assert cfg.model.quantization == "auto"
+    assert resolve_quantization(cfg) == expected
+
+
+def test_every_adapter_method_has_a_default_quantization():
+    from models.adapters import METHODS
+
+    assert set(METHOD_QUANTIZATION) == set(METHODS)
+
+
+def test_explicit_quantization_is_kept_or_refused():
+    assert resolve_quantization(_cfg("adapter.method=prefix", "model.quantization=none")) == "none"
+    assert resolve_quantization(_cfg("adapter.method=qlora", "model.quantization=int8")) == "int8"
+    with pytest.raises(ConfigError, match="qlora8 is LoRA on an int8 base but model.quantization=nf4"):
+        resolve_quantization(_cfg("adapter.method=qlora8", "model.quantization=nf4"))
+    with pytest.raises(ConfigError, match="adapter.method must be one of"):
+        resolve_quantization(_cfg("adapter.method=ia3"))
+
+
+def test_int8_under_zero3_is_refused_before_loading():
+    cfg = _cfg("adapter.method=qlora8", "deepspeed.config=ds_configs/zero3.json")
+    cfg.model.quantization = resolve_quantization(cfg)
+    ds = load_ds_config(cfg, 1, CPU, torch.float32)
+    with pytest.raises(ConfigError, match="ZeRO-3 cannot partition bitsandbytes int8"):
+        check_compatibility(cfg, ds, CPU, torch.float32)
+
+
+@pytest.mark.parametrize("method", ["prefix", "adapter", "frozen"])
+@pytest.mark.parametrize("quantization", ["nf4", "none"])
+def test_prefix_adapter_frozen_take_either_base(method, quantization):
+    cfg = _cfg(f"adapter.method={method}", f"model.quantization={quantization}")
+    cfg.model.quantization = resolve_quantization(cfg)
+    check_compatibility(cfg, load_ds_config(cfg, 1, CPU, torch.float32), CPU, torch.float32)

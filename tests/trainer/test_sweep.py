@@ -1,0 +1,206 @@
+"""Sweep expansion (grids, seeds, ablation files, index/count) and one real sweep through the trainer."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DEMO_DATA, REPO, asset_overrides
+from trainer import sweep
+from trainer.config import ConfigError
+
+DEMO = str(REPO / "configs/demo.yaml")
+GRID = ["adapter.method=qlora,temporal_qlora", "adapter.ranks.llm=8,16,32", "selector.k=4,8,16"]
+
+
+def expand_grid(items: list[str], seeds: int | str = 1) -> list[sweep.SweepRun]:
+    spec = sweep.SweepSpec("t", DEMO, sweep.seed_list(seeds), [sweep.grid_group(items)])
+    return sweep.expand(spec)
+
+
+def test_split_values_keeps_bracketed_lists_whole():
+    assert sweep.split_values("8, 16,[q_proj,v_proj],{a: 1, b: 2}") == [
+        "8",
+        "16",
+        "[q_proj,v_proj]",
+        "{a: 1, b: 2}",
+    ]
+    with pytest.raises(ConfigError, match="unbalanced"):
+        sweep.split_values("[a,b")
+    with pytest.raises(ConfigError, match="empty"):
+        sweep.split_values("8,,16")
+
+
+def test_grid_is_the_full_product_times_seeds():
+    runs = expand_grid(GRID, seeds=3)
+    assert len(runs) == 2 * 3 * 3 * 3
+    assert [r.index for r in runs] == list(range(len(runs)))
+    combos = {(tuple(r.overrides[:-1]), r.seed) for r in runs}
+    expected = {
+        ((f"adapter.method={m}", f"adapter.ranks.llm={r}", f"selector.k={k}"), s)
+        for m, r, k, s in itertools.product(("qlora", "temporal_qlora"), (8, 16, 32), (4, 8, 16), range(3))
+    }
+    assert combos == expected
+    assert all(r.overrides[-1] == f"seed={r.seed}" for r in runs)
+    # Seeds of one configuration share label and config id; different configurations do not.
+    by_label = {}
+    for r in runs:
+        by_label.setdefault(r.label, set()).add(r.config_id)
+    assert len(by_label) == 18 and all(len(ids) == 1 for ids in by_label.values())
+    assert len({r.config_id for r in runs}) == 18
+    assert len({r.name for r in runs}) == len(runs)
+    # Stable: the same names in the same order on every expansion.
+    assert [r.name for r in expand_grid(GRID, seeds=3)] == [r.name for r in runs]
+    assert runs[0].name == "grid-method=qlora-llm=8-k=4-s0"
+    assert runs[0].tags("t")["sweep.param.adapter.ranks.llm"] == "8"
+
+
+def test_count_index_and_dry_run(capsys, tmp_path):
+    argv = ["--config", DEMO, "--grid", *GRID, "--seeds", "3", "--out-root", str(tmp_path)]
+    assert sweep.main([*argv, "--count"]) == 0
+    assert capsys.readouterr().out.strip() == "54"
+    assert sweep.main([*argv, "--index", "7", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    name = expand_grid(GRID, seeds=3)[7].name
+    assert out[0].split()[:2] == ["7", name]
+    assert f"output_dir={tmp_path}/demo-sweep/{name}" in out[0] and "seed=" in out[0]
+    with pytest.raises(SystemExit, match="out of range"):
+        sweep.main([*argv, "--index", "54"])
+    assert sweep.main([*argv, "--dry-run", "--slurm", "--partition=cpu", "--time=1:00:00"]) == 0
+    cmd = capsys.readouterr().out.strip()
+    assert cmd.startswith("sbatch --array=0-53 --partition=cpu --time=1:00:00 slurm/sweep.sbatch --config")
+    assert "--dry-run" not in cmd and "--count" not in cmd
+
+
+def test_bad_grid_key_is_named_before_anything_runs():
+    with pytest.raises(ConfigError, match=r"group 'grid'.*adapter\.rnak"):
+        expand_grid(["adapter.rnak=8,16"])
+
+
+ABLATIONS = {
+    "experiment": "abl",
+    "config": DEMO,
+    "seeds": 2,
+    "set": {"train.steps": 5},
+    "variants": {
+        "method": {
+            "qlora": {"adapter.method": "qlora"},
+            "lora": {"adapter.method": "lora", "model.quantization": "none"},
+        },
+    },
+    "groups": [
+        {"name": "methods", "grid": {"method": ["qlora", "lora"]}},
+        {"name": "rank", "set": {"adapter.method": "qlora"}, "grid": {"adapter.r": [4, 8, 16]}},
+        {"name": "targets", "grid": {"adapter.target_modules": [["q_proj", "v_proj"]]}},
+    ],
+}
+
+
+def test_ablation_file_merges_groups_and_shares_identical_runs(tmp_path):
+    path = tmp_path / "abl.yaml"
+    path.write_text(yaml.safe_dump(ABLATIONS))
+    spec = sweep.load_sweep_file(path)
+    assert spec.experiment == "abl" and spec.seeds == [0, 1]
+    runs = sweep.expand(spec)
+    # demo.yaml has adapter.r=8 and method qlora: rank=8 is the methods group's qlora run.
+    assert len(runs) == (2 + 2 + 1) * 2
+    shared = [r for r in runs if r.label == "methods-qlora"]
+    assert [r.groups for r in shared] == [["methods", "rank"]] * 2
+    assert shared[0].params == {"adapter.method": "qlora", "adapter.r": "8"}
+    lora = next(r for r in runs if r.label == "methods-lora")
+    assert "model.quantization=none" in lora.overrides and "train.steps=5" in lora.overrides
+    targets = next(r for r in runs if r.label.startswith("targets"))
+    assert 'adapter.target_modules=["q_proj", "v_proj"]' in targets.overrides
+    assert {r.label for r in runs} == {
+        "methods-qlora",
+        "methods-lora",
+        "rank-r=4",
+        "rank-r=16",
+        targets.label,
+    }
+
+
+def test_ablation_file_errors_name_the_place(tmp_path):
+    bad = dict(ABLATIONS, groups=[{"name": "m", "grid": {"method": ["qlora", "dora"]}}])
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"groups\[0\] \(m\): method has no variants \['dora'\]"):
+        sweep.load_sweep_file(path)
+    path.write_text(yaml.safe_dump(dict(ABLATIONS, groups=[{"name": "m", "grid": {"methd": ["qlora"]}}])))
+    with pytest.raises(ConfigError, match="'methd' is neither"):
+        sweep.load_sweep_file(path)
+
+
+def test_synthvid_experiments_file_expands(monkeypatch):
+    monkeypatch.chdir(REPO)
+    runs = sweep.expand(sweep.load_sweep_file("configs/synthvid/experiments.yaml"))
+    assert len(runs) % 3 == 0 and len({r.config_id for r in runs}) == len(runs) // 3
+    baseline = next(r for r in runs if r.label == "methods-temporal-qlora")
+    assert set(baseline.groups) >= {"methods", "rank", "bits", "placement", "frames", "gates", "policy"}
+
+
+@pytest.fixture(autouse=False)
+def no_dist_env(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_real_sweep_runs_records_failures_and_resumes(
+    demo_assets, mlflow_server, tmp_path, no_dist_env, capsys
+):
+    """Two real tiny runs (2 seeds of QLoRA) through train.main in forked children, plus one
+    combination the trainer refuses (LoRA on an NF4 base): recorded as FAILED, the sweep goes on;
+    run again, the finished runs are skipped."""
+    experiment = f"sweep-test-{os.getpid()}"
+    argv = [
+        "--config", DEMO,
+        "--grid", "adapter.method=qlora,lora",
+        "--seeds", "0,1",
+        "--experiment", experiment,
+        "--tracking-uri", mlflow_server.uri,
+        "--out-root", str(tmp_path),
+        "--set", *asset_overrides(demo_assets), *DEMO_DATA,
+        "model.quantization=nf4", "train.steps=2", "train.micro_batch_size=2", "train.count_flops=false",
+        "eval.num_samples=4", "eval.batch_size=4", "eval.max_new_tokens=4", "tracking.flush_interval_s=0.2",
+    ]  # fmt: skip
+    assert sweep.main(argv) == 1  # some runs failed
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = {r.data.tags["sweep.run"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {
+        "grid-method=qlora-s0",
+        "grid-method=qlora-s1",
+        "grid-method=lora-s0",
+        "grid-method=lora-s1",
+    }
+    for seed in (0, 1):
+        ok = runs[f"grid-method=qlora-s{seed}"]
+        assert ok.info.status == "FINISHED"
+        assert ok.data.tags["sweep.seed"] == str(seed) and ok.data.params["seed"] == str(seed)
+        assert ok.data.tags["sweep.param.adapter.method"] == "qlora"
+        assert "eval/cider" in ok.data.metrics and "train/loss" in ok.data.metrics
+        assert (tmp_path / experiment / f"grid-method=qlora-s{seed}" / "summary.json").is_file()
+        bad = runs[f"grid-method=lora-s{seed}"]
+        assert bad.info.status == "FAILED" and "needs a 16/32-bit base" in bad.data.tags["sweep.error"]
+    assert (
+        runs["grid-method=qlora-s0"].data.tags["sweep.config_id"]
+        == runs["grid-method=qlora-s1"].data.tags["sweep.config_id"]
+    )
+    status = json.loads((tmp_path / experiment / "sweep_status.json").read_text())
+    assert [s["status"] for s in status.values()] == ["FINISHED", "FINISHED", "FAILED", "FAILED"]
+
+    capsys.readouterr()
+    sweep.main([*argv, "--index", "0"])
+    assert "grid-method=qlora-s0: SKIPPED" in capsys.readouterr().out
+
+    from trainer.compare import compare
+
+    result = compare(mlflow_server.uri, experiment, tmp_path / "cmp", log_to_mlflow=False)
+    assert len(result.table) == 1 and int(result.table["n"].iloc[0]) == 2  # two seeds, one configuration
+    assert "eval/cider" in result.quality and Path(tmp_path / "cmp" / "table.md").is_file()

@@ -1,0 +1,134 @@
+"""The qualitative evaluation report: one self-contained HTML page (images inlined as base64 PNG).
+
+Per clip: the candidate frame strip with the frames the selector kept outlined, the temporal
+gates as a heatmap (temporal adapters only), the generated caption against the references, and the
+top-5 videos its first reference retrieves (when the model has a retrieval head).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from trainer.evaluation import ClipResult
+
+_KEPT = (255, 140, 0)  # outline of the kept frames
+_BORDER = 3
+
+
+def _png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def frame_strip(frames: np.ndarray, selected: Sequence[int], height: int = 64) -> Image.Image:
+    """Candidate frames uint8 [N, 3, H, W] side by side; kept ones outlined, the others dimmed."""
+    tiles = []
+    kept = set(int(i) for i in selected)
+    for index, frame in enumerate(frames):
+        tile = Image.fromarray(np.ascontiguousarray(frame.transpose(1, 2, 0)))
+        tile = tile.resize((max(1, round(tile.width * height / tile.height)), height))
+        if index not in kept:
+            tile = Image.blend(tile, Image.new("RGB", tile.size), 0.55)
+        framed = Image.new("RGB", (tile.width + 2 * _BORDER, height + 2 * _BORDER), (255, 255, 255))
+        framed.paste(tile, (_BORDER, _BORDER))
+        if index in kept:
+            ImageDraw.Draw(framed).rectangle(
+                [0, 0, framed.width - 1, framed.height - 1], outline=_KEPT, width=_BORDER
+            )
+        tiles.append(framed)
+    strip = Image.new("RGB", (sum(t.width for t in tiles), height + 2 * _BORDER), (255, 255, 255))
+    x = 0
+    for tile in tiles:
+        strip.paste(tile, (x, 0))
+        x += tile.width
+    return strip
+
+
+def gate_heatmap(gates: Mapping[str, Sequence[float]]) -> Image.Image:
+    """Gates (layer → K values in [0, 1]) as a layers × kept-frames heatmap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(gates)
+    grid = np.array([gates[n] for n in names], dtype=np.float32)  # [layers, K]
+    fig = Figure(figsize=(1.2 + 0.5 * grid.shape[1], 0.8 + 0.22 * len(names)))
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_yticks(
+        range(len(names)), [n.replace("vision_model.encoder.layers.", "vit.") for n in names], fontsize=6
+    )
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_xlabel("kept frame", fontsize=7)
+    fig.colorbar(image, ax=ax, label="gate")
+    fig.tight_layout()
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+.clip { border-top: 1px solid #ccc; padding: 0.8em 0; }
+.scores td, .scores th { padding: 0.1em 0.8em; text-align: right; }
+.pred { font-weight: bold; } .ok { color: #1a7f37; } .miss { color: #b42318; }
+img { image-rendering: pixelated; }
+"""
+
+
+def render_report(
+    clips: Mapping[str, ClipResult],
+    scores: Mapping[str, float],
+    rankings: Mapping[str, Sequence[tuple[str, float]]],
+    title: str,
+    max_clips: int = 8,
+) -> str:
+    """The report's HTML: the scores table, then up to ``max_clips`` clips that kept their frames."""
+    esc = html.escape
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>" for k, v in scores.items())
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>",
+        f"<table class='scores'>{rows}</table>",
+    ]
+    shown = [k for k, c in clips.items() if c.frames is not None][:max_clips]
+    for key in shown:
+        clip = clips[key]
+        parts.append(f"<div class='clip'><h3>{esc(key)}</h3>")
+        strip = _png(frame_strip(clip.frames, clip.selected))
+        parts.append(
+            f"<p>candidate frames (kept: {clip.selected})<br><img alt='frames' src='data:image/png;base64,{strip}'></p>"
+        )
+        if clip.gates:
+            heat = _png(gate_heatmap(clip.gates))
+            parts.append(f"<p>temporal gates<br><img alt='gates' src='data:image/png;base64,{heat}'></p>")
+        prediction = esc(clip.prediction) if clip.prediction else "<i>(empty)</i>"
+        refs = "".join(f"<li>{esc(r)}</li>" for r in clip.references)
+        parts.append(
+            f"<p>generated: <span class='pred'>{prediction}</span></p><p>references:</p><ul>{refs}</ul>"
+        )
+        if key in rankings:
+            items = "".join(
+                f"<li class='{'ok' if other == key else 'miss'}'>{esc(other)} ({sim:.3f}): "
+                f"{esc(clips[other].references[0])}</li>"
+                for other, sim in rankings[key]
+            )
+            parts.append(f"<p>retrieval top-5 for its first reference:</p><ol>{items}</ol>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | Path, *args, **kwargs) -> Path:
+    """`render_report(*args, **kwargs)` written to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(*args, **kwargs), encoding="utf-8")
+    return path
