@@ -29,25 +29,13 @@ import torch
 
 from benchmarks.harness import parse_args, time_call, write_result
 from benchmarks.memory import PeakMemory
-from benchmarks.workload import candidate_frames, text_batch, write_checkpoint
+from benchmarks.workload import LARGER, candidate_frames, text_batch, write_checkpoint
 from data.frame_selector import FrameSelector
 from models.adapters import apply_adapter
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
 from trainer.distributed import resolve_dtype
 
-# Full run: the tiny preset widened and deepened (as benchmarks.temporal_lora) so a step is not mostly
-# Python overhead and activations dominate the step's memory.
-LARGER = {
-    "vision_config": {
-        "hidden_size": 256,
-        "intermediate_size": 1024,
-        "num_hidden_layers": 6,
-        "image_size": 128,
-    },
-    "qformer_config": {"encoder_hidden_size": 256},
-    "text_config": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4},
-}
 CANDIDATES_PER_KEPT = 4  # N = 4K candidate frames, as the demo's 16 → 4
 POLICIES = {"selection": "hybrid", "uniform": "uniform"}
 
@@ -190,7 +178,7 @@ def main() -> None:
         device,
         config={
             "quick": args.quick,
-            "model": "tiny" if args.quick else "tiny widened (benchmarks.scaling.LARGER)",
+            "model": "tiny" if args.quick else "tiny widened (benchmarks.workload.LARGER)",
             "model_overrides": overrides,
             "method": "qlora (nf4), r=16, torch AdamW",
             "dtype": str(dtype),

@@ -17,23 +17,13 @@ import tempfile
 import torch
 
 from benchmarks.harness import parse_args, time_call, write_result
+from benchmarks.workload import LARGER
 from data.synthvid import caption_corpus
 from models.adapters import apply_adapter
 from models.loading import load_model
 from models.presets import create_pretrained
 from models.processor import VideoLlamaProcessor
 
-# Non-quick: the tiny preset widened and deepened so the step is not dominated by Python overhead.
-LARGER = {
-    "vision_config": {
-        "hidden_size": 256,
-        "intermediate_size": 1024,
-        "num_hidden_layers": 6,
-        "image_size": 128,
-    },
-    "qformer_config": {"encoder_hidden_size": 256},
-    "text_config": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4},
-}
 VARIANTS = {
     "lora": ("qlora", None),
     "temporal_scale": ("temporal_qlora", {"inputs": ["motion", "entropy", "scene_change"], "mode": "scale"}),

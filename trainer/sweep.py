@@ -461,6 +461,10 @@ def _fork(job: Any, log_path: Path) -> int:
     if pid == 0:
         code = 1
         try:
+            # The sweep's forwarding handler is inherited: a signal sent to the child itself must act
+            # as on a plain `python train.py` (the trainer's PreemptionHandler during fit, else exit).
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_DFL)
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)

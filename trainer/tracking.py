@@ -86,6 +86,9 @@ class Tracker(NullTracker):
         self.spool_path = Path(spool_path)
         self.flush_interval_s = flush_interval_s
         self.failed_uploads = 0
+        # CPU seconds the uploads took in this process (serializing, sending, waiting excluded):
+        # the tracker's share of the training machine, reported by benchmarks/step_overhead.py.
+        self.upload_cpu_s = 0.0
         self._experiment = experiment
         self._run_name = run_name
         self._tags = tags or {}
@@ -136,7 +139,11 @@ class Tracker(NullTracker):
     def flush(self) -> bool:
         """Send everything buffered and queued now. Returns False (keeping it all) on failure."""
         with self._io:
-            return self._flush()
+            start = time.thread_time()
+            try:
+                return self._flush()
+            finally:
+                self.upload_cpu_s += time.thread_time() - start
 
     def _flush(self) -> bool:
         try:

@@ -59,7 +59,7 @@ def test_failed_upload_keeps_metrics_and_spools(mlflow_server, tmp_path):
 
 
 def test_server_restarted_mid_run_loses_nothing(tmp_path):
-    from tests.conftest import MlflowServer
+    from tests.mlflow_server import MlflowServer
 
     (tmp_path / "srv").mkdir()
     server = MlflowServer(tmp_path / "srv").start()
@@ -84,7 +84,7 @@ def test_server_restarted_mid_run_loses_nothing(tmp_path):
 
 
 def test_server_down_at_start_run_created_when_it_answers(tmp_path):
-    from tests.conftest import MlflowServer
+    from tests.mlflow_server import MlflowServer
 
     (tmp_path / "srv").mkdir()
     server = MlflowServer(tmp_path / "srv")  # not started yet
