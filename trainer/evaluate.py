@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     results["mlflow_run_id"] = log_to_mlflow(cfg, adapter_dir, out_dir, args.split, result.scores)
     results["out_dir"] = str(out_dir)
+    # Again with the run the scores went to (the copy uploaded into that run cannot name it yet).
+    (out_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
     barrier()
     return results
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DEMO_DATA, REPO, asset_overrides
+from tests.conftest import DEMO_DATA, REPO, asset_overrides, training_env
 from trainer import sweep
 from trainer.config import ConfigError
 
@@ -145,18 +147,14 @@ def test_synthvid_experiments_file_expands(monkeypatch):
     assert set(baseline.groups) >= {"methods", "rank", "bits", "placement", "frames", "gates", "policy"}
 
 
-@pytest.fixture(autouse=False)
-def no_dist_env(monkeypatch):
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
-
-
-def test_real_sweep_runs_records_failures_and_resumes(
-    demo_assets, mlflow_server, tmp_path, no_dist_env, capsys
-):
+def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server, tmp_path):
     """Two real tiny runs (2 seeds of QLoRA) through train.main in forked children, plus one
     combination the trainer refuses (LoRA on an NF4 base): recorded as FAILED, the sweep goes on;
-    run again, the finished runs are skipped."""
+    run again, the finished runs are skipped.
+
+    The sweep runs as users start it, ``python -m trainer.sweep`` in a fresh process: the fork
+    launcher forks from a parent that has only imported the libraries. (Forking this pytest
+    process, whose earlier tests started torch's OpenMP threads, can deadlock the child.)"""
     experiment = f"sweep-test-{os.getpid()}"
     argv = [
         "--config", DEMO,
@@ -169,7 +167,8 @@ def test_real_sweep_runs_records_failures_and_resumes(
         "model.quantization=nf4", "train.steps=2", "train.micro_batch_size=2", "train.count_flops=false",
         "eval.num_samples=4", "eval.batch_size=4", "eval.max_new_tokens=4", "tracking.flush_interval_s=0.2",
     ]  # fmt: skip
-    assert sweep.main(argv) == 1  # some runs failed
+    first = _sweep_cli(argv)
+    assert first.returncode == 1, first.stdout[-3000:]  # some runs failed
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name(experiment)
     runs = {r.data.tags["sweep.run"]: r for r in client.search_runs([exp.experiment_id])}
@@ -195,12 +194,23 @@ def test_real_sweep_runs_records_failures_and_resumes(
     status = json.loads((tmp_path / experiment / "sweep_status.json").read_text())
     assert [s["status"] for s in status.values()] == ["FINISHED", "FINISHED", "FAILED", "FAILED"]
 
-    capsys.readouterr()
-    sweep.main([*argv, "--index", "0"])
-    assert "grid-method=qlora-s0: SKIPPED" in capsys.readouterr().out
+    again = _sweep_cli([*argv, "--index", "0"])
+    assert "grid-method=qlora-s0: SKIPPED" in again.stdout, again.stdout[-3000:]
 
     from trainer.compare import compare
 
     result = compare(mlflow_server.uri, experiment, tmp_path / "cmp", log_to_mlflow=False)
     assert len(result.table) == 1 and int(result.table["n"].iloc[0]) == 2  # two seeds, one configuration
     assert "eval/cider" in result.quality and Path(tmp_path / "cmp" / "table.md").is_file()
+
+
+def _sweep_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.sweep", *argv],
+        cwd=REPO,
+        env=training_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1200,
+    )
