@@ -224,6 +224,9 @@ class EvalConfig:
     num_beams: int = 1
     # Clips shown in the qualitative HTML report of `python -m trainer.evaluate`.
     report_samples: int = 8
+    # Text→video retrieval: re-rank each caption's top-k videos by log p(caption | video) (0 = off);
+    # adds rerank_t2v_* metrics next to the retrieval head's.
+    rerank_top_k: int = 0
 
 
 @dataclass

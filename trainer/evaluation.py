@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from models.retrieval_head import caption_tokens
 from trainer.caption_metrics import score_captions
 from trainer.config import RunConfig
 from trainer.distributed import DistInfo, gather_to_main
+from trainer.rerank import caption_log_likelihood, rerank_top_k
 from trainer.retrieval_metrics import retrieval_metrics
 
 TASKS = ("caption", "retrieval")
@@ -42,6 +44,8 @@ class ClipResult:
         video_embedding: float32 [E] or None (no retrieval head).
         text_embeddings: float32 [R, E], one per reference, or None.
         frames: uint8 [N, 3, H, W] candidate frames, kept for the first clips only (the report).
+        pixels: float32 [K, 3, H, W] the model's input frames, kept when re-ranking needs them.
+        frame_scores: float32 [K, S] their selector scores, kept with ``pixels``.
     """
 
     prediction: str
@@ -51,6 +55,8 @@ class ClipResult:
     video_embedding: np.ndarray | None = None
     text_embeddings: np.ndarray | None = None
     frames: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    frame_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -107,13 +113,15 @@ def run_clips(
     keep_frames: int = 0,
     show_progress: bool = True,
     synced_ranks: bool = False,
+    keep_pixels: bool = False,
 ) -> dict[str, ClipResult]:
     """Run up to ``limit`` clips of this rank's part of ``shards`` through the model.
 
     ``tasks``: "caption" generates captions; "retrieval" embeds the video and its references (needs
     the model's retrieval head). ``keep_frames``: keep the candidate frames of this many clips.
     ``synced_ranks``: keep generating until every rank is done (needed when parameters are sharded
-    across ranks, i.e. ZeRO-3; transformers' ``synced_gpus``).
+    across ranks, i.e. ZeRO-3; transformers' ``synced_gpus``). ``keep_pixels``: keep every clip's
+    model-input frames (for re-ranking; K x 3 x H x W floats per clip).
     """
     data = build_dataset(
         shards,
@@ -165,6 +173,8 @@ def run_clips(
                 video_embedding=videos[i],
                 text_embeddings=texts[i],
                 frames=_frames(batch, i) if len(clips) < keep_frames else None,
+                pixels=selected.frames[i].float().cpu().numpy() if keep_pixels else None,
+                frame_scores=selected.scores[i].cpu().numpy() if keep_pixels else None,
             )
         bar.update(1)
     bar.close()
@@ -226,6 +236,12 @@ def evaluate(
         raise ValueError(
             "retrieval evaluation needs a model trained with a retrieval head (train.contrastive_weight > 0)"
         )
+    rerank = cfg.eval.rerank_top_k if "retrieval" in tasks else 0
+    if rerank and sharded_params and dist.world_size > 1:
+        raise ValueError(
+            "eval.rerank_top_k scores pairs on rank 0 alone, which ZeRO-3's sharded parameters do not "
+            "allow: evaluate with ZeRO-0/1/2 (e.g. python -m trainer.evaluate) or set eval.rerank_top_k=0"
+        )
     per_rank = math.ceil(cfg.eval.num_samples / dist.world_size)
     local = run_clips(
         model,
@@ -240,6 +256,7 @@ def evaluate(
         keep_frames,
         dist.is_main,
         sharded_params and dist.world_size > 1,
+        keep_pixels=rerank > 0,
     )
     gathered = gather_to_main(local)
     if gathered is None:
@@ -260,4 +277,32 @@ def evaluate(
         metrics, similarity, owner = retrieval_scores(clips)
         scores.update(metrics)
         rankings = top_videos(clips, similarity, owner)
+        if rerank:
+            reranked = rerank_top_k(similarity, rerank, _pair_likelihood(model, processor, clips, cfg, dtype))
+            t2v = {k: v for k, v in retrieval_metrics(reranked, owner).items() if k.startswith("t2v")}
+            scores.update({f"rerank_{k}": v for k, v in t2v.items()})
     return EvalResult(scores, clips, tuple(tasks), rankings)
+
+
+def _pair_likelihood(
+    model: Any, processor: Any, clips: dict[str, ClipResult], cfg: RunConfig, dtype: torch.dtype
+) -> Callable[[list[tuple[int, int]]], np.ndarray]:
+    """log p(caption | video) for (caption row, video column) pairs of ``retrieval_scores``' matrix."""
+    keys = list(clips)
+    captions = [ref for key in keys for ref in clips[key].references]  # the similarity's row order
+    device = next(model.parameters()).device
+
+    def score(pairs: list[tuple[int, int]]) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        out = []
+        for start in tqdm(range(0, len(pairs), cfg.eval.batch_size), desc="rerank", unit="batch"):
+            chunk = [clips[keys[v]] for _, v in pairs[start : start + cfg.eval.batch_size]]
+            pixels = torch.from_numpy(np.stack([c.pixels for c in chunk])).to(device, dtype)
+            frame_scores = torch.from_numpy(np.stack([c.frame_scores for c in chunk])).to(device)
+            texts = [captions[c] for c, _ in pairs[start : start + cfg.eval.batch_size]]
+            out.append(caption_log_likelihood(model, processor, texts, pixels, frame_scores, len(chunk)))
+        model.train(was_training)
+        return np.concatenate(out)
+
+    return score

@@ -46,6 +46,7 @@ def test_evaluate_writes_json_report_and_mlflow_metrics(trained, mlflow_server):
         str(out / "ev"),
         *overrides,
         "eval.report_samples=2",
+        "eval.rerank_top_k=5",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
@@ -56,6 +57,11 @@ def test_evaluate_writes_json_report_and_mlflow_metrics(trained, mlflow_server):
     for name in ("bleu4", "meteor", "rouge_l", "cider", "t2v_r1_pct", "v2t_r5_pct", "t2v_medr", "v2t_mnr"):
         assert name in scores
     assert results["retrieval_chance"]["t2v_r1_pct"] == pytest.approx(100 / EVAL_CLIPS)
+    # Re-ranking reorders each caption's top 5 by caption likelihood: who is in the top 5 (and 10)
+    # cannot change, the order inside can.
+    for k in (5, 10):
+        assert scores[f"rerank_t2v_r{k}_pct"] == pytest.approx(scores[f"t2v_r{k}_pct"])
+    assert 0 <= scores["rerank_t2v_r1_pct"] <= scores["t2v_r5_pct"]
     clip = next(iter(results["clips"].values()))
     assert len(clip["selected_frames"]) == 4 and len(clip["retrieval_top5"]) == 5
 

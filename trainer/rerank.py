@@ -1,0 +1,71 @@
+"""Re-rank each caption's top-k retrieved videos by caption likelihood, log p(caption | video).
+
+The contrastive head compares one pooled vector per side, which is cheap over the whole set but
+coarse; the captioning model reads every video token, which is exact but costs one forward per
+(caption, video) pair. So the head retrieves and the captioner re-orders its top k (text → video),
+at C × k forwards for C captions instead of C × V.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def rerank_top_k(
+    similarity: np.ndarray, k: int, log_likelihood: Callable[[list[tuple[int, int]]], np.ndarray]
+) -> np.ndarray:
+    """A copy of ``similarity`` float [C, V] in which each caption's top-``k`` videos are ordered by
+    ``log_likelihood`` and stay above every other video (which keep their similarity order).
+
+    ``log_likelihood(pairs)`` takes [(caption row, video column), …] and returns float [len(pairs)].
+    """
+    k = min(k, similarity.shape[1])
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]  # [C, k]
+    pairs = [(c, int(v)) for c in range(similarity.shape[0]) for v in top[c]]
+    scores = np.asarray(log_likelihood(pairs), dtype=np.float64).reshape(top.shape)
+    reranked = similarity.astype(np.float64)
+    # One shift for the whole matrix keeps each row's likelihood order and lifts the top k above
+    # the largest similarity, so they stay the top k.
+    shift = float(similarity.max()) + 1.0 - float(scores.min())
+    np.put_along_axis(reranked, top, scores + shift, axis=1)
+    return reranked
+
+
+@torch.no_grad()
+def caption_log_likelihood(
+    model: torch.nn.Module,
+    processor: object,
+    captions: Sequence[str],
+    pixel_values: torch.Tensor,
+    frame_scores: torch.Tensor | None,
+    batch_size: int,
+) -> np.ndarray:
+    """Summed log-probability of each caption given its video, as the model was trained to caption.
+
+    Args:
+        captions: P caption strings.
+        pixel_values: float [P, K, 3, H, W] the paired videos' selected frames (model dtype/device).
+        frame_scores: float [P, K, S] their selector scores (temporal adapters) or None.
+    Returns:
+        float64 [P] log p(caption | video), summed over the caption's tokens (and eos).
+    """
+    out = []
+    for start in range(0, len(captions), batch_size):
+        end = min(start + batch_size, len(captions))
+        tokens = processor.pad([processor.training_example(c) for c in captions[start:end]])
+        tokens = {name: t.to(pixel_values.device) for name, t in tokens.items()}
+        logits = model(
+            pixel_values=pixel_values[start:end],
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
+            frame_scores=None if frame_scores is None else frame_scores[start:end],
+        ).logits.float()
+        labels = tokens["labels"][:, 1:]  # position t predicts token t + 1
+        logp = F.log_softmax(logits[:, :-1], dim=-1)
+        picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        out.append((picked * (labels != -100)).sum(dim=1).double().cpu())
+    return torch.cat(out).numpy()
