@@ -272,14 +272,7 @@ def plot_pareto(table: pd.DataFrame, quality: str, cost: str, path: Path) -> lis
             textcoords="offset points",
             color="tab:red" if on_front else "0.4",
         )
-    ax.set_xlabel(_axis_name(cost))
-    ax.set_ylabel(_title(quality))
-    ax.set_title(f"{_title(quality)} vs {_axis_name(cost)}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_plot(fig, ax, _axis_name(cost), _title(quality), path)
     return data["label"][front].tolist()
 
 
@@ -398,14 +391,7 @@ def plot_rank_law(series: pd.DataFrame, quality: str, fit: dict[str, Any], rank_
     grid = np.geomspace(series["rank"].min(), series["rank"].max(), 100)
     ax.plot(grid, law_curve(fit, grid), "-", color="tab:red", label=f"fit: {_law_text(fit)}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"rank ({rank_key})")
-    ax.set_ylabel(_title(quality))
-    ax.set_title(f"{_title(quality)} vs rank")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_plot(fig, ax, f"rank ({rank_key})", _title(quality), path, title=f"{_title(quality)} vs rank")
 
 
 def _law_text(fit: dict[str, Any]) -> str:
@@ -493,6 +479,18 @@ def _log_comparison(tracking_uri: str, experiment: str, out: Path, summary: dict
     client.log_artifacts(run_id, str(out), "comparison")
     client.set_terminated(run_id)
     return run_id
+
+
+def _finish_plot(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, title: str | None = None) -> None:
+    """Labels, grid and legend of a comparison plot; saved to ``path`` and closed."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} vs {xlabel}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
