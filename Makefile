@@ -70,6 +70,6 @@ $(SV_ROOT)/pretrain/adapter/config.json: | $(STAMP)
 # The sweep's failed runs are listed (and recorded in MLflow); the comparison of the others goes on.
 experiments: $(STAMP) $(SV_ROOT)/pretrain/adapter/config.json
 	-$(PY) -m trainer.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) $(SV_SWEEP_ARGS)
-	$(PY) -m trainer.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS)
+	$(PY) -m trainer.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task
 	$(if $(QUICK),cp README.md $(SV_README))
 	$(PY) -m trainer.results_readme --comparison $(SV_RESULTS) --readme $(SV_README)

@@ -236,8 +236,10 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return ~(no_worse & better).any(axis=1)
 
 
-def plot_pareto(table: pd.DataFrame, quality: str, cost: str, path: Path) -> list[str]:
-    """Scatter of the configurations (error bars: std over seeds), front highlighted; returns its labels."""
+def plot_pareto(table: pd.DataFrame, quality: str, cost: str, path: Path, subset: str = "") -> list[str]:
+    """Scatter of the configurations (error bars: std over seeds), front highlighted; returns its labels.
+
+    ``subset`` names the part of the experiment plotted (e.g. one task), for the title."""
     data = table.dropna(subset=[f"{quality}_mean", f"{cost}_mean"])
     x, y = data[f"{cost}_mean"].to_numpy(), data[f"{quality}_mean"].to_numpy()
     front = pareto_front(x, y)
@@ -272,7 +274,8 @@ def plot_pareto(table: pd.DataFrame, quality: str, cost: str, path: Path) -> lis
             textcoords="offset points",
             color="tab:red" if on_front else "0.4",
         )
-    _finish_plot(fig, ax, _axis_name(cost), _title(quality), path)
+    title = f"{_title(quality)} vs {_axis_name(cost)}" + (f" ({subset})" if subset else "")
+    _finish_plot(fig, ax, _axis_name(cost), _title(quality), path, title=title)
     return data["label"][front].tolist()
 
 
@@ -408,8 +411,13 @@ def compare(
     out: str | Path,
     rank_key: str = "adapter.r",
     log_to_mlflow: bool = True,
+    split_by: str | None = None,
 ) -> Comparison:
-    """Read, aggregate, plot and write everything (see the module docstring); returns what it built."""
+    """Read, aggregate, plot and write everything (see the module docstring); returns what it built.
+
+    ``split_by``: a config key (e.g. ``data.synthvid.task``) whose values are separate problems; each
+    value gets its own Pareto plots, as qualities of different tasks do not share an axis.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(tracking_uri, experiment)
@@ -423,13 +431,15 @@ def compare(
     (out / "table.md").write_text(markdown_table(table, quality, memory))
 
     fronts = {}
-    for q in quality[:2]:
-        for cost in (memory, STEP_TIME):
-            if cost is None or table[f"{q}_mean"].notna().sum() == 0:
-                continue
-            name = f"pareto_{_file_part(q)}_vs_{'memory' if cost == memory else 'step_time'}.png"
-            fronts[name] = plot_pareto(table, q, cost, out / name)
-            files[name] = name
+    for subset, part in _split(runs, table, split_by).items():
+        suffix = f"_{_file_part(subset)}" if subset else ""
+        for q in quality[:2]:
+            for cost in (memory, STEP_TIME):
+                if cost is None or part[f"{q}_mean"].notna().sum() == 0:
+                    continue
+                name = f"pareto_{_file_part(q)}_vs_{'memory' if cost == memory else 'step_time'}{suffix}.png"
+                fronts[name] = plot_pareto(part, q, cost, out / name, subset)
+                files[name] = name
 
     rank_law = None
     for q in quality:
@@ -465,8 +475,18 @@ def compare(
     return Comparison(runs, table, quality, memory, files, rank_law)
 
 
+def _split(runs: pd.DataFrame, table: pd.DataFrame, split_by: str | None) -> dict[str, pd.DataFrame]:
+    """The table's configurations per value of config key ``split_by`` ({"": table} if not split)."""
+    column = f"cfg.{split_by}"
+    if not split_by or column not in runs or runs[column].nunique() < 2:
+        return {"": table}
+    value_of = runs.groupby("config_id", sort=False)[column].first()
+    values = table["config_id"].map(value_of)
+    return {f"{split_by}={v}": table[values == v] for v in sorted(values.dropna().unique())}
+
+
 def _file_part(col: str) -> str:
-    return col.removeprefix("eval/").replace("/", "_")
+    return col.removeprefix("eval/").replace("/", "_").replace("=", "-").replace(".", "_")
 
 
 def _log_comparison(tracking_uri: str, experiment: str, out: Path, summary: dict[str, Any]) -> str:
@@ -504,8 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the table, plots and JSON")
     parser.add_argument("--rank-key", default="adapter.r", help="swept key the rank-quality law is fitted on")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the comparison run")
+    parser.add_argument(
+        "--split-by", help="config key whose values get separate Pareto plots (e.g. data.synthvid.task)"
+    )
     args = parser.parse_args(argv)
-    result = compare(args.tracking_uri, args.experiment, args.out, args.rank_key, not args.no_mlflow)
+    result = compare(
+        args.tracking_uri, args.experiment, args.out, args.rank_key, not args.no_mlflow, args.split_by
+    )
     print((Path(args.out) / "table.md").read_text())
     print(
         f"{len(result.runs)} runs in {len(result.table)} configurations → {args.out}: {', '.join(result.files)}"

@@ -144,3 +144,19 @@ def test_readme_section_is_written_between_markers(compared, tmp_path):
     assert f"![pareto_cider_vs_memory.png]({rel}/pareto_cider_vs_memory.png)" in text
     with pytest.raises(ValueError, match="results:start"):
         results_readme.replace_section("no markers", "x")
+
+
+def test_split_by_task_gives_each_task_its_own_configurations():
+    runs = pd.DataFrame(
+        {
+            "config_id": ["a", "a", "b", "c"],
+            "cfg.data.synthvid.task": ["temporal", "temporal", "retrieval", "temporal"],
+        }
+    )
+    table = pd.DataFrame({"config_id": ["a", "b", "c"], "label": ["qlora-t", "qlora-r", "lora-t"]})
+    parts = cmp._split(runs, table, "data.synthvid.task")
+    assert {k: v["label"].tolist() for k, v in parts.items()} == {
+        "data.synthvid.task=retrieval": ["qlora-r"],
+        "data.synthvid.task=temporal": ["qlora-t", "lora-t"],
+    }
+    assert list(cmp._split(runs, table, None)) == [""] and list(cmp._split(runs, table, "absent.key")) == [""]
