@@ -301,7 +301,7 @@ def _pair_likelihood(
             pixels = torch.from_numpy(np.stack([c.pixels for c in chunk])).to(device, dtype)
             frame_scores = torch.from_numpy(np.stack([c.frame_scores for c in chunk])).to(device)
             texts = [captions[c] for c, _ in pairs[start : start + cfg.eval.batch_size]]
-            out.append(caption_log_likelihood(model, processor, texts, pixels, frame_scores, len(chunk)))
+            out.append(caption_log_likelihood(model, processor, texts, pixels, frame_scores))
         model.train(was_training)
         return np.concatenate(out)
 

@@ -42,9 +42,10 @@ def caption_log_likelihood(
     captions: Sequence[str],
     pixel_values: torch.Tensor,
     frame_scores: torch.Tensor | None,
-    batch_size: int,
 ) -> np.ndarray:
     """Summed log-probability of each caption given its video, as the model was trained to caption.
+
+    One forward for the whole batch; the caller chooses its size.
 
     Args:
         captions: P caption strings.
@@ -53,19 +54,15 @@ def caption_log_likelihood(
     Returns:
         float64 [P] log p(caption | video), summed over the caption's tokens (and eos).
     """
-    out = []
-    for start in range(0, len(captions), batch_size):
-        end = min(start + batch_size, len(captions))
-        tokens = processor.pad([processor.training_example(c) for c in captions[start:end]])
-        tokens = {name: t.to(pixel_values.device) for name, t in tokens.items()}
-        logits = model(
-            pixel_values=pixel_values[start:end],
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
-            frame_scores=None if frame_scores is None else frame_scores[start:end],
-        ).logits.float()
-        labels = tokens["labels"][:, 1:]  # position t predicts token t + 1
-        logp = F.log_softmax(logits[:, :-1], dim=-1)
-        picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        out.append((picked * (labels != -100)).sum(dim=1).double().cpu())
-    return torch.cat(out).numpy()
+    tokens = processor.pad([processor.training_example(c) for c in captions])
+    tokens = {name: t.to(pixel_values.device) for name, t in tokens.items()}
+    logits = model(
+        pixel_values=pixel_values,
+        input_ids=tokens["input_ids"],
+        attention_mask=tokens["attention_mask"],
+        frame_scores=frame_scores,
+    ).logits.float()
+    labels = tokens["labels"][:, 1:]  # position t predicts token t + 1
+    logp = F.log_softmax(logits[:, :-1], dim=-1)
+    picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (labels != -100)).sum(dim=1).double().cpu().numpy()
