@@ -167,6 +167,11 @@ class TrainConfig:
     micro_batch_size: int = 4
     grad_accum: int = 1
     lr: float = 2.0e-3
+    # Learning rates of the ViT and of the aligner (both Q-Formers, their queries, the frame positions
+    # and the projection), for their weights and adapters alike; null: lr. A fresh encoder at the
+    # LLM's rate collapses to one output for every clip (trainer/param_groups.py).
+    vit_lr: float | None = None
+    aligner_lr: float | None = None
     weight_decay: float = 0.0
     # cosine | linear | constant, each after a linear warm-up of warmup_steps.
     schedule: str = "cosine"

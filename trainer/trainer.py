@@ -44,6 +44,7 @@ from trainer.ds_config import load_ds_config, zero_stage
 from trainer.evaluation import evaluate as run_evaluation
 from trainer.flops import count_flops, peak_tflops
 from trainer.metrics import PhaseTimer, ThroughputMeter, peak_memory
+from trainer.param_groups import learning_rate_groups, scaled_schedule
 from trainer.preemption import PreemptionHandler
 from trainer.system_info import device_name, git_commit, library_versions
 from trainer.tracking import NullTracker, Tracker
@@ -92,7 +93,10 @@ class Trainer:
         model = apply_adapter(model, cfg.adapter.method, **self._adapter_kwargs(model))
         self.adapter_allocation: dict[str, Any] | None = getattr(model, "adapter_allocation", None)
         self.trainable_params, self.total_params = trainable_parameter_count(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        train = cfg.train
+        trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr)
+        if trainable and isinstance(trainable[0], dict):
+            self.ds_config = scaled_schedule(self.ds_config, [g["lr"] for g in trainable], train.lr)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=trainable or None,
@@ -133,6 +137,12 @@ class Trainer:
         if resume_from is not None:
             self._restore(checkpoint.load_checkpoint(self.engine, *resume_from))
         self.tracker = self._start_tracking() if self.dist.is_main else NullTracker()
+
+    def _group_learning_rates(self) -> dict[str, float]:
+        """train/lr_<group> of each named group when the ViT / aligner have their own rates."""
+        optimizer = self.engine.optimizer
+        groups = optimizer.param_groups if optimizer is not None else []
+        return {f"train/lr_{g['name']}": g["lr"] for g in groups if "name" in g}
 
     def _adapter_kwargs(self, model: Any) -> dict[str, Any]:
         """``apply_adapter`` keywords from the ``adapter`` config section."""
@@ -354,6 +364,7 @@ class Trainer:
         self.throughput_history.append(rates)
         metrics: dict[str, float] = {
             "train/lr": self.engine.get_lr()[0],
+            **self._group_learning_rates(),
             "train/samples_seen": self.samples_seen * world,
             "train/nonfinite_steps": self.nonfinite_steps,
             **rates,
