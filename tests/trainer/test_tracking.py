@@ -1,3 +1,7 @@
+import math
+
+import requests
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from trainer.tracking import Tracker
@@ -40,16 +44,17 @@ def test_log_only_buffers(mlflow_server, tmp_path):
     assert len(MlflowClient(mlflow_server.uri).get_metric_history(tracker.run_id, "train/loss")) == 1
 
 
-def test_failed_upload_keeps_metrics_and_spools(mlflow_server, tmp_path):
+def test_failed_upload_keeps_metrics_and_spools(mlflow_server, tmp_path, monkeypatch):
     tracker = Tracker(
         mlflow_server.uri, "tracking-test", "run-c", tmp_path / "spool.jsonl", flush_interval_s=60
     )
     tracker.log({"train/loss": 2.0}, step=1)
 
     def broken(*args, **kwargs):
-        raise ConnectionError("server down")
+        raise requests.ConnectionError("server down")
 
-    tracker.client.log_batch = broken
+    # The network fails under mlflow's own HTTP helper, whichever upload path the tracker takes.
+    monkeypatch.setattr(requests.Session, "request", broken)
     assert tracker.flush() is False
     assert tracker.failed_uploads == 1
     tracker.log({"train/loss": 1.0}, step=2)
@@ -99,3 +104,54 @@ def test_server_down_at_start_run_created_when_it_answers(tmp_path):
     assert run.data.params["train.lr"] == "0.5"
     assert [m.value for m in client.get_metric_history(tracker.run_id, "train/loss")] == [3.0]
     server.stop()
+
+
+def _history(client, run_id, key):
+    """(key, value, step, timestamp) of every stored point, in a canonical order (repr: NaN == NaN)."""
+    return sorted((m.key, repr(m.value), m.step, m.timestamp) for m in client.get_metric_history(run_id, key))
+
+
+def test_rest_fast_path_stores_what_log_batch_stores(mlflow_server, tmp_path, monkeypatch):
+    tracker = Tracker(mlflow_server.uri, "fast-path", "run-f", tmp_path / "spool.jsonl", flush_interval_s=60)
+    values = [1.5, -0.0, 1e-300, 123456789.123456, 7, math.nan, math.inf, -math.inf, 2.0**60]
+    for step, value in enumerate(values):
+        tracker.log({"train/loss": value, "data/bad_samples_decode": step}, step=step * 1000)
+    tracker.log({"train/loss": 0.25}, step=3000)  # a second point at the same step
+    with tracker._lock:
+        rows = list(tracker._pending)
+
+    def not_this_way(*args, **kwargs):
+        raise AssertionError("an http(s) tracking URI must not go through MlflowClient.log_batch")
+
+    monkeypatch.setattr(tracker.client, "log_batch", not_this_way)
+    assert tracker.flush()
+    monkeypatch.undo()
+
+    # The same rows through mlflow's own client into a second run of the same server.
+    client = MlflowClient(mlflow_server.uri)
+    reference = client.create_run(client.get_run(tracker.run_id).info.experiment_id).info.run_id
+    client.log_batch(reference, metrics=[Metric(*row) for row in rows])
+    for key in ("train/loss", "data/bad_samples_decode"):
+        fast = _history(client, tracker.run_id, key)
+        assert fast == _history(client, reference, key)
+        assert len(fast) == sum(row[0] == key for row in rows)
+    assert {v for _, v, *_ in _history(client, tracker.run_id, "train/loss")} >= {"nan", "1.5"}
+    tracker.close()
+
+
+def test_sqlite_store_uploads_through_log_batch(tmp_path):
+    tracker = Tracker(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "sqlite-store",
+        "run-s",
+        tmp_path / "spool.jsonl",
+        flush_interval_s=60,
+        artifact_location=str(tmp_path / "artifacts"),
+    )
+    for step in range(1, 4):
+        tracker.log({"train/loss": 1.0 / step}, step=step)
+    tracker.close()
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(
+        tracker.run_id, "train/loss"
+    )
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
