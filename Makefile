@@ -69,12 +69,15 @@ endif
 # 0.18 s/step with one thread against 1-4 s/step with the default two, while another job ran).
 experiments $(SV_ROOT)/pretrain/adapter/config.json: export OMP_NUM_THREADS := 1
 
+# A new base makes the fine-tunes of the old one stale: without the rm, their finished checkpoints
+# would be resumed (train.resume=auto) and only re-evaluated.
 $(SV_ROOT)/pretrain/adapter/config.json: | $(STAMP)
+	rm -rf $(SV_ROOT)/sweeps
 	$(PY) train.py --config configs/synthvid/pretrain.yaml $(SV_PRETRAIN_ARGS)
 
 # The sweep's failed runs are listed (and recorded in MLflow); the comparison of the others goes on.
 experiments: $(STAMP) $(SV_ROOT)/pretrain/adapter/config.json
-	-$(PY) -m trainer.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) $(SV_SWEEP_ARGS)
+	-$(PY) -m trainer.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps $(SV_SWEEP_ARGS)
 	$(PY) -m trainer.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task
 	$(if $(QUICK),cp README.md $(SV_README))
 	$(PY) -m trainer.results_readme --comparison $(SV_RESULTS) --readme $(SV_README)

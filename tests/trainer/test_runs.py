@@ -195,7 +195,7 @@ def test_zero3_qlora_on_two_ranks(demo_assets, tmp_path):
         ["adapter.method=temporal_qlora", "adapter.gate.mode=rank"],
         ["adapter.method=ranked_qlora", "adapter.allocation=entropy", "adapter.budget=60000"],
         ["adapter.method=adalora", "deepspeed.config=ds_configs/zero0.json", "adapter.budget=50000"],
-        ["adapter.method=qlora8"],
+        ["adapter.method=qlora8", "train.vit_lr=1e-4", "train.aligner_lr=2e-4", "train.schedule=constant"],
         ["adapter.method=prefix", "adapter.num_virtual_tokens=8"],
         ["adapter.method=adapter", "adapter.placement=both", "adapter.bottleneck.dim=8"],
         ["adapter.method=frozen", "eval.num_samples=4", "eval.batch_size=4"],
@@ -228,6 +228,9 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
     assert summary["last_loss"] < summary["first_loss"]
     if "temporal" in overrides[0]:
         assert 0.0 <= metrics["gate/mean"] <= 1.0 and "gate/frame/0/mean" in metrics
+    if "train.vit_lr=1e-4" in overrides:  # own rates for the ViT and the aligner, through the schedule
+        assert (metrics["train/lr_vit"], metrics["train/lr_aligner"]) == pytest.approx((1e-4, 2e-4))
+        assert metrics["train/lr"] == metrics["train/lr_llm"] > metrics["train/lr_aligner"]
     if "budget" in " ".join(overrides) and "adalora" not in overrides[0]:
         assert abs(summary["trainable_params"] - 60000) <= 0.02 * 60000
     run_config = json.loads((run_dir / "adapter/run_config.json").read_text())
