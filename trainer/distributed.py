@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -44,8 +45,31 @@ def init_distributed(backend: str = "auto") -> DistInfo:
         accel.set_device(local_rank)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend)
+        _unlink_shm_workspace(dist.get_rank())
     device = torch.device(accel.current_device_name())
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device)
+
+
+def shm_workspace_path(rank: int) -> Path:
+    """Where DeepSpeed's CPU shared-memory all-reduce keeps `rank`'s workspace (~66 MB, tmpfs)."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}"
+    return Path("/dev/shm") / name
+
+
+def _unlink_shm_workspace(rank: int) -> None:
+    """Unlink this rank's shared-memory all-reduce workspace once every rank has mapped it.
+
+    On CPU, DeepSpeed's shm communicator creates one ~66 MB file in /dev/shm per rank and never
+    removes it (its ``shared_close`` is not called), so each run, one rank or many, leaves RAM
+    behind until reboot. Every rank opens its peers' files inside ``init_distributed``; after the
+    barrier below all mappings exist, and unlinking only drops the name: the mapped memory lives
+    until the last rank exits, and a crash later can no longer leak it.
+    """
+    path = shm_workspace_path(rank)
+    if not path.exists():  # GPU backends, or DeepSpeed without the shm communicator
+        return
+    dist.barrier()
+    path.unlink(missing_ok=True)
 
 
 def barrier() -> None:
