@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import parse_args, time_call, write_result
-from benchmarks.memory import PeakMemory
+from benchmarks.memory import PeakMemory, measure_description
 from benchmarks.workload import LARGER, candidate_frames, text_batch, write_checkpoint
 from data.frame_selector import FrameSelector
 from models.adapters import apply_adapter
@@ -187,7 +187,7 @@ def main() -> None:
             "candidates_per_kept_frame": CANDIDATES_PER_KEPT,
             "policies": POLICIES,
             "repeats": repeats,
-            "memory_measure": "CUDA max_memory_allocated" if device.type == "cuda" else "process RSS (VmHWM)",
+            "memory_measure": measure_description(device),
         },
         figures={
             "by_frames": {str(k): v for k, v in by_frames.items()},

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness import parse_args, write_result
+from benchmarks.memory import measure_description
 
 # name → (adapters.apply_adapter method, models.loading quantization).
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -281,7 +282,7 @@ def main() -> None:
             "alpha": ALPHA,
             "dtype": args.dtype,
             "optimizer": f"deepspeed.initialize with {DS_CONFIG} (ZeRO-2 AdamW, no offload)",
-            "memory_measure": "CUDA max_memory_allocated" if device.type == "cuda" else "process RSS (VmHWM)",
+            "memory_measure": measure_description(device),
             "ratio_figure": "step_peak_above_baseline_bytes",
             "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
         },
