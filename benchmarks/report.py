@@ -4,7 +4,9 @@
 
 Reads every ``<results>/*.json`` written by `benchmarks.harness.write_result` and replaces what lies
 between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in the README (nothing else is touched):
-one table per result with its ratios, the device and the date of the run. Timings are side-by-side
+first the goals the issues set, with the measured ratio per device and whether it is met; then one
+table per result with its ratios, the device and the date of the run, and a plot where a result has
+curves to show (`benchmarks.plots`, written next to its JSON). Timings are side-by-side
 ratios from one run; absolute seconds are listed only for GPU runs, where they mean something to a
 reader with the same GPU. The output depends only on the JSON files, so running it twice changes
 nothing.
@@ -15,8 +17,12 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks.plots import PLOTTERS
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -24,6 +30,34 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"  # as benchmarks.harness, without importing torch for a README
 REQUIRED_KEYS = ("benchmark", "created", "machine", "config", "figures", "ratios")
 MAX_TIME_ROWS = 24  # absolute-time rows per GPU result; the JSON has them all
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A ratio the issues set a bound on: ``at_most`` or ``at_least`` (one of the two)."""
+
+    benchmark: str
+    ratio: str
+    what: str
+    at_most: float | None = None
+    at_least: float | None = None
+
+    def bound(self) -> str:
+        return f"≤ {self.at_most:g}" if self.at_most is not None else f"≥ {self.at_least:g}"
+
+    def met(self, value: float) -> bool:
+        return value <= self.at_most if self.at_most is not None else value >= self.at_least
+
+
+GOALS = (
+    Goal("train_memory_1b", "1b/qlora_over_lora_step_peak", "QLoRA step peak memory / LoRA's, ~1B preset", at_most=0.5),
+    Goal("step_overhead", "ours_vs_bare", "our training step time / a bare peft + bitsandbytes loop", at_most=1.05),
+    Goal("step_overhead", "tracking_cpu_share", "MLflow tracking CPU time / step time", at_most=0.01),
+    Goal("temporal_lora", "temporal_scale_over_lora_step_time", "temporal LoRA step time / LoRA's", at_most=1.10),
+    Goal("pipeline", "pipeline_over_raw_decord", "streaming pipeline frames/s / raw decord's", at_least=0.9),
+    Goal("frame_selection", "selector_over_decode/hybrid", "frame selector time / decode time, per frame", at_most=0.05),
+    Goal("frame_selection", "event_recall/hybrid", "events with a selected frame, hybrid K=8 of N=64", at_least=0.95),
+)  # fmt: skip
 
 
 def load_results(folder: Path) -> list[dict[str, Any]]:
@@ -74,8 +108,38 @@ def _times(figures: Any, prefix: str = "") -> list[tuple[str, float]]:
     return rows
 
 
-def render_result(result: dict[str, Any]) -> str:
-    """Markdown for one result: heading, where it ran, the ratio table (and times on GPU)."""
+def render_goals(results: list[dict[str, Any]]) -> str:
+    """A table of `GOALS`: one column per device that measured any of them, value and ✓ / ✗."""
+    value = {
+        (r["benchmark"], r["machine"].get("device", "?"), k): v
+        for r in results
+        for k, v in r["ratios"].items()
+    }
+    devices = sorted({device for (_, device, _) in value})
+    rows = []
+    for goal in GOALS:
+        cells = []
+        for device in devices:
+            measured = value.get((goal.benchmark, device, goal.ratio))
+            cells.append("" if measured is None else f"{measured:.3g} {'✓' if goal.met(measured) else '✗'}")
+        if any(cells):
+            rows.append(
+                f"| {goal.what} | `{goal.benchmark}` `{goal.ratio}` | {goal.bound()} | {' | '.join(cells)} |"
+            )
+    if not rows:
+        return ""
+    head = [
+        "### Goals",
+        "",
+        f"| | ratio | goal | {' | '.join(devices)} |",
+        "|---|---|---|" + "---|" * len(devices),
+    ]
+    return "\n".join(head + rows)
+
+
+def render_result(result: dict[str, Any], plot: Path | None = None) -> str:
+    """Markdown for one result: heading, where it ran, the ratio table (and times on GPU), and
+    `plot` (a path relative to the README) if given."""
     machine = result["machine"]
     device = machine.get("device", "?")
     name = result["benchmark"]
@@ -100,10 +164,25 @@ def render_result(result: dict[str, Any]) -> str:
         if times:
             lines += ["", "| time (GPU) | seconds |", "|---|---|"]
             lines += [f"| `{key}` | {value:.4g} |" for key, value in times[:MAX_TIME_ROWS]]
+    if plot is not None:
+        lines += ["", f"![{name} on {device}]({plot.as_posix()})"]
     return "\n".join(lines)
 
 
-def render_section(results: list[dict[str, Any]]) -> str:
+def write_plots(results: list[dict[str, Any]], results_dir: Path, readme_dir: Path) -> list[Path | None]:
+    """Per result, the plot `benchmarks.plots` draws for its benchmark (``<results_dir>/<benchmark>-
+    <device type>.png``), as a path relative to `readme_dir`; None where there is none."""
+    paths: list[Path | None] = []
+    for result in results:
+        plotter = PLOTTERS.get(result["benchmark"])
+        device_type = str(result["machine"].get("device", "cpu")).split(":")[0]
+        png = results_dir / f"{result['benchmark']}-{device_type}.png"
+        drawn = plotter is not None and plotter(result, png)
+        paths.append(Path(os.path.relpath(png, readme_dir)) if drawn else None)
+    return paths
+
+
+def render_section(results: list[dict[str, Any]], plots: list[Path | None] | None = None) -> str:
     """The text that goes between the markers."""
     head = [
         "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json` (`make bench` runs "
@@ -113,8 +192,9 @@ def render_section(results: list[dict[str, Any]]) -> str:
     ]
     if not results:
         head += ["", "No results yet: run `make bench`."]
-    body = [render_result(r) for r in results]
-    return "\n\n".join(["\n".join(head), *body])
+    goals = render_goals(results)
+    body = [render_result(r, p) for r, p in zip(results, plots or [None] * len(results), strict=True)]
+    return "\n\n".join(["\n".join(head), *([goals] if goals else []), *body])
 
 
 def replace_between_markers(text: str, section: str, where: str = "README") -> str:
@@ -131,7 +211,10 @@ def replace_between_markers(text: str, section: str, where: str = "README") -> s
 def update_readme(readme: Path, results_dir: Path) -> bool:
     """Rewrite `readme`'s Performance section from `results_dir`; returns whether the file changed."""
     old = readme.read_text()
-    new = replace_between_markers(old, render_section(load_results(results_dir)), str(readme))
+    replace_between_markers(old, "", str(readme))  # a README without the markers: fail before drawing
+    results = load_results(results_dir)
+    section = render_section(results, write_plots(results, results_dir, readme.resolve().parent))
+    new = replace_between_markers(old, section, str(readme))
     if new != old:
         readme.write_text(new)
     return new != old

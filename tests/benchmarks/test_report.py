@@ -133,3 +133,52 @@ def test_bad_result_file_is_named(tmp_path: Path, results: Path, content: str, m
     with pytest.raises(ValueError, match=rf"broken-cpu\.json.*{message}"):
         report.update_readme(readme, results)
     assert readme.read_text() == README
+
+
+def test_goals_table_marks_met_and_missed_per_device(tmp_path: Path, results: Path) -> None:
+    (results / "train_memory_1b-cpu.json").write_text(
+        json.dumps(
+            _result("train_memory_1b", "cpu", {"1b/qlora_over_lora_step_peak": 0.38}, {}, "2026-03-04")
+        )
+    )
+    (results / "train_memory_1b-cuda.json").write_text(
+        json.dumps(
+            _result("train_memory_1b", "cuda:0", {"1b/qlora_over_lora_step_peak": 0.61}, {}, "2026-03-04")
+        )
+    )
+    (results / "pipeline-cpu.json").write_text(
+        json.dumps(_result("pipeline", "cpu", {"pipeline_over_raw_decord": 0.8}, {}, "2026-03-04"))
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    report.update_readme(readme, results)
+    inside = readme.read_text().split(report.START)[1]
+    goals = inside.split("### Goals")[1].split("\n### ")[0]
+    assert "| | ratio | goal | cpu | cuda:0 |" in goals
+    memory = next(line for line in goals.splitlines() if "qlora_over_lora_step_peak" in line)
+    assert "≤ 0.5 | 0.38 ✓ | 0.61 ✗ |" in memory
+    assert "≥ 0.9 | 0.8 ✗ |  |" in goals  # measured on the CPU only
+    assert "ours_vs_bare" not in goals  # no result for it: no row
+
+
+def _scaling_figures() -> dict:
+    variants = ("selection/plain", "uniform/plain", "selection/checkpointing", "uniform/checkpointing")
+    point = {v: {"step_s": 0.5 + i / 10, "peak_bytes": 2**20 * (8 + i)} for i, v in enumerate(variants)}
+    return {"by_frames": {"2": point, "4": point}, "by_batch": {"1": point, "2": point}}
+
+
+def test_scaling_result_gets_a_plot_linked_from_the_readme(tmp_path: Path, results: Path) -> None:
+    scaling = _result("scaling", "cpu", {"x": 1.0}, _scaling_figures(), "2026-03-04T00:00:00+00:00")
+    scaling["config"].update(
+        frames_sweep={"k": [2, 4], "batch_size": 1}, batch_sweep={"batch_size": [1, 2], "k": 2}
+    )
+    (results / "scaling-cpu.json").write_text(json.dumps(scaling))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    report.update_readme(readme, results)
+    png = results / "scaling-cpu.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "![scaling on cpu](results/scaling-cpu.png)" in readme.read_text()
+    first = png.read_bytes()
+    report.update_readme(readme, results)
+    assert png.read_bytes() == first  # drawn from the JSON alone: the same bytes every time
