@@ -125,7 +125,6 @@ def _alternate(
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Seconds per block of ``steps`` steps on ``batch`` for each variant, the variants taking turns;
     and the uploader's CPU seconds per step for each variant with a real tracker."""
-    batches = itertools.repeat(batch)
     engine, k = trainer.engine, trainer.cfg.selector.k
     rows = torch.arange(batch.batch_size, device=trainer.device)[:, None]
     positions = uniform_positions(batch.num_frames, k, trainer.device).expand(batch.batch_size, k)
@@ -144,12 +143,10 @@ def _alternate(
             engine.backward(out.loss)
             engine.step()
 
-    def ours(tracker: NullTracker) -> None:
-        trainer.tracker = tracker
-        for _ in range(steps):
-            trainer.train_step(batches)
-
-    variants = {"bare": bare, **{name: (lambda t=t: ours(t)) for name, t in trackers.items()}}
+    variants = {
+        "bare": bare,
+        **{name: (lambda t=t: _train_steps(trainer, batch, t, steps)) for name, t in trackers.items()},
+    }
     for run in variants.values():  # warm-up, not counted: allocator, optimizer state, first upload
         run()
     uploads = {name: t for name, t in trackers.items() if isinstance(t, Tracker)}
@@ -169,14 +166,19 @@ def _alternate(
 def _steady_upload_cpu(trainer: Trainer, batch: VideoBatch, tracker: Tracker, steps: int) -> float:
     """The uploader's CPU seconds per step over ``steps`` consecutive steps on ``batch`` logged to
     ``tracker``, the last partial upload included."""
-    batches = itertools.repeat(batch)
     tracker.flush()
     before = tracker.upload_cpu_s
-    trainer.tracker = tracker
-    for _ in range(steps):
-        trainer.train_step(batches)
+    _train_steps(trainer, batch, tracker, steps)
     tracker.flush()
     return (tracker.upload_cpu_s - before) / steps
+
+
+def _train_steps(trainer: Trainer, batch: VideoBatch, tracker: NullTracker, steps: int) -> None:
+    """``steps`` of the trainer's own steps on ``batch``, logging to ``tracker``."""
+    trainer.tracker = tracker
+    batches = itertools.repeat(batch)
+    for _ in range(steps):
+        trainer.train_step(batches)
 
 
 if __name__ == "__main__":

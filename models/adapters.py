@@ -56,8 +56,10 @@ METHODS = (
     "temporal_ranked_qlora",
     "adalora",
 )
-_QUANTIZED_METHODS = ("qlora", "qlora8", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora")
-_16BIT_METHODS = ("lora", "temporal_lora", "full")
+TEMPORAL_METHODS = ("temporal_lora", "temporal_qlora", "temporal_ranked_qlora")
+# Methods that train adapters on a quantized base, and those that need a 16/32-bit one.
+QUANTIZED_METHODS = ("qlora", "qlora8", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora")
+FULL_PRECISION_METHODS = ("lora", "temporal_lora", "full")
 # Adapter placement (`placement`): the module groups of `models.rank_allocation` that get adapters.
 PLACEMENTS = {"vision": ("vision",), "llm": ("llm",), "both": ("vision", "llm")}
 # Trained modules outside a peft adapter (prefix, bottleneck, frozen probe), by full parameter name.
@@ -80,6 +82,11 @@ DEFAULT_TARGET_MODULES = f"(?:{ra.GROUP_PATTERNS['vision']})|(?:{ra.GROUP_PATTER
 # it out of adapter_model.safetensors.
 DEFAULT_MODULES_TO_SAVE = ["video_projection"]
 DEFAULT_VIRTUAL_TOKENS = 20
+
+
+def uses_frame_gates(method: str) -> bool:
+    """Whether `method` gates its adapters per kept frame, from the frame selector's scores [B, K]."""
+    return method in TEMPORAL_METHODS
 
 
 def _is_quantized(model: nn.Module) -> bool:
@@ -169,13 +176,13 @@ def apply_adapter(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     quantized = _is_quantized(model)
-    if method in _QUANTIZED_METHODS and not quantized:
+    if method in QUANTIZED_METHODS and not quantized:
         raise ValueError(
             f"{method} needs a model loaded in 4/8 bit (models.loading.load_model(quantization='nf4'))"
         )
-    if method in _16BIT_METHODS and quantized:
+    if method in FULL_PRECISION_METHODS and quantized:
         raise ValueError(f"{method} needs a 16-bit model; this one is quantized (use method='qlora')")
-    temporal = method.startswith("temporal")
+    temporal = uses_frame_gates(method)
     if gate is not None and not temporal:
         raise ValueError(f"gate settings are for the temporal methods, not {method!r}")
     if adalora is not None and method != "adalora":

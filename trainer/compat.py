@@ -10,13 +10,11 @@ from typing import Any
 
 import torch
 
+from models.adapters import FULL_PRECISION_METHODS, QUANTIZED_METHODS
 from trainer.config import ConfigError, RunConfig
 from trainer.ds_config import zero_stage
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
-# Methods that train adapters on a quantized base vs on a 16/32-bit base.
-QUANTIZED_METHODS = {"qlora", "qlora8", "temporal_qlora", "ranked_qlora", "temporal_ranked_qlora"}
-FULL_PRECISION_METHODS = {"lora", "temporal_lora", "full"}
 # What model.quantization=auto becomes for each adapter.method. prefix and adapter take any base; NF4
 # is their default because they are compared with QLoRA at the same base memory. frozen (zero-shot)
 # evaluates the base as it was trained: 16-bit.

@@ -255,6 +255,17 @@ class RunConfig:
         return _flatten(self.to_dict())
 
 
+# Settings a resumed run is expected to differ in: its length and where it resumes from.
+RESUMABLE_CHANGES = ("train.steps", "train.resume")
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, current value)}`` for the flat settings (`RunConfig.flat`) that differ,
+    `RESUMABLE_CHANGES` left out; a key only one side has (an older checkpoint) pairs with None."""
+    keys = (saved.keys() | current.keys()) - set(RESUMABLE_CHANGES)
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config, apply ``key=value`` overrides (they win) and type-check the result."""
     raw: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from data.frame_selector import FrameSelector
 from data.pipeline import VideoBatch, VideoDataPipeline, build_dataset, build_loader
-from models.adapters import apply_adapter, trainable_parameter_count
+from models.adapters import apply_adapter, trainable_parameter_count, uses_frame_gates
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
 from models.rank_allocation import adalora_update
@@ -38,7 +38,7 @@ from models.temporal_lora import gate_summary
 from trainer import checkpoint
 from trainer.assets import prepare_assets
 from trainer.compat import check_compatibility, resolve_quantization
-from trainer.config import RunConfig
+from trainer.config import RunConfig, changed_settings
 from trainer.distributed import all_reduce_sum, barrier, init_distributed, resolve_dtype
 from trainer.ds_config import load_ds_config, zero_stage
 from trainer.evaluation import evaluate as run_evaluation
@@ -160,7 +160,7 @@ class Trainer:
             "budget": a.budget,
             "group_patterns": a.group_patterns,
         }
-        if a.method.startswith("temporal"):
+        if uses_frame_gates(a.method):
             kwargs["gate"] = _set_fields(a.gate)
         if a.method == "adalora":
             kwargs["adalora"] = {"total_step": cfg.train.steps, **_set_fields(a.adalora)}
@@ -293,7 +293,7 @@ class Trainer:
     def _forward_backward(self, batch: VideoBatch) -> float | None:
         start = self.timer.start()
         # Only the temporal adapters' gates read the frame scores; other methods skip computing them.
-        needs_scores = self.cfg.adapter.method.startswith("temporal")
+        needs_scores = uses_frame_gates(self.cfg.adapter.method)
         selected = self.selector(batch.frames, dtype=self.dtype, with_scores=needs_scores)
         weight = self.cfg.train.contrastive_weight
         text = {}
@@ -372,7 +372,7 @@ class Trainer:
             **peak_memory(self.device),
             **{f"data/bad_samples_{reason}": n for reason, n in self.bad_samples.items()},
         }
-        if self.cfg.adapter.method.startswith("temporal"):
+        if uses_frame_gates(self.cfg.adapter.method):
             metrics.update(gate_summary(self.engine.module))
         if self.contrastive_losses:
             metrics["train/contrastive_loss"] = sum(self.contrastive_losses) / len(self.contrastive_losses)
@@ -403,6 +403,8 @@ class Trainer:
             # Kept so a resumed run does not count again: a step under FlopCounterMode can round
             # differently in the last bit, which would break bit-exact resume.
             "flops_per_step": self.flops_per_step,
+            # What the run was started with, to tell a resumed run with other settings what changed.
+            "config": self.cfg.flat(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -418,6 +420,13 @@ class Trainer:
         self.flops_per_step = state.get("flops_per_step")
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
+            changes = changed_settings(state.get("config", {}), self.cfg.flat()) if "config" in state else {}
+            if changes:
+                log.warning(
+                    "resuming with %d setting(s) other than the checkpointed run's: %s",
+                    len(changes),
+                    "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+                )
 
     def _resume_source(self) -> tuple[Path, str] | None:
         """(checkpoint root, tag) to continue from, per ``train.resume``."""

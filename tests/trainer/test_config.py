@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from trainer.config import ConfigError, RunConfig, load_config, parse_override
+from trainer.config import ConfigError, RunConfig, changed_settings, load_config, parse_override
 from trainer.ds_config import load_ds_config
 
 
@@ -97,3 +97,14 @@ def test_ds_config_unfillable_auto_is_an_error(tmp_path):
     cfg = load_config(None, [f"deepspeed.config={path}"])
     with pytest.raises(ConfigError, match="mystery.x"):
         load_ds_config(cfg, 1, torch.device("cpu"), torch.float32)
+
+
+def test_changed_settings_lists_differences_but_not_the_run_length():
+    saved = load_config(None, ["train.lr=0.001", "train.steps=10"]).flat()
+    current = load_config(None, ["train.lr=0.002", "train.steps=20", "train.resume=none"]).flat()
+    assert changed_settings(saved, current) == {"train.lr": (0.001, 0.002)}
+    assert changed_settings(saved, saved) == {}
+    # a key the older checkpoint did not have
+    del saved["train.vit_lr"]
+    current["train.vit_lr"] = 1e-4
+    assert changed_settings(saved, current)["train.vit_lr"] == (None, 1e-4)

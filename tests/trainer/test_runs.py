@@ -86,8 +86,13 @@ def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path):
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(straight / "checkpoints/global_step5", resumed / "checkpoints/global_step5")
     (resumed / "checkpoints/latest").write_text("global_step5")
-    run_training(
+    proc = run_training(
         train_command(demo_assets, resumed, uri, "train.steps=10", *common), tmp_path / "resumed.log"
+    )
+    # told what differs from the checkpointed run (save_every, which leaves the numbers alone)
+    assert (
+        "resuming with 1 setting(s) other than the checkpointed run's: train.save_every: 5 -> 0"
+        in proc.stdout + proc.stderr
     )
 
     want, got = checkpoint_state(straight), checkpoint_state(resumed)
@@ -116,6 +121,7 @@ def test_sigterm_checkpoints_stops_and_resumes(demo_assets, tmp_path):
         tmp_path / "resume.log",
     )
     resumed = json.loads((run_dir / "summary.json").read_text())
+    assert "setting(s) other than the checkpointed run's" not in (tmp_path / "resume.log").read_text()
     assert resumed["steps"] == stopped + 3 and resumed["preempted"] is False
     assert resumed["run_id"] == summary["run_id"]  # the same MLflow run continues
 
