@@ -33,7 +33,27 @@ def parse_args(
     parser.add_argument("--quick", action="store_true", help="smallest sizes, for tests")
     if extra is not None:
         extra(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    check_device(parser, args.device)
+    return args
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse a --device this machine does not have, before minutes of set-up fail on it."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        parser.error(f"--device {device!r}: {exc}")
+    if dev.type not in ("cpu", "cuda"):
+        parser.error(f"--device {device!r}: the benchmarks run on cpu or cuda[:N]")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            parser.error(
+                f"--device {device}: no CUDA GPU visible (torch {torch.__version__}, CUDA {torch.version.cuda})"
+            )
+        if dev.index is not None and dev.index >= count:
+            parser.error(f"--device {device}: only {count} CUDA GPU(s) visible")
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -255,8 +255,9 @@ class RunConfig:
         return _flatten(self.to_dict())
 
 
-# Settings a resumed run is expected to differ in: its length and where it resumes from.
-RESUMABLE_CHANGES = ("train.steps", "train.resume")
+# Settings a resumed run is expected to differ in: its length, where it resumes from, and where it
+# writes (a checkpoint copied to another output_dir continues there).
+RESUMABLE_CHANGES = ("train.steps", "train.resume", "output_dir")
 
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from benchmarks.harness import time_call, write_result
+from benchmarks.harness import check_device, time_call, write_result
 from benchmarks.memory import PeakMemory, available_bytes
 from benchmarks.report import REQUIRED_KEYS, load_results
 
@@ -75,3 +77,10 @@ def test_peak_memory_follows_freed_heap_sized_blocks() -> None:
     assert held >= 90 * 2**20
     assert after["current"] - before < 8 * 2**20
     assert after["peak"] - before >= 90 * 2**20
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda:99", "CUDA GPU"), ("meta", "cpu or cuda")])
+def test_a_device_the_machine_lacks_is_refused_up_front(device: str, message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        check_device(argparse.ArgumentParser(prog="bench"), device)
+    assert message in capsys.readouterr().err

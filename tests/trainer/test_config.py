@@ -101,7 +101,9 @@ def test_ds_config_unfillable_auto_is_an_error(tmp_path):
 
 def test_changed_settings_lists_differences_but_not_the_run_length():
     saved = load_config(None, ["train.lr=0.001", "train.steps=10"]).flat()
-    current = load_config(None, ["train.lr=0.002", "train.steps=20", "train.resume=none"]).flat()
+    current = load_config(
+        None, ["train.lr=0.002", "train.steps=20", "train.resume=none", "output_dir=x"]
+    ).flat()
     assert changed_settings(saved, current) == {"train.lr": (0.001, 0.002)}
     assert changed_settings(saved, saved) == {}
     # a key the older checkpoint did not have
