@@ -98,6 +98,13 @@ def available_variants(requested: str | None) -> list[str]:
     return names
 
 
+def result_name(preset: str, dtype: str) -> str:
+    """``train_memory`` for the tiny preset, ``train_memory_1b`` for 1b; a dtype other than auto is
+    added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one."""
+    name = "train_memory" if preset == "tiny" else f"train_memory_{preset}"
+    return name if dtype == "auto" else f"{name}_{dtype}"
+
+
 def measure_in_child(
     args: argparse.Namespace, variant: str, checkpoint: Path, out_dir: Path
 ) -> dict[str, Any]:
@@ -270,7 +277,7 @@ def main() -> None:
         if v != "lora"
     }
     write_result(
-        "train_memory" if args.preset == "tiny" else f"train_memory_{args.preset}",
+        result_name(args.preset, args.dtype),
         device,
         config={
             "quick": args.quick,

@@ -31,3 +31,8 @@ def test_child_measures_one_qlora_step(tmp_path: Path) -> None:
 def test_unknown_method_is_refused_with_the_known_ones() -> None:
     with pytest.raises(SystemExit, match=r"unknown method 'qlora9'.*lora"):
         train_memory.available_variants("lora,qlora9")
+
+
+def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
+    names = {train_memory.result_name(p, d) for p in ("tiny", "1b") for d in ("auto", "bfloat16")}
+    assert names == {"train_memory", "train_memory_1b", "train_memory_bfloat16", "train_memory_1b_bfloat16"}
