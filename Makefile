@@ -36,7 +36,8 @@ clean:
 # CPU benchmark set (<= 20 min on 2 cores): each script writes benchmarks/results/<name>-cpu.json,
 # then benchmarks.report rewrites the README's Performance section from all the JSON files.
 # train_memory runs twice: the tiny preset for every method, the ~1B preset for the issue's goal
-# (qlora <= 0.5 x lora). On a GPU: python -m benchmarks.<name> --device cuda.
+# (qlora <= 0.5 x lora). On a GPU: python -m benchmarks.<name> --device cuda. The 1b run in bf16
+# (the GPU's dtype) is left out: ~25 min on a CPU without native bf16 (--dtype bfloat16).
 BENCH := quant_memory frame_selection pipeline temporal_lora step_overhead train_memory \
 	"train_memory --preset 1b --methods lora,qlora,temporal_qlora,qlora8" scaling
 bench: $(STAMP)

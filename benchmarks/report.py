@@ -51,6 +51,7 @@ class Goal:
 
 GOALS = (
     Goal("train_memory_1b", "1b/qlora_over_lora_step_peak", "QLoRA step peak memory / LoRA's, ~1B preset", at_most=0.5),
+    Goal("train_memory_1b_bfloat16", "1b/qlora_over_lora_step_peak", "the same in bf16, the GPU runs' dtype", at_most=0.5),
     Goal("step_overhead", "ours_vs_bare", "our training step time / a bare peft + bitsandbytes loop", at_most=1.05),
     Goal("step_overhead", "tracking_cpu_share", "MLflow tracking CPU time / step time", at_most=0.01),
     Goal("temporal_lora", "temporal_scale_over_lora_step_time", "temporal LoRA step time / LoRA's", at_most=1.10),

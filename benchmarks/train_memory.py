@@ -200,13 +200,18 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 def _materialize(model: torch.nn.Module) -> None:
-    """Give every weight its own memory. `from_pretrained` maps the safetensors file and keeps
-    weights that need no conversion as views of the mapping; on CPU those pages count in RSS only
-    once touched, and the kernel may drop them again under memory pressure, so a 16-bit model
-    would look smaller than it is (shared/PLATFORM.md). A copy is ordinary memory that RSS counts."""
+    """Give every 16/32-bit weight its own memory. `from_pretrained` maps the safetensors file and
+    keeps weights that need no conversion as views of the mapping; on CPU those pages count in RSS
+    only once touched, and the kernel may drop them again under memory pressure, so a 16-bit model
+    would look smaller than it is (shared/PLATFORM.md). A copy is ordinary memory that RSS counts.
+
+    Quantized weights (NF4 / int8 storage) were made in memory by the quantizer and are left alone:
+    bitsandbytes keeps other references to them (an int8 weight's ``CB``), and copying the data
+    would leave those on the old storage and hold the weight twice."""
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+            if tensor.dtype.is_floating_point:
+                tensor.data = tensor.data.clone()
 
 
 def _does_not_fit(variant: str, checkpoint: Path, device: torch.device) -> str | None:

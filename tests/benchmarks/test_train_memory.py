@@ -36,3 +36,21 @@ def test_unknown_method_is_refused_with_the_known_ones() -> None:
 def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
     names = {train_memory.result_name(p, d) for p in ("tiny", "1b") for d in ("auto", "bfloat16")}
     assert names == {"train_memory", "train_memory_1b", "train_memory_bfloat16", "train_memory_1b_bfloat16"}
+
+
+def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) -> None:
+    """An int8 weight's data and its ``CB`` are one storage; copying the data would hold it twice."""
+    import torch
+
+    from models.loading import load_model
+
+    checkpoint = write_checkpoint("tiny", tmp_path / "base")
+    model = load_model(
+        checkpoint, quantization="int8", compute_dtype=torch.float32, device=torch.device("cpu")
+    )
+    before = {name: p.untyped_storage().data_ptr() for name, p in model.named_parameters()}
+    train_memory._materialize(model)
+    int8 = [(n, p) for n, p in model.named_parameters() if getattr(p, "CB", None) is not None]
+    assert int8 and all(p.CB.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for _, p in int8)
+    floats = [(n, p) for n, p in model.named_parameters() if p.dtype.is_floating_point]
+    assert floats and all(p.untyped_storage().data_ptr() != before[n] for n, p in floats)
