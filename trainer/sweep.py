@@ -385,9 +385,11 @@ def record_outcome(client: Any, run: SweepRun, settings: Settings, error: str | 
     if error is not None:
         tags["sweep.error"] = error[-4000:]
     if run_id is None:
-        exp = client.get_experiment_by_name(settings.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(settings.experiment)
-        run_id = client.create_run(exp_id, run_name=run.name).info.run_id
+        from trainer.tracking import experiment_id_for
+
+        run_id = client.create_run(
+            experiment_id_for(client, settings.experiment), run_name=run.name
+        ).info.run_id
         client.set_terminated(run_id, status="FAILED")
     from mlflow.entities import RunTag
 
@@ -606,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         print(len(runs))
         return 0
     if sbatch_args is not None:
+        if not args.dry_run:
+            prepare_store(settings)
         return submit_array(argv, sbatch_args, len(runs), args.dry_run)
     if args.index is not None:
         if not 0 <= args.index < len(runs):
@@ -627,6 +631,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(failed)} runs failed (see their sweep.log and MLflow tag sweep.error): {', '.join(failed)}"
         )
     return 1 if failed else 0
+
+
+def prepare_store(settings: Settings) -> str:
+    """Create the tracking store's tables and the sweep's experiment before the array's tasks start:
+    tasks that open a new sqlite store at the same moment race on creating its schema. Returns the
+    experiment id."""
+    from mlflow.tracking import MlflowClient
+
+    from trainer.tracking import experiment_id_for
+
+    return experiment_id_for(MlflowClient(tracking_uri=settings.tracking_uri), settings.experiment)
 
 
 def submit_array(sweep_args: list[str], sbatch_args: list[str], count: int, dry_run: bool) -> int:

@@ -219,19 +219,7 @@ class Tracker(NullTracker):
         """Reopen the run being resumed, or create a new one in the experiment."""
         if self._resume_run_id is not None and self._reopen(self._resume_run_id):
             return
-        exp = self.client.get_experiment_by_name(self._experiment)
-        if exp is not None:
-            experiment_id = exp.experiment_id
-        else:
-            try:
-                experiment_id = self.client.create_experiment(
-                    self._experiment, artifact_location=self._artifact_location
-                )
-            except MlflowException as err:
-                # Another process (a SLURM array task, a sweep run) created it since the lookup.
-                if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                experiment_id = self.client.get_experiment_by_name(self._experiment).experiment_id
+        experiment_id = experiment_id_for(self.client, self._experiment, self._artifact_location)
         self.run_id = self.client.create_run(
             experiment_id, run_name=self._run_name, tags=self._tags
         ).info.run_id
@@ -332,3 +320,18 @@ def _json_double(value: float) -> float | str:
 
 def _param_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def experiment_id_for(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created if it does not exist yet; safe when several processes
+    (SLURM array tasks, sweep runs) ask at once."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as err:
+        # Another process created it since the lookup.
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id

@@ -214,3 +214,25 @@ def _sweep_cli(argv: list[str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=1200,
     )
+
+
+def test_prepared_sqlite_store_takes_array_tasks_starting_at_once(tmp_path):
+    """`--slurm` prepares the store before sbatch: tasks then only open it, never create it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = sweep.Settings(
+        experiment="array", config=DEMO, out_root=tmp_path, tracking_uri=uri, launcher="python", num_gpus=1
+    )
+    exp_id = sweep.prepare_store(settings)
+    assert sweep.prepare_store(settings) == exp_id and (tmp_path / "mlflow.db").is_file()
+    task = (
+        "import sys; from mlflow.tracking import MlflowClient; from trainer.tracking import experiment_id_for; "
+        "c = MlflowClient(sys.argv[1]); c.create_run(experiment_id_for(c, 'array'), run_name=sys.argv[2])"
+    )
+    tasks = [
+        subprocess.Popen([sys.executable, "-c", task, uri, f"task{i}"], cwd=REPO, env=training_env(), stderr=subprocess.PIPE)
+        for i in range(3)
+    ]  # fmt: skip
+    for proc in tasks:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    runs = MlflowClient(uri).search_runs([exp_id])
+    assert sorted(r.info.run_name for r in runs) == ["task0", "task1", "task2"]
