@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.report import result_stem
 from trainer.system_info import device_name, git_commit, library_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -100,7 +101,7 @@ def write_result(
         "figures": figures,
         "ratios": ratios,
     }
-    path = out / f"{name}-{device.type}.json"
+    path = out / f"{result_stem(name, str(device))}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"benchmark": name, "ratios": ratios}, indent=2))
     print(f"wrote {path}")

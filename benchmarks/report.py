@@ -61,6 +61,12 @@ GOALS = (
 )  # fmt: skip
 
 
+def result_stem(benchmark: str, device: str) -> str:
+    """File name, without suffix, of `benchmark`'s result on `device` ("cuda:0" → ``<benchmark>-cuda``):
+    the JSON `benchmarks.harness.write_result` writes and the plot drawn from it."""
+    return f"{benchmark}-{device.split(':')[0]}"
+
+
 def load_results(folder: Path) -> list[dict[str, Any]]:
     """Every result JSON in `folder`, sorted by benchmark then device; a file that is not a result
     raises ValueError naming it."""
@@ -176,8 +182,8 @@ def write_plots(results: list[dict[str, Any]], results_dir: Path, readme_dir: Pa
     paths: list[Path | None] = []
     for result in results:
         plotter = PLOTTERS.get(result["benchmark"])
-        device_type = str(result["machine"].get("device", "cpu")).split(":")[0]
-        png = results_dir / f"{result['benchmark']}-{device_type}.png"
+        device = str(result["machine"].get("device", "cpu"))
+        png = results_dir / f"{result_stem(result['benchmark'], device)}.png"
         drawn = plotter is not None and plotter(result, png)
         paths.append(Path(os.path.relpath(png, readme_dir)) if drawn else None)
     return paths

@@ -420,7 +420,8 @@ class Trainer:
         self.flops_per_step = state.get("flops_per_step")
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)
-            changes = changed_settings(state.get("config", {}), self.cfg.flat()) if "config" in state else {}
+            # Checkpoints from before the config was stored have nothing to compare with.
+            changes = changed_settings(state["config"], self.cfg.flat()) if "config" in state else {}
             if changes:
                 log.warning(
                     "resuming with %d setting(s) other than the checkpointed run's: %s",
