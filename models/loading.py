@@ -8,7 +8,9 @@ fully in Video-LLaMA, and `lm_head` feeds the loss directly.
 
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
+from torch import nn
 from transformers import BitsAndBytesConfig
 
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
@@ -64,14 +66,37 @@ def load_model(
         skip_modules: module-name patterns left unquantized; default `DEFAULT_SKIP_MODULES`.
     Returns:
         The model in eval mode (as `from_pretrained` leaves it); call `.train()` before training.
+        Its 4-bit layers never switch to bitsandbytes' packed CPU-inference layout
+        (`keep_4bit_training_layout`).
     """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model checkpoint (config.json) at {path}")
     device = torch.device(device)
-    return VideoLlamaForConditionalGeneration.from_pretrained(
+    model = VideoLlamaForConditionalGeneration.from_pretrained(
         path,
         quantization_config=quantization_config(quantization, compute_dtype, skip_modules),
         dtype=compute_dtype,
         device_map={"": device},
     )
+    keep_4bit_training_layout(model)
+    return model
+
+
+def keep_4bit_training_layout(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking `model`'s 4-bit weights for CPU inference; returns how many
+    `Linear4bit` layers it set.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50's `Linear4bit.forward` in eval mode without grad
+    converts the weight in place to a packed inference layout (`quant_state.packing_format_for_cpu`)
+    and never converts it back. A model evaluated (or calibrated) and then trained fails in the next
+    training forward ("a view of a leaf Variable that requires grad is being used in an in-place
+    operation"), and the packed kernel computes in bf16 (logits ~0.05 off the dequantized reference
+    in fp32). The layer decides from its own `support_avx512bf16_for_cpu`, set in `__init__` from the
+    CPU: turning it off keeps the path every other CPU takes (dequantize, then matmul in the compute
+    dtype) for training and evaluation alike, so a run's numbers do not depend on the CPU it ran on.
+    """
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)

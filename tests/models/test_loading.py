@@ -4,6 +4,8 @@ import torch
 from torch import nn
 
 from models.loading import load_model
+from models.presets import create_pretrained
+from tests.models.conftest import CORPUS
 
 
 def test_missing_path_names_it(tmp_path):
@@ -114,3 +116,66 @@ def test_4bit_storage_is_the_compute_dtype(tiny_ckpt):
     assert isinstance(weight, bnb.nn.Params4bit) and weight.dtype == torch.bfloat16
     assert weight.numel() == out_features * in_features // 4
     assert weight.quant_state.dtype == torch.bfloat16  # dequantized into the compute dtype
+
+
+def _packed_layers(model):
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit) and getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+    ]
+
+
+@pytest.fixture
+def cpu_reports_avx512bf16(monkeypatch):
+    """Layers built from here on see the CPU bitsandbytes repacks for (AVX512-BF16), whatever this CPU
+    has: `Linear4bit.__init__` reads the flag from this function."""
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+
+
+def test_4bit_layers_keep_their_training_layout_on_any_cpu(tiny_ckpt, batch, cpu_reports_avx512bf16):
+    """On an AVX512-BF16 CPU bitsandbytes would repack every 4-bit weight at the first eval-mode
+    forward without grad; the loader switches that off, so nothing is repacked."""
+    model = load_model(tiny_ckpt, quantization="nf4", compute_dtype=torch.float32, device="cpu")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    with torch.no_grad():
+        model(**batch)
+    assert _packed_layers(model) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt_without_dropout(tmp_path_factory):
+    """The tiny base with the Q-Formers' dropout off (the other towers have none): training mode
+    and eval mode then compute the same function."""
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    return create_pretrained(
+        "tiny",
+        tmp_path_factory.mktemp("tiny_no_dropout"),
+        CORPUS,
+        qformer_config=no_dropout,
+        video_qformer_config=no_dropout,
+    )
+
+
+def test_qlora_evaluated_trained_and_evaluated_again(tiny_ckpt_without_dropout, batch, cpu_reports_avx512bf16):
+    """Evaluate, train a step, evaluate: the step runs (it crashed on a repacked weight), no layer is
+    repacked, and eval-mode logits equal the training-mode logits of the same weights."""
+    from models.adapters import apply_adapter
+
+    base = load_model(tiny_ckpt_without_dropout, quantization="nf4", compute_dtype=torch.float32, device="cpu")
+    model = apply_adapter(base, "qlora", r=8, alpha=16)
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(**batch).loss.backward()
+    opt.step()
+    opt.zero_grad()
+    training_logits = model(**batch).logits.detach()
+    model.eval()
+    with torch.no_grad():
+        eval_logits = model(**batch).logits
+    assert _packed_layers(model) == []
+    torch.testing.assert_close(eval_logits, training_logits, rtol=1e-5, atol=1e-5)
