@@ -198,6 +198,9 @@ class TrainConfig:
     contrastive_weight: float = 0.0
     # Size of the retrieval head's shared video-text embedding space.
     contrastive_dim: int = 128
+    # Intra-op (OpenMP) threads per rank; null: an explicit OMP_NUM_THREADS, else the cores this
+    # process may use shared by the node's ranks, less one per data worker (trainer/threads.py).
+    num_threads: int | None = None
 
 
 @dataclass
