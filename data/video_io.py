@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import av
 import decord
+from av.video.reformatter import Interpolation
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,11 @@ import torch.nn.functional as F
 # decord lets ffmpeg print every "moov atom not found" to stderr; the pipeline already counts and
 # logs bad samples once, so the library's own log lines are noise.
 decord.logging.set_level(decord.logging.QUIET)
+
+
+# swscale's SIMD RGB → YUV conversion rounds differently from its C code; these flags make every CPU
+# compute the C code's result.
+_BITEXACT_SCALING = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
 
 
 class VideoDecodeError(ValueError):
@@ -47,11 +53,15 @@ def encode_mp4(frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> bytes:
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One x264 thread: clips are tiny, and a fixed thread count keeps the bytes identical from
-        # machine to machine (x264's output depends on how many threads it uses).
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        # The same frames must give the same bytes on every machine (SynthVid is regenerated, not
+        # shipped). x264's output depends on its thread count, and its SIMD code is not bit-exact
+        # across instruction sets: on one AVX-512 CPU the same clip came out in 4 byte versions
+        # over 30 encodes in one process, and AVX2 gave other bytes than SSE2. Its C code ("asm=0",
+        # the same bytes as SSE2) on one thread costs 4.5 instead of 2.8 ms per 64x64x16 clip.
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            container.mux(stream.encode(rgb.reformat(format="yuv420p", interpolation=_BITEXACT_SCALING)))
         container.mux(stream.encode())  # flush the frames x264 still holds (lookahead, B-frames)
     return buffer.getvalue()
 

@@ -2,9 +2,11 @@
 
 No pretrained tokenizer can be downloaded here, so the `tokenizers` library trains one in well under
 a second; it is wrapped as a `PreTrainedTokenizerFast`, which saves and reloads through
-`save_pretrained` / `AutoTokenizer.from_pretrained` exactly like a hub tokenizer.
+`save_pretrained` / `AutoTokenizer.from_pretrained` exactly like a hub tokenizer. The same corpus
+gives the same ids in every process (`_canonical_ids`), so a base model built twice is the same file.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -49,6 +51,7 @@ def build_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
+    _canonical_ids(tok, len(specials))
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -59,3 +62,24 @@ def build_tokenizer(
         extra_special_tokens=[t for t in specials if t not in BASE_SPECIAL_TOKENS],
     )
     return fast
+
+
+def _canonical_ids(tok: Tokenizer, num_specials: int) -> None:
+    """Renumber a trained BPE vocabulary in an order that depends on the corpus alone.
+
+    The trainer's merges are the same in every process, but it numbers the initial alphabet (the
+    single characters, and the "x</w>" end-of-word ones) in hash-map order, which changes from process
+    to process: the same corpus gave other ids each run, hence another embedding row per token and
+    another model. Kept: the special tokens' ids and the merges; new order: specials, the alphabet
+    sorted, then each merge's product in merge order (GPT-2's vocabulary order).
+    """
+    vocab = tok.get_vocab()
+    merges = [tuple(pair) for pair in json.loads(tok.to_str())["model"]["merges"]]
+    specials = sorted((i, t) for t, i in vocab.items() if i < num_specials)
+    products = ["".join(pair) for pair in merges]
+    alphabet = sorted(set(vocab) - {t for _, t in specials} - set(products))
+    order = [t for _, t in specials] + alphabet + products
+    assert len(order) == len(vocab), "every token is a special, a letter or one merge's product"
+    tok.model = models.BPE(
+        vocab={t: i for i, t in enumerate(order)}, merges=merges, unk_token=UNK, end_of_word_suffix="</w>"
+    )
