@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from trainer.config import load_config
+from trainer.config import ConfigError, load_config
 from trainer.trainer import Trainer
 
 
@@ -34,8 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        trainer = Trainer(cfg)
+    except ConfigError as err:  # the message says what to change; a traceback would bury it
+        raise SystemExit(f"train.py: {err}") from None
     status = "FAILED"
     try:
         trainer.fit()

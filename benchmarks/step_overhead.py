@@ -50,14 +50,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="step_overhead-"))
     (tmp / "server").mkdir()
     server = MlflowServer(tmp / "server").start()
-    data = Path("outputs/data/synthvid")
     cfg = load_config(
         "configs/demo.yaml",
         [
             f"output_dir={tmp / 'run'}",
-            f"model.name_or_path={tmp / 'base'}",
-            f"data.train_shards={data / 'train'}",
-            f"data.eval_shards={data / 'eval'}",
             f"tracking.uri={server.uri}",
             "selector.policy=uniform",
             "train.count_flops=false",

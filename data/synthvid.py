@@ -38,6 +38,10 @@ import numpy as np
 from data.shards import ShardSink
 from data.video_io import encode_mp4
 
+# Bumped whenever the same arguments would write other bytes, so that cached shards named after their
+# settings (trainer/assets.py) are not reused across a change. 2: x264's C code and bit-exact colour
+# conversion (data/video_io.encode_mp4), the same bytes on every machine.
+SYNTHVID_VERSION = 2
 TASKS = ("pretrain", "temporal", "retrieval")
 SHAPES = ("circle", "square", "triangle")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}

@@ -18,6 +18,11 @@ from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .processor import VideoLlamaProcessor
 from .tokenizer import build_tokenizer
 
+# Bumped whenever `create_pretrained` would write another model for the same preset and corpus, so that
+# bases cached under their settings (trainer/assets.py) are not reused across a change. 2: the
+# tokenizer's ids in an order fixed by the corpus (models/tokenizer.py).
+BASE_VERSION = 2
+
 # Sub-config dicts per preset. vocab_size and the special-token ids of text_config come from the
 # tokenizer in `build_model`. Every tower sets initializer_range explicitly: Blip2VisionConfig's default
 # (1e-10) assumes pretrained weights are loaded and would leave a random-init ViT at ~zero.

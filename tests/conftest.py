@@ -35,22 +35,27 @@ DEMO_DATA = [
 
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory) -> Path:
-    """A tiny base model and SynthVid shards, made once per session the way the trainer makes them."""
+    """The assets_dir of a tiny base model and SynthVid shards, made once per session the way the
+    trainer makes them."""
     from trainer.assets import prepare_assets
-    from trainer.config import load_config
 
     root = tmp_path_factory.mktemp("assets")
-    prepare_assets(load_config(REPO / "configs/demo.yaml", asset_overrides(root)))
+    prepare_assets(demo_config(root))
     return root
 
 
 def asset_overrides(root: Path) -> list[str]:
-    return [
-        f"model.name_or_path={root / 'base'}",
-        f"data.train_shards={root / 'data/train'}",
-        f"data.eval_shards={root / 'data/eval'}",
-        *DEMO_DATA,
-    ]
+    return [f"assets_dir={root}", *DEMO_DATA]
+
+
+def demo_config(root: Path, *overrides: str):
+    """The demo config on the assets in ``root``, its generated paths filled in (`resolve_assets`)."""
+    from trainer.assets import resolve_assets
+    from trainer.config import load_config
+
+    cfg = load_config(REPO / "configs/demo.yaml", [*asset_overrides(root), *overrides])
+    resolve_assets(cfg)
+    return cfg
 
 
 def train_command(

@@ -60,6 +60,10 @@ def test_summary_is_complete(demo_run):
     assert summary["throughput"]["throughput/frames_per_s"] == pytest.approx(
         4 * summary["throughput"]["throughput/samples_per_s"]
     )
+    # Run-level rates are totals over the training time: per step, the micro-batch of 4 on 2 ranks.
+    rates = summary["throughput"]
+    assert rates["throughput/samples_per_s"] * rates["time/step_s"] == pytest.approx(4 * 2)
+    assert rates["time/train_s"] == pytest.approx(STEPS * rates["time/step_s"])
     assert summary["memory"]["memory/peak_rss_gib"] > 0
 
 
@@ -76,6 +80,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(demo_run, mlflow_server):
         "throughput/samples_per_s",
         "throughput/frames_per_s",
         "throughput/tokens_per_s",
+        "throughput/run_samples_per_s",
+        "time/run_step_s",
         "memory/peak_rss_gib",
         "eval/cider",
         "eval/bleu4",

@@ -26,12 +26,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    # A transformers-format directory (save_pretrained layout) holding the base Video-LLaMA,
-    # its tokenizer and processor settings.
-    name_or_path: str = "outputs/base/tiny"
-    # When name_or_path does not exist and preset is set, a random-init base model of this preset
-    # is written there first (rank 0 only). Set to null to require an existing checkpoint.
-    preset: str | None = "tiny"
+    # A transformers-format directory (save_pretrained layout) holding the base Video-LLaMA, its
+    # tokenizer and processor settings. It must exist: a named path is never created.
+    name_or_path: str | None = None
+    # With name_or_path null: the random-init base of this preset (models.presets), built once under
+    # assets_dir (trainer/assets.py). Not used when name_or_path is set.
+    preset: str | None = None
     # Weight format of the frozen towers: nf4 (+ double quant), nf4-nodq, int8 or none (16/32 bit);
     # auto: the adapter method's own (trainer.compat.METHOD_QUANTIZATION: qlora nf4, qlora8 int8, lora none).
     quantization: str = "auto"
@@ -112,7 +112,7 @@ class AdapterConfig:
 
 @dataclass
 class SynthVidConfig:
-    """Synthetic data written when the configured shard folders do not exist yet."""
+    """SynthVid shards generated for the splits whose shard path is null (trainer/assets.py)."""
 
     task: str = "pretrain"
     num_train: int = 256
@@ -125,13 +125,14 @@ class SynthVidConfig:
 
 @dataclass
 class DataConfig:
-    # A folder of .tar shards, a brace pattern (dir/{00000..00009}.tar) or a single tar.
-    train_shards: str = "outputs/data/synthvid/train"
-    eval_shards: str = "outputs/data/synthvid/eval"
+    # A folder of .tar shards, a brace pattern (dir/{00000..00009}.tar) or a single tar; it must exist.
+    # null: SynthVid shards of `synthvid`, generated once under assets_dir.
+    train_shards: str | None = None
+    eval_shards: str | None = None
     # Held-out test shards for `python -m trainer.evaluate --split test` (None: no test split).
     test_shards: str | None = None
-    # If set, missing shard folders are generated with SynthVid (rank 0 only).
-    synthvid: SynthVidConfig | None = field(default_factory=SynthVidConfig)
+    # What to generate for the null shard paths above (null: nothing; a null path is then an error).
+    synthvid: SynthVidConfig | None = None
     # N candidate frames decoded per clip (the selector then keeps K of them).
     num_candidate_frames: int = 16
     frame_size: int = 64
@@ -240,6 +241,9 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     output_dir: str = "outputs/demo"
+    # Where generated inputs (model.preset bases, data.synthvid shards) are kept, each in a folder
+    # named after what it was generated from, shared by every run that asks for the same one.
+    assets_dir: str = "outputs/assets"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

@@ -30,12 +30,14 @@ from models.adapters import load_adapter
 from models.loading import load_model
 from models.processor import CONFIG_NAME, VideoLlamaProcessor
 from models.retrieval_head import attach_retrieval_head
+from trainer.assets import generate, resolve_assets
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig, load_config
 from trainer.distributed import DistInfo, barrier, init_distributed, resolve_dtype
 from trainer.evaluation import TASKS, EvalResult, evaluate
 from trainer.report import write_report
 from trainer.retrieval_metrics import chance_metrics
+from trainer.threads import apply_threads, local_world_size, resolve_threads
 from trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -162,15 +164,22 @@ def log_to_mlflow(
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate; returns the results dict on rank 0 (None on the other ranks)."""
     cfg = load_config(args.config, args.overrides)
+    threads = resolve_threads(cfg.train.num_threads, num_workers=cfg.data.num_workers, local_world_size=local_world_size())
+    apply_threads(threads)  # as in training: the data workers keep their cores
     cfg.model.quantization = resolve_quantization(cfg)  # "auto" → the adapter method's base format
+    # The base and the split's shards as training resolved them (generated ones are found again).
+    missing_assets = resolve_assets(cfg, splits=(args.split,))
     adapter_dir = Path(args.checkpoint)
     shards = cfg.data.eval_shards if args.split == "eval" else cfg.data.test_shards
     if shards is None:
         raise ValueError(
-            "--split test needs data.test_shards in the config (or as data.test_shards=… override)"
+            f"--split {args.split} needs data.{args.split}_shards in the config (or as an override)"
         )
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
     dist: DistInfo = init_distributed(cfg.deepspeed.dist_backend)
+    if dist.is_main:
+        generate(missing_assets)
+    barrier()
     dtype = resolve_dtype(cfg.model.dtype, dist.device)
     torch.manual_seed(cfg.seed)
     model, processor = load_for_eval(cfg, adapter_dir, dist.device, dtype)

@@ -33,8 +33,12 @@ class ThroughputMeter:
         self.tokens += tokens
         self.data_wait_s += data_wait_s
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` that were no training (an evaluation pause) out of the window's time."""
+        self._window_start += seconds
+
     def restart(self) -> None:
-        """Start a new window now, dropping what was counted (e.g. after an evaluation pause)."""
+        """Start a new window now, dropping what was counted."""
         self.samples = self.frames = self.tokens = self.steps = 0
         self.data_wait_s = 0.0
         self._window_start = time.perf_counter()

@@ -36,7 +36,7 @@ from models.rank_allocation import adalora_update
 from models.retrieval_head import attach_retrieval_head, caption_tokens
 from models.temporal_lora import gate_summary
 from trainer import checkpoint
-from trainer.assets import prepare_assets
+from trainer.assets import generate, resolve_assets
 from trainer.compat import check_compatibility, resolve_quantization
 from trainer.config import RunConfig, changed_settings
 from trainer.distributed import all_reduce_sum, barrier, init_distributed, resolve_dtype
@@ -47,6 +47,7 @@ from trainer.metrics import PhaseTimer, ThroughputMeter, peak_memory
 from trainer.param_groups import learning_rate_groups, scaled_schedule
 from trainer.preemption import PreemptionHandler
 from trainer.system_info import device_name, git_commit, library_versions
+from trainer.threads import apply_threads, local_world_size, resolve_threads
 from trainer.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,16 @@ class NonFiniteLossError(FloatingPointError):
 class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+        # First, before any parallel work (model load, quantization): one intra-op team per rank
+        # that leaves the rank's data workers their cores (trainer/threads.py).
+        self.threads = resolve_threads(
+            cfg.train.num_threads, num_workers=cfg.data.num_workers, local_world_size=local_world_size()
+        )
+        apply_threads(self.threads)
         # Before anything reads it: "auto" becomes the method's weight format (qlora8 → int8, ...).
         cfg.model.quantization = resolve_quantization(cfg)
+        # Before anything loads: a missing path the config names stops the run here.
+        missing_assets = resolve_assets(cfg)
         self.dist = init_distributed(cfg.deepspeed.dist_backend)
         self.device = self.dist.device
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
@@ -72,7 +81,7 @@ class Trainer:
 
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            prepare_assets(cfg)
+            generate(missing_assets)
         barrier()
 
         # Same seed on every rank: the adapter's random init must be identical everywhere.
@@ -125,11 +134,12 @@ class Trainer:
         self.mlflow_run_id: str | None = None
 
         self.eval_scores: dict[str, float] = {}
-        self.throughput_history: list[dict[str, float]] = []
+        self.run_throughput: dict[str, float] = {}
         self.flops_per_step: int | None = None
         self.preempted = False
         self.nonfinite_in_a_row = 0
-        self.meter = ThroughputMeter()
+        self.meter = ThroughputMeter()  # per logging window
+        self.run_meter = ThroughputMeter()  # this process's whole training, evaluation left out
         self.timer = PhaseTimer(self.device)
         self.started_at = time.time()
 
@@ -219,14 +229,17 @@ class Trainer:
             total=cfg.steps, initial=self.step, desc="train", disable=not self.dist.is_main, unit="step"
         )
         self.selector.train()
+        self.run_meter.restart()
         with PreemptionHandler() as preemption:
             while self.step < cfg.steps:
                 self.train_step(batches)
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.losses[-1]:.3f}" if self.losses else "-")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    start = time.perf_counter()
                     self.evaluate()
-                    self.meter.restart()  # evaluation time is not training throughput
+                    for meter in (self.meter, self.run_meter):  # evaluation time is not training time
+                        meter.exclude(time.perf_counter() - start)
                 if self._agree(preemption.requested):
                     self.preempted = True
                     log.warning(
@@ -236,7 +249,27 @@ class Trainer:
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
         bar.close()
+        self._log_run_throughput()
         self.save()
+
+    def _log_run_throughput(self) -> None:
+        """Rates over this process's whole training: every rank's work over this rank's training time
+        (evaluation pauses left out), in summary.json and as ``throughput/run_*`` / ``time/run_*``.
+
+        A mean of the per-window rates would weigh a short slow window like a long fast one (the
+        demo's read 51 samples/s next to 0.45 s per step of 8); totals over time cannot.
+        """
+        meter, steps = self.run_meter, self.run_meter.steps
+        if steps == 0:
+            return
+        meter.samples, meter.frames, meter.tokens = (
+            int(c) for c in all_reduce_sum([meter.samples, meter.frames, meter.tokens])
+        )
+        rates = meter.read()
+        self.run_throughput = {**rates, "time/train_s": rates["time/step_s"] * steps}
+        self.tracker.log(
+            {k.replace("/", "/run_", 1): v for k, v in self.run_throughput.items()}, step=self.step
+        )
 
     def train_step(self, batches: Iterator[VideoBatch]) -> float | None:
         """One optimizer step (``grad_accum`` micro-batches from ``batches``) and its metrics.
@@ -270,12 +303,13 @@ class Trainer:
             wait = time.perf_counter() - t0
             self.samples_seen += batch.batch_size
             self.bad_samples.update(batch.bad_samples)
-            self.meter.add(
-                batch.batch_size,
-                batch.batch_size * self.cfg.selector.k,
-                int(batch.attention_mask.sum()),
-                wait,
-            )
+            for meter in (self.meter, self.run_meter):
+                meter.add(
+                    batch.batch_size,
+                    batch.batch_size * self.cfg.selector.k,
+                    int(batch.attention_mask.sum()),
+                    wait,
+                )
             if self.cfg.train.count_flops and self.flops_per_step is None:
                 # Counted once: FlopCounterMode slows the step it watches.
                 flops, loss = count_flops(partial(self._forward_backward, batch))
@@ -284,6 +318,7 @@ class Trainer:
                 loss = self._forward_backward(batch)
             losses.append(loss)
         self.meter.end_step()
+        self.run_meter.end_step()
         finite = [x for x in losses if x is not None]
         if not finite:
             self.nonfinite_steps += 1
@@ -361,7 +396,6 @@ class Trainer:
         # Rates use global counts: every rank's work over this rank's wall time.
         self.meter.samples, self.meter.frames, self.meter.tokens = (int(c) for c in counts)
         rates = self.meter.read()
-        self.throughput_history.append(rates)
         metrics: dict[str, float] = {
             "train/lr": self.engine.get_lr()[0],
             **self._group_learning_rates(),
@@ -509,6 +543,8 @@ class Trainer:
                 "model.total_params": self.total_params,
                 "model.compute_dtype": str(self.dtype).removeprefix("torch."),
                 "deepspeed.zero_stage": zero_stage(self.ds_config),
+                "sys.num_threads": self.threads.num_threads,
+                "sys.num_threads_source": self.threads.source,
             }
         )
         tracker.set_tags(self._system_info())
@@ -528,8 +564,6 @@ class Trainer:
         }
 
     def summary(self) -> dict[str, Any]:
-        rates = self.throughput_history[1:] or self.throughput_history  # first window includes warm-up
-        mean = {k: sum(r[k] for r in rates) / len(rates) for k in rates[0]} if rates else {}
         return {
             "run_id": self.tracker.run_id,
             "tracking_uri": self.tracker.tracking_uri,
@@ -543,7 +577,7 @@ class Trainer:
             "last_loss": self.losses[-1] if self.losses else None,
             "nonfinite_steps": self.nonfinite_steps,
             "eval": {k.removeprefix("eval/"): v for k, v in self.eval_scores.items()},
-            "throughput": mean,
+            "throughput": self.run_throughput,
             "flops_per_step_tflop": self.flops_per_step * self.dist.world_size / 1e12
             if self.flops_per_step
             else None,

@@ -245,7 +245,7 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
     quantization = run_config["model"]["quantization"]  # "auto" resolved by the trainer
     assert quantization == ("int8" if "qlora8" in overrides[0] else "nf4")
     base = load_model(
-        demo_assets / "base", quantization=quantization, compute_dtype=torch.float32, device="cpu"
+        run_config["model"]["name_or_path"], quantization=quantization, compute_dtype=torch.float32, device="cpu"
     )
     model = load_adapter(base, run_dir / "adapter")
     assert not any(p.requires_grad for p in model.parameters())  # loaded for inference
