@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, load_config
@@ -34,11 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        trainer = Trainer(cfg)
-    except ConfigError as err:  # the message says what to change; a traceback would bury it
-        raise SystemExit(f"train.py: {err}") from None
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg)
     status = "FAILED"
     try:
         trainer.fit()
@@ -57,4 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as err:  # the message says what to change; a traceback would bury it
+        sys.exit(f"train.py: {err}")

@@ -38,24 +38,15 @@ def demo_assets(tmp_path_factory) -> Path:
     """The assets_dir of a tiny base model and SynthVid shards, made once per session the way the
     trainer makes them."""
     from trainer.assets import prepare_assets
+    from trainer.config import load_config
 
     root = tmp_path_factory.mktemp("assets")
-    prepare_assets(demo_config(root))
+    prepare_assets(load_config(REPO / "configs/demo.yaml", asset_overrides(root)))
     return root
 
 
 def asset_overrides(root: Path) -> list[str]:
     return [f"assets_dir={root}", *DEMO_DATA]
-
-
-def demo_config(root: Path, *overrides: str):
-    """The demo config on the assets in ``root``, its generated paths filled in (`resolve_assets`)."""
-    from trainer.assets import resolve_assets
-    from trainer.config import load_config
-
-    cfg = load_config(REPO / "configs/demo.yaml", [*asset_overrides(root), *overrides])
-    resolve_assets(cfg)
-    return cfg
 
 
 def train_command(

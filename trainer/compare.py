@@ -62,12 +62,15 @@ TRAINABLE = "model.trainable_params"
 RUN_SPECIFIC_PARAMS = {
     "seed",
     "output_dir",
+    "assets_dir",
     "tracking.run_name",
     "tracking.uri",
     "tracking.experiment",
     "model.trainable_params",
     "model.total_params",
     "world_size",
+    "sys.num_threads",
+    "sys.num_threads_source",
 }
 COMPARISON_TAG = "sweep.kind"
 

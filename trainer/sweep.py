@@ -55,7 +55,8 @@ import yaml
 from trainer.config import ConfigError, load_config
 
 # Keys that differ between the seeds / runs of one configuration without changing what is compared.
-RUN_SPECIFIC_KEYS = ("seed", "output_dir", "tracking.run_name", "tracking.experiment", "tracking.uri")
+# assets_dir only says where generated inputs are kept; what they hold follows from the settings.
+RUN_SPECIFIC_KEYS = ("seed", "output_dir", "assets_dir", "tracking.run_name", "tracking.experiment", "tracking.uri")
 SBATCH_SCRIPT = Path("slurm/sweep.sbatch")
 # Child exit codes of the fork launcher.
 _SKIPPED, _PREEMPTED = 3, 4
