@@ -4,27 +4,57 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint clean bench experiments
+.PHONY: setup system-packages demo test test-fast lint clean bench experiments
 
 setup: $(STAMP)
 
+# deepspeed's pin, read from pyproject.toml so that it is written once.
+DEEPSPEED := $(shell sed -n 's/^ *"\(deepspeed==[^"]*\)".*/\1/p' pyproject.toml)
+# The DeepSpeed ops that runs load (trainer/jit_ops.py): CPU Adam (ZeRO-Offload), FusedAdam (the
+# other ds_configs) and the CPU shared-memory collectives (every run on CPU). Built into the
+# install, they are imported, never JIT-built at run time (a minute each on 2 cores, and a build
+# killed half-way leaves a lock that hangs later runs). DS_BUILD_OPS=0: nothing else, whatever the
+# caller's environment says.
+DS_BUILD_ENV := DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_SHM_COMM=1
+
 # torch first, pinned to the CPU wheel the machines carry: otherwise a dependency's bare `torch`
-# pulls the newest CUDA build (several GB). deepspeed is built against that torch, hence
-# --no-build-isolation.
+# pulls the newest CUDA build (several GB). deepspeed is compiled against that torch, hence
+# --no-build-isolation; --no-binary and --no-cache-dir because a deepspeed wheel from an index or
+# from pip's cache (built earlier without ops) would be installed silently instead of a build with
+# them; --no-deps as its dependencies come with ".[dev]" next. The build (a few minutes) is skipped
+# when the pinned deepspeed is there with its ops, i.e. on a re-run after a pyproject.toml edit.
+# setup.py skips an op it finds incompatible with a warning only, so trainer.jit_ops
+# --require-prebuilt then checks that every op the ds_configs load imports from the install, and
+# fails set-up otherwise.
 $(STAMP): pyproject.toml
+	$(if $(DEEPSPEED),,$(error pyproject.toml pins no "deepspeed==<version>"))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0
+	@if $(PY) -m pip show deepspeed 2>/dev/null | grep -qx "Version: $(patsubst deepspeed==%,%,$(DEEPSPEED))" \
+		&& $(PY) -m trainer.jit_ops --require-prebuilt >/dev/null 2>&1; then \
+		echo "$(DEEPSPEED) with prebuilt ops: already installed"; \
+	else \
+		echo "building $(DEEPSPEED) with its ops prebuilt ($(DS_BUILD_ENV))"; \
+		$(DS_BUILD_ENV) $(PY) -m pip install -q --force-reinstall --no-deps --no-build-isolation \
+			--no-binary deepspeed --no-cache-dir "$(DEEPSPEED)" || exit 1; \
+	fi
 	$(PY) -m pip install -q --no-build-isolation ".[dev]"
+	$(PY) -m trainer.jit_ops --require-prebuilt
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/deepspeed train.py --config configs/demo.yaml
 
-test: $(STAMP)
+# The Debian packages of tests/slurm (a real SLURM cluster), apt-installed when missing; first, so
+# that a machine without root or sudo says so before the set-up's minutes.
+system-packages:
+	scripts/install-system-packages
+
+test: system-packages $(STAMP)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: system-packages $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
 lint: $(STAMP)
