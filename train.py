@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, load_config
+from trainer.jit_ops import StaleJitLockError
 from trainer.trainer import Trainer
 
 
@@ -57,5 +58,5 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except ConfigError as err:  # the message says what to change; a traceback would bury it
+    except (ConfigError, StaleJitLockError) as err:  # the message says what to do; a traceback would bury it
         sys.exit(f"train.py: {err}")

@@ -35,6 +35,7 @@ from trainer.compat import resolve_quantization
 from trainer.config import RunConfig, load_config
 from trainer.distributed import DistInfo, barrier, init_distributed, resolve_dtype
 from trainer.evaluation import TASKS, EvalResult, evaluate
+from trainer.jit_ops import check_jit_locks
 from trainer.report import write_report
 from trainer.retrieval_metrics import chance_metrics
 from trainer.threads import apply_threads, local_world_size, resolve_threads
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             f"--split {args.split} needs data.{args.split}_shards in the config (or as an override)"
         )
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
+    check_jit_locks()  # init_distributed loads DeepSpeed's shm op on CPU
     dist: DistInfo = init_distributed(cfg.deepspeed.dist_backend)
     if dist.is_main:
         generate(missing_assets)

@@ -43,6 +43,7 @@ from trainer.distributed import all_reduce_sum, barrier, init_distributed, resol
 from trainer.ds_config import load_ds_config, zero_stage
 from trainer.evaluation import evaluate as run_evaluation
 from trainer.flops import count_flops, peak_tflops
+from trainer.jit_ops import check_jit_locks
 from trainer.metrics import PhaseTimer, ThroughputMeter, peak_memory
 from trainer.param_groups import learning_rate_groups, scaled_schedule
 from trainer.preemption import PreemptionHandler
@@ -70,6 +71,9 @@ class Trainer:
         cfg.model.quantization = resolve_quantization(cfg)
         # Before anything loads: a missing path the config names stops the run here.
         missing_assets = resolve_assets(cfg)
+        # Before init_distributed, which loads DeepSpeed's shm op: a JIT build's stale lock is named,
+        # not waited on forever (nothing to check where set-up prebuilt the ops).
+        check_jit_locks(cfg.deepspeed.config)
         self.dist = init_distributed(cfg.deepspeed.dist_backend)
         self.device = self.dist.device
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
