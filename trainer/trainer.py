@@ -242,8 +242,9 @@ class Trainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     start = time.perf_counter()
                     self.evaluate()
+                    paused = time.perf_counter() - start
                     for meter in (self.meter, self.run_meter):  # evaluation time is not training time
-                        meter.exclude(time.perf_counter() - start)
+                        meter.exclude(paused)
                 if self._agree(preemption.requested):
                     self.preempted = True
                     log.warning(
