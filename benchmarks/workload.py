@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from data.frame_selector import SCORE_NAMES
+from batch_contract import FRAME_SCORE_NAMES
 from data.synthvid import caption_corpus
 from models.presets import create_pretrained
 from models.processor import VideoLlamaProcessor
@@ -56,13 +56,13 @@ def model_batch(
     dtype: torch.dtype,
 ) -> dict[str, torch.Tensor]:
     """Model inputs with selected frames: pixel_values [B, K, 3, S, S] in `dtype`, frame_scores
-    [B, K, len(SCORE_NAMES)] in [0, 1), and the text tensors of `text_batch`."""
+    [B, K, len(FRAME_SCORE_NAMES)] in [0, 1), and the text tensors of `text_batch`."""
     gen = torch.Generator().manual_seed(0)
     return {
         "pixel_values": torch.randn(batch_size, frames, 3, image_size, image_size, generator=gen).to(
             device, dtype
         ),
-        "frame_scores": torch.rand(batch_size, frames, len(SCORE_NAMES), generator=gen).to(device, dtype),
+        "frame_scores": torch.rand(batch_size, frames, len(FRAME_SCORE_NAMES), generator=gen).to(device, dtype),
         **text_batch(processor, batch_size, device),
     }
 

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-ENTROPY, SCENE_CHANGE, MOTION = 0, 1, 2  # positions in the last dimension of the scores
-SCORE_NAMES = ("entropy", "scene_change", "motion")
+from batch_contract import ENTROPY, FRAME_SCORE_NAMES, MOTION, SCENE_CHANGE
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _MOTION_GRID = 16  # motion is measured on a coarse grid: robust to noise and cheap
@@ -306,7 +306,7 @@ class FrameSelector:
         weights = tuple(float(w) for w in weights)
         if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(
-                f"weights must be 3 non-negative numbers {SCORE_NAMES} with a positive sum, got {weights}"
+                f"weights must be 3 non-negative numbers {FRAME_SCORE_NAMES} with a positive sum, got {weights}"
             )
         if coverage < 0:
             raise ValueError(f"coverage must be >= 0, got {coverage}")
@@ -441,7 +441,7 @@ def plot_selection(
     curves = fig.add_subplot(grid[1, :])
     position = range(n)
     for channel, (name, colour) in enumerate(
-        zip(SCORE_NAMES, ("tab:blue", "tab:orange", "tab:green"), strict=True)
+        zip(FRAME_SCORE_NAMES, ("tab:blue", "tab:orange", "tab:green"), strict=True)
     ):
         curves.plot(position, scores[:, channel].numpy(), color=colour, lw=1.2, label=name)
     curves.plot(position, hybrid.numpy(), color="black", lw=1.6, ls="--", label="hybrid (normalized)")

@@ -54,12 +54,12 @@ from webdataset.filters import _shuffle
 from webdataset.shardlists import expand_urls
 from webdataset.utils import make_seed
 
+from batch_contract import right_pad
 from data.shards import assign_shards, shard_sample_count
 from data.video_io import VideoDecodeError, decode_frames
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # labels with this value are left out of the loss (torch/transformers convention)
 TextFn = Callable[[str], dict[str, torch.Tensor]]
 
 
@@ -294,21 +294,12 @@ class Collate:
         self.bad = bad
 
     def __call__(self, samples: list[dict[str, Any]]) -> VideoBatch:
-        input_ids = attention_mask = labels = None
+        text = {"input_ids": None, "attention_mask": None, "labels": None}
         if "input_ids" in samples[0]:
-            lengths = torch.tensor([len(s["input_ids"]) for s in samples])
-            width = int(lengths.max())
-            input_ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-            for row, s in enumerate(samples):
-                input_ids[row, : len(s["input_ids"])] = s["input_ids"]
-                labels[row, : len(s["labels"])] = s["labels"]
-            attention_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+            text = right_pad(samples, self.pad_token_id)
         return VideoBatch(
             frames=torch.stack([s["frames"] for s in samples]),
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            labels=labels,
+            **text,
             captions=[s["caption"] for s in samples],
             keys=[s["key"] for s in samples],
             bad_samples=self.bad.drain(),

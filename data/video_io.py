@@ -13,10 +13,10 @@ from fractions import Fraction
 
 import av
 import decord
-from av.video.reformatter import Interpolation
 import numpy as np
 import torch
 import torch.nn.functional as F
+from av.video.reformatter import Interpolation
 
 # decord lets ffmpeg print every "moov atom not found" to stderr; the pipeline already counts and
 # logs bad samples once, so the library's own log lines are noise.

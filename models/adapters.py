@@ -23,6 +23,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from batch_contract import FRAME_SCORE_NAMES
+
 from . import rank_allocation as ra
 from .bottleneck import (
     BottleneckConfig,
@@ -35,7 +37,6 @@ from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .prefix import add_prefix, is_prefix_config, load_prefix, save_prefix
 from .temporal_lora import (
     FEATURE_INPUT,
-    FRAME_SCORE_NAMES,
     TemporalLoraConfig,
     checkpoint_kwargs,
     install_frame_gates,

@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from batch_contract import IGNORE_INDEX, right_pad
+
 # The one chat format of the project. `{video}` expands to Qv `<video>` placeholders, `{bos}`/`{eos}`
 # to the tokenizer's special tokens. Loss is taken on "{caption}{eos}" only; generation is fed the
 # prompt up to and including "assistant:".
 PROMPT_TEMPLATE = "{bos} user: {video} {prompt} assistant:"
 ANSWER_TEMPLATE = " {caption}{eos}"
-IGNORE_INDEX = -100  # label value ignored by the causal-LM cross-entropy
 CONFIG_NAME = "video_llama_processor.json"
 
 # The whitespace pre-tokenizer decodes "video ." ; re-attach punctuation to the word before it.
@@ -98,17 +99,7 @@ class VideoLlamaProcessor:
         Returns:
             {"input_ids": [B, L], "labels": [B, L] (-100 on padding), "attention_mask": [B, L]}.
         """
-        length = max(int(e["input_ids"].numel()) for e in examples)
-        batch = len(examples)
-        input_ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        for i, e in enumerate(examples):
-            n = int(e["input_ids"].numel())
-            input_ids[i, :n] = e["input_ids"]
-            labels[i, :n] = e["labels"]
-            attention_mask[i, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return right_pad(examples, self.tokenizer.pad_token_id)
 
     # --- generation ----------------------------------------------------------------------------------
     def generation_inputs(self, batch_size: int) -> dict[str, torch.Tensor]:

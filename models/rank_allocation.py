@@ -41,6 +41,8 @@ from peft import AdaLoraConfig
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
+from batch_contract import MOTION
+
 GROUPS = ("vision", "frame_qformer", "video_qformer", "projection", "llm")
 _QFORMER_LINEARS = (
     r"encoder\.layer\.\d+\.((attention|crossattention)\.(attention\.(query|key|value)|output\.dense)"
@@ -60,7 +62,6 @@ GROUP_PATTERNS: dict[str, str] = {
     ),
 }
 ALLOCATIONS = ("static", "entropy", "motion", "importance")
-MOTION_INDEX = 2  # position of motion in the selector's frame scores (entropy, scene_change, motion)
 
 
 def resolve_patterns(groups: Iterable[str], overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -350,7 +351,7 @@ def mean_motion(batches: Iterable[Mapping[str, Any]]) -> float:
         scores = batch.get("frame_scores")
         if scores is None:
             raise ValueError("motion allocation needs frame_scores [B, K, 3] in the calibration batches")
-        values.append(scores[:, 1:, MOTION_INDEX].float().flatten())
+        values.append(scores[:, 1:, MOTION].float().flatten())
     if not values or sum(v.numel() for v in values) == 0:
         raise ValueError("motion allocation needs clips of at least 2 frames in the calibration batches")
     return torch.cat(values).mean().item()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from batch_contract import IGNORE_INDEX
+
 # CLIP's initial temperature (0.07) and its cap on the scale (100): larger scales make the loss
 # dominated by a few pairs and training unstable.
 INIT_TEMPERATURE = 0.07
@@ -95,14 +97,14 @@ def attach_retrieval_head(model: nn.Module, embed_dim: int = 128) -> RetrievalHe
 def caption_tokens(
     input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The caption part of training sequences, left-aligned: where the labels are not -100.
+    """The caption part of training sequences, left-aligned: where the labels are not IGNORE_INDEX.
 
     Args:
         input_ids, labels: long [B, L] (prompt + video placeholders + caption + eos, right-padded).
     Returns:
         (ids long [B, Lc], mask long [B, Lc]) with Lc the longest caption, padded with pad_token_id.
     """
-    is_caption = labels != -100
+    is_caption = labels != IGNORE_INDEX
     lengths = is_caption.sum(dim=1)
     width = max(int(lengths.max()), 1)
     ids = torch.full(

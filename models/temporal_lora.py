@@ -57,8 +57,8 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.utils import CONFIG_NAME
 from torch import nn
 
-# Order of the last dimension of the selector's frame scores (data.frame_selector.SCORE_NAMES).
-FRAME_SCORE_NAMES = ("entropy", "scene_change", "motion")
+from batch_contract import FRAME_SCORE_NAMES
+
 FEATURE_INPUT = "feature"  # the frame's token-pooled layer input as gate input
 GATE_INPUTS = (*FRAME_SCORE_NAMES, FEATURE_INPUT)
 GATE_MODES = ("scale", "rank")

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from batch_contract import IGNORE_INDEX
+
 
 def rerank_top_k(
     similarity: np.ndarray, k: int, log_likelihood: Callable[[list[tuple[int, int]]], np.ndarray]
@@ -65,4 +67,4 @@ def caption_log_likelihood(
     labels = tokens["labels"][:, 1:]  # position t predicts token t + 1
     logp = F.log_softmax(logits[:, :-1], dim=-1)
     picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return (picked * (labels != -100)).sum(dim=1).double().cpu().numpy()
+    return (picked * (labels != IGNORE_INDEX)).sum(dim=1).double().cpu().numpy()

@@ -6,7 +6,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from data.pipeline import IGNORE_INDEX, VideoBatch, build_dataset, build_loader, expand_shards
+from batch_contract import IGNORE_INDEX
+from data.pipeline import VideoBatch, build_dataset, build_loader, expand_shards
 from data.shards import ShardSink
 from data.synthvid import generate_clip
 from data.video_io import encode_mp4

@@ -1,7 +1,8 @@
 import torch
 from transformers import AutoTokenizer
 
-from models.processor import IGNORE_INDEX, VideoLlamaProcessor
+from batch_contract import IGNORE_INDEX
+from models.processor import VideoLlamaProcessor
 from models.tokenizer import build_tokenizer
 
 
