@@ -37,6 +37,8 @@ class VideoLlamaConfig(PreTrainedConfig):
         max_frames: K_max, size of the frame position embedding; more frames raise an error.
         video_token_index: vocabulary id of the `<video>` placeholder token.
         video_token: the placeholder string (kept for processors and for readable configs).
+        retrieval_dim: E, the shared video-text space of the contrastive retrieval head
+            (`models.retrieval_head`); None: the model has no such head.
     """
 
     model_type = "video_llama"
@@ -65,6 +67,7 @@ class VideoLlamaConfig(PreTrainedConfig):
     video_token_index: int | None = None
     video_token: str = "<video>"
     initializer_range: float = 0.02
+    retrieval_dim: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

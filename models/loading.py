@@ -1,9 +1,9 @@
 """Load a saved Video-LLaMA checkpoint, optionally quantized with bitsandbytes (QLoRA's NF4).
 
 Both big towers are quantized — the ViT and the LLM linears become `bnb.nn.Linear4bit` (or
-`Linear8bitLt`) — while the small trainable glue (frame and video Q-Formers, the video projection)
-and the LLM's `lm_head` stay in `compute_dtype`: they are a few percent of the weights, are trained
-fully in Video-LLaMA, and `lm_head` feeds the loss directly.
+`Linear8bitLt`) — while the small trainable glue (frame and video Q-Formers, the video projection,
+the retrieval head) and the LLM's `lm_head` stay in `compute_dtype`: they are a few percent of the
+weights, are trained fully in Video-LLaMA, and `lm_head` feeds the loss directly.
 """
 
 from pathlib import Path
@@ -20,7 +20,7 @@ QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
 # Module-name patterns bitsandbytes must leave unquantized (transformers matches each as a prefix
 # at a module boundary, as a regex, or as a suffix). Giving a list replaces transformers' automatic
 # skips, so the output head is named explicitly.
-DEFAULT_SKIP_MODULES = ["qformer", "video_qformer", "video_projection", "language_model.lm_head"]
+DEFAULT_SKIP_MODULES = ["qformer", "video_qformer", "video_projection", "retrieval_head", "language_model.lm_head"]
 
 
 def quantization_config(
@@ -54,6 +54,7 @@ def load_model(
     compute_dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
     skip_modules: list[str] | None = None,
+    retrieval_dim: int | None = None,
 ) -> VideoLlamaForConditionalGeneration:
     """Load `path` (a `save_pretrained` directory) onto `device`.
 
@@ -64,6 +65,8 @@ def load_model(
         compute_dtype: dtype of the matmuls and of every non-quantized weight.
         device: where the whole model goes (a single-device map; bitsandbytes quantizes on the way).
         skip_modules: module-name patterns left unquantized; default `DEFAULT_SKIP_MODULES`.
+        retrieval_dim: give the model a retrieval head of this size (`VideoLlamaConfig.retrieval_dim`),
+            initialised fresh where the checkpoint holds none; None: as the checkpoint's config says.
     Returns:
         The model in eval mode (as `from_pretrained` leaves it); call `.train()` before training.
         Its 4-bit layers never switch to bitsandbytes' packed CPU-inference layout
@@ -73,8 +76,10 @@ def load_model(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model checkpoint (config.json) at {path}")
     device = torch.device(device)
+    config_overrides = {} if retrieval_dim is None else {"retrieval_dim": retrieval_dim}
     model = VideoLlamaForConditionalGeneration.from_pretrained(
         path,
+        **config_overrides,
         quantization_config=quantization_config(quantization, compute_dtype, skip_modules),
         dtype=compute_dtype,
         device_map={"": device},

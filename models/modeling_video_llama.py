@@ -35,7 +35,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_video_llama import VideoLlamaConfig
-from .retrieval_head import info_nce
+from .retrieval_head import RetrievalHead, info_nce
 
 
 @dataclass
@@ -95,6 +95,8 @@ class VideoLlamaPreTrainedModel(PreTrainedModel):
         identical queries would stay identical through the symmetric Q-Former.
         """
         super()._init_weights(module)
+        if isinstance(module, RetrievalHead):
+            module.reset_parameters()
         if isinstance(module, VideoLlamaForConditionalGeneration):
             std = self.config.initializer_range
             init.normal_(module.query_tokens, mean=0.0, std=std)
@@ -120,9 +122,12 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         # Per-frame scores of the current forward ([B, K, S]); read by temporal LoRA gates (a later
         # issue). Set only for the duration of one forward so no batch tensor outlives its step.
         self.current_frame_scores: torch.Tensor | None = None
-        # Optional contrastive head (`models.retrieval_head.attach_retrieval_head`), not part of the
-        # base checkpoint: it is trained and saved with the adapter.
-        self.retrieval_head: nn.Module | None = None
+        # The contrastive retrieval head when the config asks for one. A base checkpoint saved
+        # without it loads with `retrieval_dim` set (`models.loading.load_model`): the head is then
+        # initialised fresh, trained, and saved with the adapter.
+        self.retrieval_head = (
+            RetrievalHead(config.text_config.hidden_size, config.retrieval_dim) if config.retrieval_dim else None
+        )
         self.post_init()
 
     # --- embeddings: the LLM owns them --------------------------------------------------------------
@@ -297,7 +302,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
     # --- retrieval ----------------------------------------------------------------------------------
     def _head(self) -> nn.Module:
         if self.retrieval_head is None:
-            raise ValueError("this model has no retrieval head (models.retrieval_head.attach_retrieval_head)")
+            raise ValueError("this model has no retrieval head (its config sets no retrieval_dim)")
         return self.retrieval_head
 
     def embed_video(

@@ -9,9 +9,9 @@
 The text side runs the LLM on the caption without the video so that a caption's embedding can be
 compared with every video of a set (in the captioning sequence the caption attends to its video).
 
-The head is an ordinary sub-module (`model.retrieval_head`), attached after the base model loads:
-the adapter code lists it in peft's `modules_to_save`, which trains it under every method and
-writes it into the adapter file.
+The head is a sub-module of the model (`model.retrieval_head`), built from the config's
+`retrieval_dim` like every other one; the adapter code lists it in peft's `modules_to_save`, which
+trains it under every method and writes it into the adapter file.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ class RetrievalHead(nn.Module):
         self.text_proj = nn.Linear(hidden_size, embed_dim)
         # Shape [1], not a 0-dim tensor: DeepSpeed broadcasts parameters as byte views, which 0-dim ones refuse.
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / INIT_TEMPERATURE)))
+
+    def reset_parameters(self) -> None:
+        """torch's default init of the projections and CLIP's initial temperature (the model's
+        `_init_weights` calls it for a head that a checkpoint did not hold)."""
+        self.video_proj.reset_parameters()
+        self.text_proj.reset_parameters()
+        with torch.no_grad():
+            self.logit_scale.fill_(math.log(1.0 / INIT_TEMPERATURE))
 
     def forward(
         self,

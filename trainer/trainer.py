@@ -33,7 +33,7 @@ from models.adapters import apply_adapter, trainable_parameter_count, uses_frame
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
 from models.rank_allocation import adalora_update
-from models.retrieval_head import attach_retrieval_head, caption_tokens
+from models.retrieval_head import caption_tokens
 from models.temporal_lora import gate_summary
 from trainer import checkpoint
 from trainer.assets import generate, resolve_assets
@@ -96,13 +96,13 @@ class Trainer:
             quantization=cfg.model.quantization,
             compute_dtype=self.dtype,
             device=self.device,
+            # The adapter then trains the head and saves it (models.retrieval_head).
+            retrieval_dim=cfg.train.contrastive_dim if cfg.train.contrastive_weight > 0 else None,
         )
         sel = cfg.selector
         self.selector = FrameSelector(
             sel.k, sel.policy, sel.bits, weights=tuple(sel.weights), coverage=sel.coverage, seed=sel.seed
         )
-        if cfg.train.contrastive_weight > 0:  # before the adapter, which then trains and saves it
-            attach_retrieval_head(model, cfg.train.contrastive_dim)
         model = apply_adapter(model, cfg.adapter.method, **self._adapter_kwargs(model))
         self.adapter_allocation: dict[str, Any] | None = getattr(model, "adapter_allocation", None)
         self.trainable_params, self.total_params = trainable_parameter_count(model)

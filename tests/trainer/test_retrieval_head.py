@@ -8,7 +8,7 @@ from models.adapters import apply_adapter, load_adapter
 from models.loading import load_model
 from models.presets import create_pretrained
 from models.processor import VideoLlamaProcessor
-from models.retrieval_head import attach_retrieval_head, caption_tokens, info_nce
+from models.retrieval_head import caption_tokens, info_nce
 
 CPU = torch.device("cpu")
 
@@ -35,8 +35,7 @@ def inputs(base):
 
 def _model(base, method, quantization):
     torch.manual_seed(0)
-    model = load_model(base, quantization=quantization, compute_dtype=torch.float32, device=CPU)
-    attach_retrieval_head(model, 16)
+    model = load_model(base, quantization=quantization, compute_dtype=torch.float32, device=CPU, retrieval_dim=16)
     return apply_adapter(model, method) if method else model
 
 
@@ -75,9 +74,26 @@ def test_saved_adapter_reloads_with_identical_embeddings(base, inputs, tmp_path)
         video, caption = model.embed_video(*args), model.embed_text(*text)
     model.save_pretrained(tmp_path)
 
-    fresh = load_model(base, quantization="nf4", compute_dtype=torch.float32, device=CPU)
-    attach_retrieval_head(fresh, 16)
+    fresh = load_model(base, quantization="nf4", compute_dtype=torch.float32, device=CPU, retrieval_dim=16)
     reloaded = load_adapter(fresh, tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded.embed_video(*args), video)
         assert torch.equal(reloaded.embed_text(*text), caption)
+
+
+def test_the_head_is_part_of_the_model_config_and_saved_with_it(base, tmp_path):
+    """Built from `retrieval_dim` in __init__, kept out of 4-bit, saved and loaded like any submodule."""
+    from models.modeling_video_llama import VideoLlamaForConditionalGeneration
+
+    model = load_model(base, quantization="nf4", compute_dtype=torch.float32, device=CPU, retrieval_dim=16)
+    assert model.config.retrieval_dim == 16 and type(model.retrieval_head.video_proj) is torch.nn.Linear
+    plain = load_model(base, quantization="nf4", compute_dtype=torch.float32, device=CPU)
+    assert plain.retrieval_head is None and plain.config.retrieval_dim is None
+    full = VideoLlamaForConditionalGeneration.from_pretrained(base, retrieval_dim=16)
+    with torch.no_grad():
+        full.retrieval_head.logit_scale.fill_(1.5)
+    full.save_pretrained(tmp_path)
+    again = VideoLlamaForConditionalGeneration.from_pretrained(tmp_path)
+    assert again.config.retrieval_dim == 16
+    for name, value in full.retrieval_head.state_dict().items():
+        assert torch.equal(again.retrieval_head.state_dict()[name], value), name
