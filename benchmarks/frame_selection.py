@@ -28,7 +28,8 @@ import torch
 from scenedetect import ContentDetector, detect
 
 from benchmarks.harness import parse_args, time_call, write_result
-from data.frame_selector import POLICIES, FrameSelector, frame_scores
+from data.frame_scores import frame_scores
+from data.frame_selector import POLICIES, FrameSelector
 from data.synthvid import generate_clip
 from data.video_io import decode_frames, encode_mp4, uniform_indices
 

@@ -5,14 +5,7 @@ Python loop over frames or clips (the greedy pickers loop over the K picks, a st
 `torch.compile` unrolls). The per-frame scores of the chosen frames are returned too: the temporal
 LoRA gates read them.
 
-Scores, each in [0, 1], for frames uint8 [B, N, 3, H, W]:
-    entropy       Shannon entropy of the `bits`-bit luma histogram / bits (0: flat frame)
-    scene_change  L1 distance between consecutive luma histograms / 2 (0 for the first frame)
-    motion        mean |difference| of consecutive luma frames average-pooled to ~16x16, / 255
-                  (0 for the first frame)
-They are computed on every s-th pixel, s chosen so that the longer side keeps at most 64 samples:
-a 4-bit histogram and a 16x16 motion grid need no more, and it keeps the selector at about 1% of
-the decoder's time per frame at 224x224 (measured by `benchmarks/frame_selection.py`).
+The per-frame scores (entropy, scene change, motion) are `data.frame_scores`'.
 
 Policies (each picks K of N frames with a temporal coverage rule; indices sorted and unique):
     uniform   centres of K equal segments
@@ -30,7 +23,7 @@ so flat stretches (no cut, no motion, an all-black clip) are filled by farthest-
 rather than clumped at the start. Random policies draw from a seeded generator: in eval mode the
 same generator state is used for every call, so they are deterministic.
 
-CLI (the candidate strip, the score curves and the chosen frames, as a PNG)::
+CLI (the candidate strip, the score curves and the chosen frames, as a PNG, `data.selection_plot`)::
 
     python -m data.frame_selector --video X.mp4 --k 8 --n 64 --policy hybrid --out sel.png
 """
@@ -38,20 +31,17 @@ CLI (the candidate strip, the score curves and the chosen frames, as a PNG)::
 from __future__ import annotations
 
 import argparse
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from batch_contract import ENTROPY, FRAME_SCORE_NAMES, MOTION, SCENE_CHANGE
+from data.frame_scores import frame_scores, normalize_per_clip
+from data.selection_plot import load_candidates, plot_selection
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_MOTION_GRID = 16  # motion is measured on a coarse grid: robust to noise and cheap
-_ANALYSIS_SIDE = 64  # scores look at every s-th pixel so that the longer side has <= this many
 # hybrid's default weights (entropy, scene_change, motion): change and motion find events, entropy
 # breaks the tie between the last frame of an event and the empty frame after it (same motion).
 DEFAULT_WEIGHTS = (0.2, 0.4, 0.4)
@@ -87,61 +77,6 @@ class PolicyArgs:
     k: int
     weights: tuple[float, float, float] = DEFAULT_WEIGHTS
     coverage: float = DEFAULT_COVERAGE
-
-
-def _luma(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, N, 3, H, W] → float32 [B, N, h, w] BT.601 luma in [0, 255] on the analysis grid."""
-    stride = max(1, math.ceil(max(frames.shape[-2:]) / _ANALYSIS_SIDE))
-    # Slicing before the float conversion: only the sampled pixels are ever converted.
-    rgb = frames[..., ::stride, ::stride].float()
-    return rgb[:, :, 0] * 0.299 + rgb[:, :, 1] * 0.587 + rgb[:, :, 2] * 0.114
-
-
-def _histograms(luma: torch.Tensor, bits: int) -> torch.Tensor:
-    """float [B, N, h, w] luma → float32 [B, N, 2**bits] normalized histograms (sum 1)."""
-    levels = 2**bits
-    b, n = luma.shape[:2]
-    bins = (luma * (levels / 256.0)).long().clamp_(0, levels - 1).flatten(2)  # [B, N, h*w]
-    # Counts of 1.0 are exact in float32 (up to 2**24 pixels per frame), so the atomic adds that
-    # scatter_add_ does on a GPU give the same result in any order.
-    counts = torch.zeros(b, n, levels, device=luma.device).scatter_add_(
-        2, bins, torch.ones_like(bins, dtype=torch.float32)
-    )
-    return counts / bins.shape[-1]
-
-
-def frame_scores(frames: torch.Tensor, bits: int = 4) -> torch.Tensor:
-    """Per-frame (entropy, scene_change, motion) scores.
-
-    Args:
-        frames: uint8 [B, N, 3, H, W].
-        bits: luma quantization for the histograms (2**bits levels).
-
-    Returns:
-        float32 [B, N, 3], every score in [0, 1].
-    """
-    if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"expected frames [B,N,3,H,W], got {tuple(frames.shape)}")
-    luma = _luma(frames)
-    hist = _histograms(luma, bits)
-    entropy = -torch.xlogy(hist, hist).sum(-1) / (bits * math.log(2))  # nats → bits, / the maximum (bits)
-
-    scene = torch.zeros_like(entropy)
-    scene[:, 1:] = (hist[:, 1:] - hist[:, :-1]).abs().sum(-1) / 2
-
-    b, n, h, w = luma.shape
-    pooled = F.adaptive_avg_pool2d(luma.reshape(b * n, 1, h, w), (min(h, _MOTION_GRID), min(w, _MOTION_GRID)))
-    pooled = pooled.reshape(b, n, -1)
-    motion = torch.zeros_like(entropy)
-    motion[:, 1:] = (pooled[:, 1:] - pooled[:, :-1]).abs().mean(-1) / 255
-    return torch.stack([entropy, scene, motion], dim=-1).clamp_(0.0, 1.0)
-
-
-def normalize_per_clip(value: torch.Tensor) -> torch.Tensor:
-    """Min-max normalize float [B, N] over N, per clip; a constant clip gives zeros (never NaN)."""
-    low = value.amin(1, keepdim=True)
-    span = value.amax(1, keepdim=True) - low
-    return torch.where(span > 1e-6, (value - low) / span.clamp_min(1e-6), torch.zeros_like(value))
 
 
 def shot_value(scores: torch.Tensor) -> torch.Tensor:
@@ -370,96 +305,6 @@ class FrameSelector:
         normalized = torch.addcmul(-mean / std, chosen.float(), 1.0 / (255.0 * std)).to(dtype)
         chosen_scores = scores[rows, indices] if with_scores else None
         return SelectedFrames(frames=normalized, indices=indices.contiguous(), scores=chosen_scores)
-
-
-def load_candidates(path: str, n: int, height: int) -> torch.Tensor:
-    """Decode n frames spread uniformly over the video at `path`: uint8 [n, 3, height, W].
-
-    W keeps the video's aspect ratio (rounded to an even number of pixels).
-    """
-    import av
-
-    from data.video_io import VideoDecodeError, decode_frames
-
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            width = max(2, round(height * stream.width / stream.height / 2) * 2)
-    except (OSError, IndexError, av.FFmpegError) as exc:
-        raise VideoDecodeError(f"cannot read a video stream from {path}: {exc}") from exc
-    with open(path, "rb") as f:
-        return decode_frames(f.read(), n, (height, width))
-
-
-def _strip(frames: torch.Tensor, chosen: torch.Tensor, columns: int, thumb_height: int = 40):
-    """uint8 [N, 3, H, W] → one uint8 [rows*h, columns*w, 3] numpy montage; picks framed in red."""
-    n, _, h, w = frames.shape
-    thumb_width = max(1, round(thumb_height * w / h))
-    thumbs = F.interpolate(frames.float(), size=(thumb_height, thumb_width), mode="area").round().byte()
-    border = 3
-    tiles = torch.full((n, 3, thumb_height + 2 * border, thumb_width + 2 * border), 60, dtype=torch.uint8)
-    tiles[chosen] = torch.tensor([230, 30, 30], dtype=torch.uint8).view(3, 1, 1)
-    tiles[:, :, border:-border, border:-border] = thumbs
-    rows = -(-n // columns)
-    padded = torch.full((rows * columns, *tiles.shape[1:]), 255, dtype=torch.uint8)
-    padded[:n] = tiles
-    grid = padded.view(rows, columns, 3, *tiles.shape[2:]).permute(0, 3, 1, 4, 2)  # rows, th, cols, tw, 3
-    return grid.reshape(rows * tiles.shape[2], columns * tiles.shape[3], 3).numpy()
-
-
-def plot_selection(
-    frames: torch.Tensor, scores: torch.Tensor, indices: torch.Tensor, hybrid: torch.Tensor, args
-) -> None:
-    """Write the CLI's PNG: candidate strip (picks in red), score curves, the K chosen frames.
-
-    Args:
-        frames: uint8 [N, 3, H, W]; scores: float [N, 3]; indices: long [K]; hybrid: float [N].
-        args: the CLI namespace (video, policy, k, out).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    n = len(frames)
-    columns = min(n, 16)
-    chosen = torch.zeros(n, dtype=torch.bool)
-    chosen[indices] = True
-    strip = _strip(frames, chosen, columns)
-    k = len(indices)
-    fig = plt.figure(figsize=(14, 4.2 + 6.5 * strip.shape[0] / strip.shape[1] * 1.2), layout="constrained")
-    grid = fig.add_gridspec(3, k, height_ratios=[strip.shape[0] / strip.shape[1] * 14, 2.6, 1.6])
-
-    top = fig.add_subplot(grid[0, :])
-    top.imshow(strip)
-    top.set_title(
-        f"{os.path.basename(args.video)}: {n} candidates, the {k} chosen by '{args.policy}' framed in red",
-        fontsize=10,
-    )
-    top.axis("off")
-
-    curves = fig.add_subplot(grid[1, :])
-    position = range(n)
-    for channel, (name, colour) in enumerate(
-        zip(FRAME_SCORE_NAMES, ("tab:blue", "tab:orange", "tab:green"), strict=True)
-    ):
-        curves.plot(position, scores[:, channel].numpy(), color=colour, lw=1.2, label=name)
-    curves.plot(position, hybrid.numpy(), color="black", lw=1.6, ls="--", label="hybrid (normalized)")
-    for i in indices.tolist():
-        curves.axvline(i, color="tab:red", alpha=0.35, lw=3)
-    curves.set_xlim(-0.5, n - 0.5)
-    curves.set_ylim(0, 1.02)
-    curves.set_xlabel("candidate frame")
-    curves.set_ylabel("score")
-    curves.legend(loc="upper right", fontsize=8, ncol=4)
-
-    for slot, i in enumerate(indices.tolist()):
-        ax = fig.add_subplot(grid[2, slot])
-        ax.imshow(frames[i].permute(1, 2, 0).numpy())
-        ax.set_title(f"#{i}", fontsize=9)
-        ax.axis("off")
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:

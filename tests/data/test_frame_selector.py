@@ -1,13 +1,13 @@
 import pytest
 import torch
 
+from data.frame_scores import frame_scores
 from data.frame_selector import (
     CLIP_MEAN,
     CLIP_STD,
     POLICIES,
     FrameSelector,
     PolicyArgs,
-    frame_scores,
     main,
     temporal_nms,
 )
