@@ -110,7 +110,7 @@ $(SV_ROOT)/pretrain/adapter/config.json: | $(STAMP)
 
 # The sweep's failed runs are listed (and recorded in MLflow); the comparison of the others goes on.
 experiments: $(STAMP) $(SV_ROOT)/pretrain/adapter/config.json
-	-$(PY) -m trainer.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps $(SV_SWEEP_ARGS)
-	$(PY) -m trainer.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task
+	-$(PY) -m trainer.experiments.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps $(SV_SWEEP_ARGS)
+	$(PY) -m trainer.experiments.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task
 	$(if $(QUICK),cp README.md $(SV_README))
-	$(PY) -m trainer.results_readme --comparison $(SV_RESULTS) --readme $(SV_README)
+	$(PY) -m trainer.experiments.results_readme --comparison $(SV_RESULTS) --readme $(SV_README)

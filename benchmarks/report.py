@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.plots import PLOTTERS
+from trainer.experiments.readme_markers import replace_between_markers
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -205,24 +206,13 @@ def render_section(results: list[dict[str, Any]], plots: list[Path | None] | Non
     return "\n\n".join(["\n".join(head), *([goals] if goals else []), *body])
 
 
-def replace_between_markers(text: str, section: str, where: str = "README") -> str:
-    """`text` with everything between START and END replaced by `section` (markers kept)."""
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"{where}: needs exactly one {START} and one {END} marker")
-    before, rest = text.split(START)
-    _, after = rest.split(END)
-    if START in after or END in before:
-        raise ValueError(f"{where}: {START} must come before {END}")
-    return f"{before}{START}\n{section}\n{END}{after}"
-
-
 def update_readme(readme: Path, results_dir: Path) -> bool:
     """Rewrite `readme`'s Performance section from `results_dir`; returns whether the file changed."""
     old = readme.read_text()
-    replace_between_markers(old, "", str(readme))  # a README without the markers: fail before drawing
+    replace_between_markers(old, "", START, END, str(readme))  # no markers: fail before drawing
     results = load_results(results_dir)
     section = render_section(results, write_plots(results, results_dir, readme.resolve().parent))
-    new = replace_between_markers(old, section, str(readme))
+    new = replace_between_markers(old, section, START, END, str(readme))
     if new != old:
         readme.write_text(new)
     return new != old

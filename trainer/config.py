@@ -11,6 +11,8 @@ language as the file: ``train.steps=200 adapter.target_modules=[q_proj,v_proj] m
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,7 +131,7 @@ class DataConfig:
     # null: SynthVid shards of `synthvid`, generated once under assets_dir.
     train_shards: str | None = None
     eval_shards: str | None = None
-    # Held-out test shards for `python -m trainer.evaluate --split test` (None: no test split).
+    # Held-out test shards for `python -m trainer.evaluation --split test` (None: no test split).
     test_shards: str | None = None
     # What to generate for the null shard paths above (null: nothing; a null path is then an error).
     synthvid: SynthVidConfig | None = None
@@ -212,10 +214,14 @@ class DeepSpeedConfig:
     dist_backend: str = "auto"
 
 
+# The MLflow store of a run, sweep or comparison not told another one; under outputs/ with the runs.
+DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
+
+
 @dataclass
 class TrackingConfig:
     # Any MLflow tracking URI: a local store (sqlite:///…, file:…) or a server (http://…).
-    uri: str = "sqlite:///mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str = "multimodal-qlora"
     run_name: str | None = None
     # Where new experiments keep artifacts; None: MLflow's default (./mlruns for a local store).
@@ -231,7 +237,7 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 16
     num_beams: int = 1
-    # Clips shown in the qualitative HTML report of `python -m trainer.evaluate`.
+    # Clips shown in the qualitative HTML report of `python -m trainer.evaluation`.
     report_samples: int = 8
     # Text→video retrieval: re-rank each caption's top-k videos by log p(caption | video) (0 = off);
     # adds rerank_t2v_* metrics next to the retrieval head's.
@@ -260,6 +266,31 @@ class RunConfig:
     def flat(self) -> dict[str, Any]:
         """``{"train.lr": 0.002, ...}``: the shape MLflow params and sweep grids use."""
         return _flatten(self.to_dict())
+
+
+def param_text(value: Any) -> str:
+    """A flat setting's value as text, the form MLflow holds it in as a param: JSON for a list or a
+    mapping, ``str`` for anything else."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def is_setting(key: str) -> bool:
+    """Whether flat key ``key`` is a `RunConfig` setting or an entry of a mapping-valued one
+    (``adapter.ranks.llm``), rather than a figure a run logs next to its settings (``world_size``)."""
+    return any(key == leaf or key.startswith(leaf + ".") for leaf in _setting_keys(RunConfig))
+
+
+@functools.cache
+def _setting_keys(cls: type, prefix: str = "") -> tuple[str, ...]:
+    """The dotted names of the non-section fields of dataclass ``cls``, sections walked into."""
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(_setting_keys(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return tuple(keys)
 
 
 # Settings a resumed run is expected to differ in: its length, where it resumes from, and where it

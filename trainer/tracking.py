@@ -38,6 +38,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import get_active_model_id
 from mlflow.utils.rest_utils import call_endpoint
 
+from trainer.config import param_text
+
 log = logging.getLogger(__name__)
 
 # MLflow retries each HTTP call itself with exponential backoff (minutes in all by default). The
@@ -258,7 +260,7 @@ class Tracker(NullTracker):
                 self._queued_calls.pop(0)
 
     def _log_params(self, params: dict[str, Any]) -> None:
-        values = {k: _param_value(v) for k, v in params.items()}
+        values = {k: param_text(v) for k, v in params.items()}
         changed = {
             k: v for k, v in values.items() if k in self._logged_params and self._logged_params[k] != v
         }
@@ -316,10 +318,6 @@ def _json_double(value: float) -> float | str:
     if math.isfinite(value):
         return value
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-
-
-def _param_value(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def experiment_id_for(client: Any, name: str, artifact_location: str | None = None) -> str:

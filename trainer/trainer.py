@@ -41,7 +41,7 @@ from trainer.compat import check_compatibility, resolve_quantization
 from trainer.config import RunConfig, changed_settings
 from trainer.distributed import all_reduce_sum, barrier, init_distributed, resolve_dtype
 from trainer.ds_config import load_ds_config, zero_stage
-from trainer.evaluation import evaluate as run_evaluation
+from trainer.evaluation.eval_pass import evaluate as run_evaluation
 from trainer.flops import count_flops, peak_tflops
 from trainer.jit_ops import check_jit_locks
 from trainer.metrics import PhaseTimer, ThroughputMeter, peak_memory
@@ -493,7 +493,7 @@ class Trainer:
                 checkpoint.export_adapter(self.engine.module, self.adapter_dir)
                 self.processor.save_pretrained(self.adapter_dir)
                 (self.adapter_dir / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-                # Lets `python -m trainer.evaluate` log into this run.
+                # Lets `python -m trainer.evaluation` log into this run.
                 run_info = {"mlflow_run_id": self.tracker.run_id, "tracking_uri": self.tracker.tracking_uri}
                 (self.adapter_dir / "run_info.json").write_text(json.dumps({**run_info, "step": self.step}))
         barrier()

@@ -1,8 +1,8 @@
-"""Write the README's results section from a ``trainer.compare`` output folder.
+"""Write the README's results section from a ``trainer.experiments.compare`` output folder.
 
 ::
 
-    python -m trainer.results_readme --comparison docs/results/synthvid --readme README.md
+    python -m trainer.experiments.results_readme --comparison docs/results/synthvid --readme README.md
 
 Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` with the table,
 the Pareto plots and the rank-quality law of that comparison, so the numbers in the README are the
@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from trainer.experiments.readme_markers import replace_between_markers
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -58,19 +60,13 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
 
 
 def replace_section(text: str, section: str, where: str = "README") -> str:
-    """``text`` with the part between the markers replaced; a clear error if the markers are missing."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(
-            f"{where} needs exactly one {START} followed by one {END} line around the results section"
-        )
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{section.strip()}\n{END}{tail}"
+    """``text`` with its results section (between `START` and `END`) replaced by ``section``."""
+    return replace_between_markers(text, section, START, END, where)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.results_readme", description=__doc__)
-    parser.add_argument("--comparison", required=True, type=Path, help="a trainer.compare --out folder")
+    parser = argparse.ArgumentParser(prog="python -m trainer.experiments.results_readme", description=__doc__)
+    parser.add_argument("--comparison", required=True, type=Path, help="a trainer.experiments.compare --out folder")
     parser.add_argument("--readme", default=Path("README.md"), type=Path)
     parser.add_argument("--command", default="make experiments", help="named in the section as its source")
     args = parser.parse_args(argv)

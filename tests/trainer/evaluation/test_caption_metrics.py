@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.caption_metrics import score_captions
+from trainer.evaluation.caption_metrics import score_captions
 
 REFS = {
     "v1": ["a red circle moves left", "a red ball moves to the left"],

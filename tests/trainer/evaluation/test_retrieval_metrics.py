@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.retrieval_metrics import chance_metrics, retrieval_metrics
+from trainer.evaluation.retrieval_metrics import chance_metrics, retrieval_metrics
 
 
 def test_one_caption_per_video_hand_ranks():

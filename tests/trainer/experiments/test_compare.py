@@ -1,4 +1,4 @@
-"""trainer.compare on runs logged to a real MLflow server; the Pareto front, the law fit, the README writer."""
+"""trainer.experiments.compare on runs logged to a real MLflow server; the Pareto front, the law fit, the README writer."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from trainer import compare as cmp
-from trainer import results_readme
+from trainer.experiments import compare as cmp
+from trainer.experiments import results_readme
+from trainer.experiments.compare_laws import fit_rank_law, power_law
+from trainer.experiments.compare_plots import pareto_front
+from trainer.experiments.compare_runs import load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Synthetic configurations: (method, rank) → (CIDEr per seed, peak RSS GiB, step times logged per step).
 LAW = {"a": 0.9, "b": 0.6, "c": 0.8}
 RUNS = {
     ("qlora", r): (
-        [cmp.power_law(r, **LAW) + d for d in (-0.01, 0.01)],
+        [power_law(r, **LAW) + d for d in (-0.01, 0.01)],
         1.0 + r / 100,
         [5.0, 0.50, 0.52, 0.48],
     )
@@ -115,18 +118,18 @@ def test_comparison_is_logged_to_mlflow(compared, mlflow_server):
     files = {a.path for a in client.list_artifacts(found[0].info.run_id, "comparison")}
     assert {"comparison/table.md", "comparison/table.csv", "comparison/rank_law.png"} <= files
     # A second comparison of the same experiment ignores the first one's run.
-    assert len(cmp.load_runs(mlflow_server.uri, experiment)) == 12
+    assert len(load_runs(mlflow_server.uri, experiment)) == 12
 
 
 def test_pareto_front_mask():
     cost = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
     quality = np.array([0.5, 0.7, 0.9, 0.6, 0.5])
     # (2, 0.6) is beaten by (2, 0.7); the two identical cheapest points do not beat each other.
-    assert cmp.pareto_front(cost, quality).tolist() == [True, True, True, False, True]
+    assert pareto_front(cost, quality).tolist() == [True, True, True, False, True]
 
 
 def test_two_ranks_fall_back_to_a_log_linear_fit():
-    fit = cmp.fit_rank_law(np.array([8.0, 8.0, 32.0, 32.0]), np.array([0.5, 0.5, 0.7, 0.7]))
+    fit = fit_rank_law(np.array([8.0, 8.0, 32.0, 32.0]), np.array([0.5, 0.5, 0.7, 0.7]))
     assert fit["law"] == "a + b * ln(r)"
     assert fit["params"]["b"] == pytest.approx(0.2 / np.log(4))
     assert fit["r2"] == pytest.approx(1.0)

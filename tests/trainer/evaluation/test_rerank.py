@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from trainer.rerank import rerank_top_k
-from trainer.retrieval_metrics import retrieval_metrics
+from trainer.evaluation.rerank import rerank_top_k
+from trainer.evaluation.retrieval_metrics import retrieval_metrics
 
 
 def test_top_k_are_reordered_by_likelihood_and_stay_on_top():

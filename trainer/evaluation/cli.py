@@ -1,8 +1,8 @@
 """Evaluate a trained adapter: captioning scores, retrieval R@K and a qualitative HTML report.
 
-    python -m trainer.evaluate --config configs/demo.yaml --checkpoint outputs/demo/adapter \\
+    python -m trainer.evaluation --config configs/demo.yaml --checkpoint outputs/demo/adapter \\
         [--split eval|test] [--tasks caption,retrieval] [--out DIR] [key=value ...]
-    torchrun --nproc_per_node 2 -m trainer.evaluate …      (or the deepspeed launcher: ranks share the clips)
+    torchrun --nproc_per_node 2 -m trainer.evaluation …    (or the deepspeed launcher: ranks share the clips)
 
 ``--checkpoint`` is a peft adapter folder as the trainer writes it (``<output_dir>/adapter``:
 adapter_config.json, adapter_model.safetensors, the processor, run_info.json). DeepSpeed checkpoint
@@ -34,10 +34,10 @@ from trainer.assets import generate, resolve_assets
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig, load_config
 from trainer.distributed import DistInfo, barrier, init_distributed, resolve_dtype
-from trainer.evaluation import TASKS, EvalResult, evaluate
+from trainer.evaluation.eval_pass import TASKS, EvalResult, evaluate
+from trainer.evaluation.html_report import write_report
+from trainer.evaluation.retrieval_metrics import chance_metrics
 from trainer.jit_ops import check_jit_locks
-from trainer.report import write_report
-from trainer.retrieval_metrics import chance_metrics
 from trainer.threads import apply_threads, local_world_size, resolve_threads
 from trainer.tracking import Tracker
 
@@ -48,7 +48,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m trainer.evaluation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config", required=True, help="YAML run config (the one the adapter was trained with)"
@@ -226,7 +228,3 @@ def main(argv: list[str] | None = None) -> None:
     if results is not None:
         summary = {k: v for k, v in results.items() if k != "clips"}
         print(json.dumps(summary, indent=2))
-
-
-if __name__ == "__main__":
-    main()

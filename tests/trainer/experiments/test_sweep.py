@@ -14,29 +14,33 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import DEMO_DATA, REPO, asset_overrides, training_env
-from trainer import sweep
 from trainer.config import ConfigError
+from trainer.experiments import sweep
+from trainer.experiments.sweep_grid import SweepRun, expand
+from trainer.experiments.sweep_launch import Settings
+from trainer.experiments.sweep_slurm import prepare_store
+from trainer.experiments.sweep_spec import SweepSpec, grid_group, load_sweep_file, seed_list, split_values
 
 DEMO = str(REPO / "configs/demo.yaml")
 GRID = ["adapter.method=qlora,temporal_qlora", "adapter.ranks.llm=8,16,32", "selector.k=4,8,16"]
 
 
-def expand_grid(items: list[str], seeds: int | str = 1) -> list[sweep.SweepRun]:
-    spec = sweep.SweepSpec("t", DEMO, sweep.seed_list(seeds), [sweep.grid_group(items)])
-    return sweep.expand(spec)
+def expand_grid(items: list[str], seeds: int | str = 1) -> list[SweepRun]:
+    spec = SweepSpec("t", DEMO, seed_list(seeds), [grid_group(items)])
+    return expand(spec)
 
 
 def test_split_values_keeps_bracketed_lists_whole():
-    assert sweep.split_values("8, 16,[q_proj,v_proj],{a: 1, b: 2}") == [
+    assert split_values("8, 16,[q_proj,v_proj],{a: 1, b: 2}") == [
         "8",
         "16",
         "[q_proj,v_proj]",
         "{a: 1, b: 2}",
     ]
     with pytest.raises(ConfigError, match="unbalanced"):
-        sweep.split_values("[a,b")
+        split_values("[a,b")
     with pytest.raises(ConfigError, match="empty"):
-        sweep.split_values("8,,16")
+        split_values("8,,16")
 
 
 def test_grid_is_the_full_product_times_seeds():
@@ -107,9 +111,9 @@ ABLATIONS = {
 def test_ablation_file_merges_groups_and_shares_identical_runs(tmp_path):
     path = tmp_path / "abl.yaml"
     path.write_text(yaml.safe_dump(ABLATIONS))
-    spec = sweep.load_sweep_file(path)
+    spec = load_sweep_file(path)
     assert spec.experiment == "abl" and spec.seeds == [0, 1]
-    runs = sweep.expand(spec)
+    runs = expand(spec)
     # demo.yaml has adapter.r=8 and method qlora: rank=8 is the methods group's qlora run.
     assert len(runs) == (2 + 2 + 1) * 2
     shared = [r for r in runs if r.label == "methods-qlora"]
@@ -133,15 +137,15 @@ def test_ablation_file_errors_name_the_place(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=r"groups\[0\] \(m\): method has no variants \['dora'\]"):
-        sweep.load_sweep_file(path)
+        load_sweep_file(path)
     path.write_text(yaml.safe_dump(dict(ABLATIONS, groups=[{"name": "m", "grid": {"methd": ["qlora"]}}])))
     with pytest.raises(ConfigError, match="'methd' is neither"):
-        sweep.load_sweep_file(path)
+        load_sweep_file(path)
 
 
 def test_synthvid_experiments_file_expands(monkeypatch):
     monkeypatch.chdir(REPO)
-    runs = sweep.expand(sweep.load_sweep_file("configs/synthvid/experiments.yaml"))
+    runs = expand(load_sweep_file("configs/synthvid/experiments.yaml"))
     assert len(runs) % 3 == 0 and len({r.config_id for r in runs}) == len(runs) // 3
     baseline = next(r for r in runs if r.label == "methods-temporal-qlora")
     assert set(baseline.groups) >= {"methods", "rank", "bits", "placement", "frames", "gates", "policy"}
@@ -152,7 +156,7 @@ def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server
     combination the trainer refuses (LoRA on an NF4 base): recorded as FAILED, the sweep goes on;
     run again, the finished runs are skipped.
 
-    The sweep runs as users start it, ``python -m trainer.sweep`` in a fresh process: the fork
+    The sweep runs as users start it, ``python -m trainer.experiments.sweep`` in a fresh process: the fork
     launcher forks from a parent that has only imported the libraries. (Forking this pytest
     process, whose earlier tests started torch's OpenMP threads, can deadlock the child.)"""
     experiment = f"sweep-test-{os.getpid()}"
@@ -197,7 +201,7 @@ def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server
     again = _sweep_cli([*argv, "--index", "0"])
     assert "grid-method=qlora-s0: SKIPPED" in again.stdout, again.stdout[-3000:]
 
-    from trainer.compare import compare
+    from trainer.experiments.compare import compare
 
     result = compare(mlflow_server.uri, experiment, tmp_path / "cmp", log_to_mlflow=False)
     assert len(result.table) == 1 and int(result.table["n"].iloc[0]) == 2  # two seeds, one configuration
@@ -206,7 +210,7 @@ def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server
 
 def _sweep_cli(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trainer.sweep", *argv],
+        [sys.executable, "-m", "trainer.experiments.sweep", *argv],
         cwd=REPO,
         env=training_env(),
         stdout=subprocess.PIPE,
@@ -219,11 +223,11 @@ def _sweep_cli(argv: list[str]) -> subprocess.CompletedProcess:
 def test_prepared_sqlite_store_takes_array_tasks_starting_at_once(tmp_path):
     """`--slurm` prepares the store before sbatch: tasks then only open it, never create it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    settings = sweep.Settings(
+    settings = Settings(
         experiment="array", config=DEMO, out_root=tmp_path, tracking_uri=uri, launcher="python", num_gpus=1
     )
-    exp_id = sweep.prepare_store(settings)
-    assert sweep.prepare_store(settings) == exp_id and (tmp_path / "mlflow.db").is_file()
+    exp_id = prepare_store(settings)
+    assert prepare_store(settings) == exp_id and (tmp_path / "mlflow.db").is_file()
     task = (
         "import sys; from mlflow.tracking import MlflowClient; from trainer.tracking import experiment_id_for; "
         "c = MlflowClient(sys.argv[1]); c.create_run(experiment_id_for(c, 'array'), run_name=sys.argv[2])"

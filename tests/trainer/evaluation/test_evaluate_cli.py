@@ -1,4 +1,4 @@
-"""`python -m trainer.evaluate` on a tiny checkpoint trained for a few steps with the retrieval head."""
+"""`python -m trainer.evaluation` on a tiny checkpoint trained for a few steps with the retrieval head."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, run_training, train_command, training_env
 from trainer.config import load_config
-from trainer.evaluate import load_for_eval
+from trainer.evaluation.cli import load_for_eval
 
 EVAL_CLIPS = 8
 
@@ -38,7 +38,7 @@ def trained(demo_assets, mlflow_server, tmp_path_factory):
 def test_evaluate_writes_json_report_and_mlflow_metrics(trained, mlflow_server):
     out, train_cmd = trained
     overrides = train_cmd[train_cmd.index("configs/demo.yaml") + 1 :]
-    cmd = [sys.executable, "-m", "trainer.evaluate", "--config", "configs/demo.yaml"]
+    cmd = [sys.executable, "-m", "trainer.evaluation", "--config", "configs/demo.yaml"]
     cmd += [
         "--checkpoint",
         str(out / "adapter"),

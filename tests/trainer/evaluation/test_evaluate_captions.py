@@ -7,7 +7,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from trainer.caption_metrics import score_captions
+from trainer.evaluation.caption_metrics import score_captions
 
 REFS = {
     "v1": [

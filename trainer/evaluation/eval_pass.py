@@ -1,4 +1,4 @@
-"""Evaluation: every rank runs its share of the eval shards through the model, rank 0 scores the set.
+"""The evaluation pass: every rank runs its share of the eval shards through the model, rank 0 scores the set.
 
 One pass over the data per rank gives, for each clip: the generated caption, the reference
 captions, the frames the selector kept, the temporal gates (temporal adapters) and, when the model
@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.frame_selector import FrameSelector
+from data.frame_selector import FrameSelector, SelectedFrames
 from data.pipeline import VideoBatch, build_dataset, build_loader
 from models.retrieval_head import caption_tokens
-from trainer.caption_metrics import score_captions
 from trainer.config import RunConfig
 from trainer.distributed import DistInfo, gather_to_main
-from trainer.rerank import caption_log_likelihood, rerank_top_k
-from trainer.retrieval_metrics import retrieval_metrics
+from trainer.evaluation.caption_metrics import score_captions
+from trainer.evaluation.rerank import caption_log_likelihood, rerank_top_k
+from trainer.evaluation.retrieval_metrics import retrieval_metrics
 
 TASKS = ("caption", "retrieval")
 
@@ -142,26 +142,10 @@ def run_clips(
     for batch in itertools.islice(loader, num_batches):
         batch = batch.to(device)
         selected = selector(batch.frames, dtype=dtype)
-        n = batch.batch_size
-        predictions = [""] * n
-        if "caption" in tasks:
-            prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
-            generated = model.generate(
-                pixel_values=selected.frames,
-                frame_scores=selected.scores,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                num_beams=cfg.eval.num_beams,
-                do_sample=False,
-                synced_gpus=synced_ranks,
-                **prompt,
-            )
-            predictions = processor.decode(generated)
-        videos: list[Any] = [None] * n
-        texts: list[Any] = [None] * n
-        if "retrieval" in tasks:
-            videos = list(model.embed_video(selected.frames, selected.scores).float().cpu().numpy())
-            texts = _embed_references(model, processor, batch.references, device)
-        gates = _gates(model, n)
+        predictions, videos, texts = _batch_outputs(
+            model, processor, batch, selected, cfg, tasks, synced_ranks, device
+        )
+        gates = _gates(model, batch.batch_size)
         for i, (key, is_padding) in enumerate(zip(batch.keys, batch.is_padding.tolist(), strict=True)):
             if is_padding:  # a repeat that keeps ranks in step, not another clip
                 continue
@@ -181,6 +165,41 @@ def run_clips(
     model.train(was_training)
     selector.train(was_training)
     return dict(sorted(clips.items())[:limit])
+
+
+def _batch_outputs(
+    model: Any,
+    processor: Any,
+    batch: VideoBatch,
+    selected: SelectedFrames,
+    cfg: RunConfig,
+    tasks: tuple[str, ...],
+    synced_ranks: bool,
+    device: torch.device,
+) -> tuple[list[str], list[Any], list[Any]]:
+    """One batch of B clips through the model for ``tasks``: per clip, the generated caption ("" without
+    "caption"), the video embedding float32 [E] and the references' embeddings float32 [R, E] (None
+    without "retrieval"). ``selected.frames``: [B, K, 3, H, W]; ``selected.scores``: [B, K, S]."""
+    n = batch.batch_size
+    predictions = [""] * n
+    if "caption" in tasks:
+        prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
+        generated = model.generate(
+            pixel_values=selected.frames,
+            frame_scores=selected.scores,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            num_beams=cfg.eval.num_beams,
+            do_sample=False,
+            synced_gpus=synced_ranks,
+            **prompt,
+        )
+        predictions = processor.decode(generated)
+    videos: list[Any] = [None] * n
+    texts: list[Any] = [None] * n
+    if "retrieval" in tasks:
+        videos = list(model.embed_video(selected.frames, selected.scores).float().cpu().numpy())
+        texts = _embed_references(model, processor, batch.references, device)
+    return predictions, videos, texts
 
 
 def _frames(batch: VideoBatch, i: int) -> np.ndarray:
@@ -240,7 +259,7 @@ def evaluate(
     if rerank and sharded_params and dist.world_size > 1:
         raise ValueError(
             "eval.rerank_top_k scores pairs on rank 0 alone, which ZeRO-3's sharded parameters do not "
-            "allow: evaluate with ZeRO-0/1/2 (e.g. python -m trainer.evaluate) or set eval.rerank_top_k=0"
+            "allow: evaluate with ZeRO-0/1/2 (e.g. python -m trainer.evaluation) or set eval.rerank_top_k=0"
         )
     per_rank = math.ceil(cfg.eval.num_samples / dist.world_size)
     local = run_clips(

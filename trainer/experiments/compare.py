@@ -1,0 +1,184 @@
+"""Compare the runs of one MLflow experiment: table, Pareto fronts, rank-quality law.
+
+::
+
+    python -m trainer.experiments.compare --experiment synthvid [--tracking-uri URI] --out results/synthvid
+
+Reads the experiment's FINISHED runs back from MLflow, groups them by configuration (the sweep's
+``sweep.config_id`` tag; for runs not made by a sweep, the same id from their params:
+``config_identity``) and writes to ``--out``:
+
+- ``table.md`` / ``table.csv``: per configuration, mean ± std over seeds of quality (``eval/*``:
+  CIDEr, R@1, …), peak memory, step time, FLOPs per step and trainable parameters;
+- ``runs.csv``: one row per run, the figures the table is computed from;
+- ``pareto_<quality>_vs_<cost>.png``: quality against peak memory and against step time, the
+  configurations on the Pareto front (no other one is both cheaper and better) highlighted;
+- ``rank_law.png`` / ``rank_law.json``: quality against LoRA rank for the configurations that differ
+  only in their rank, with the fitted law ``q(r) = a - b * r**(-c)`` (scipy.optimize.curve_fit; a
+  log-linear least-squares fit ``q = a + b ln r`` when there are fewer than 3 ranks or the power
+  law does not converge; the JSON says which);
+- ``comparison.json``: all of the above in one file (what ``results_readme`` reads).
+
+Everything is also logged as artifacts of a run named ``comparison`` (tag ``sweep.kind=comparison``)
+in the same experiment. The parts: ``compare_runs`` (reading the runs), ``compare_tables``,
+``compare_plots``, ``compare_laws`` (the rank-quality law), this module (the whole and its command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trainer.config import DEFAULT_TRACKING_URI
+from trainer.experiments.compare_laws import fit_rank_law, rank_series
+from trainer.experiments.compare_plots import plot_pareto, plot_rank_law
+from trainer.experiments.compare_runs import (
+    COMPARISON_TAG,
+    FLOPS,
+    MEMORY_METRICS,
+    STEP_TIME,
+    TRAINABLE,
+    load_runs,
+)
+from trainer.experiments.compare_tables import aggregate, markdown_table, memory_column, quality_columns
+
+
+@dataclass
+class Comparison:
+    runs: pd.DataFrame  # one row per run
+    table: pd.DataFrame  # one row per configuration: <col>_mean, <col>_std, n
+    quality: list[str]  # quality columns present, most important first
+    memory: str | None  # the memory column used
+    files: dict[str, str]  # what was written, name → path relative to the output folder
+    rank_law: dict[str, Any] | None
+
+
+def compare(
+    tracking_uri: str,
+    experiment: str,
+    out: str | Path,
+    rank_key: str = "adapter.r",
+    log_to_mlflow: bool = True,
+    split_by: str | None = None,
+) -> Comparison:
+    """Read, aggregate, plot and write everything (see the module docstring); returns what it built.
+
+    ``split_by``: a config key (e.g. ``data.synthvid.task``) whose values are separate problems; each
+    value gets its own Pareto plots, as qualities of different tasks do not share an axis.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(tracking_uri, experiment)
+    quality = quality_columns(runs)
+    memory = memory_column(runs)
+    figures = quality + [c for c in (*MEMORY_METRICS, STEP_TIME, FLOPS, TRAINABLE) if c in runs]
+    table = aggregate(runs, figures)
+    files = {"runs.csv": "runs.csv", "table.csv": "table.csv", "table.md": "table.md"}
+    runs.to_csv(out / "runs.csv", index=False)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(markdown_table(table, quality, memory))
+
+    fronts = {}
+    for subset, part in _split(runs, table, split_by).items():
+        suffix = f"_{_file_part(subset)}" if subset else ""
+        for q in quality[:2]:
+            for cost in (memory, STEP_TIME):
+                if cost is None or part[f"{q}_mean"].notna().sum() == 0:
+                    continue
+                name = f"pareto_{_file_part(q)}_vs_{'memory' if cost == memory else 'step_time'}{suffix}.png"
+                fronts[name] = plot_pareto(part, q, cost, out / name, subset)
+                files[name] = name
+
+    rank_law = None
+    for q in quality:
+        series = rank_series(runs, rank_key, q)
+        if series is not None:
+            fit = fit_rank_law(series["rank"].to_numpy(), series[q].to_numpy())
+            rank_law = {
+                "rank_key": rank_key,
+                "metric": q,
+                "configurations": sorted(series["label"].unique()),
+                **fit,
+            }
+            plot_rank_law(series, q, fit, rank_key, out / "rank_law.png")
+            (out / "rank_law.json").write_text(json.dumps(rank_law, indent=2))
+            files.update({"rank_law.png": "rank_law.png", "rank_law.json": "rank_law.json"})
+            break
+
+    summary = {
+        "experiment": experiment,
+        "tracking_uri": tracking_uri,
+        "runs": len(runs),
+        "configurations": len(table),
+        "quality": quality,
+        "memory": memory,
+        "pareto_fronts": fronts,
+        "rank_law": rank_law,
+        "files": files,
+    }
+    (out / "comparison.json").write_text(json.dumps(summary, indent=2, default=str))
+    files["comparison.json"] = "comparison.json"
+    if log_to_mlflow:
+        _log_comparison(tracking_uri, experiment, out, summary)
+    return Comparison(runs, table, quality, memory, files, rank_law)
+
+
+def _split(runs: pd.DataFrame, table: pd.DataFrame, split_by: str | None) -> dict[str, pd.DataFrame]:
+    """The table's configurations per value of config key ``split_by`` ({"": table} if not split)."""
+    column = f"cfg.{split_by}"
+    if not split_by or column not in runs or runs[column].nunique() < 2:
+        return {"": table}
+    value_of = runs.groupby("config_id", sort=False)[column].first()
+    values = table["config_id"].map(value_of)
+    return {f"{split_by}={v}": table[values == v] for v in sorted(values.dropna().unique())}
+
+
+def _file_part(col: str) -> str:
+    return col.removeprefix("eval/").replace("/", "_").replace("=", "-").replace(".", "_")
+
+
+def _log_comparison(tracking_uri: str, experiment: str, out: Path, summary: dict[str, Any]) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    run_id = client.create_run(exp_id, run_name="comparison", tags={COMPARISON_TAG: "comparison"}).info.run_id
+    client.log_param(run_id, "compared_runs", summary["runs"])
+    client.log_artifacts(run_id, str(out), "comparison")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.experiments.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    parser.add_argument("--out", required=True, help="folder for the table, plots and JSON")
+    parser.add_argument("--rank-key", default="adapter.r", help="swept key the rank-quality law is fitted on")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the comparison run")
+    parser.add_argument(
+        "--split-by", help="config key whose values get separate Pareto plots (e.g. data.synthvid.task)"
+    )
+    args = parser.parse_args(argv)
+    result = compare(
+        args.tracking_uri, args.experiment, args.out, args.rank_key, not args.no_mlflow, args.split_by
+    )
+    print((Path(args.out) / "table.md").read_text())
+    print(
+        f"{len(result.runs)} runs in {len(result.table)} configurations → {args.out}: {', '.join(result.files)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Launching: the runs of a sweep one after the other, each in a forked child or a subprocess.
+
+Finished runs are skipped and failed ones recorded (see ``trainer.experiments.sweep``); a stop
+signal (SIGTERM, SIGUSR1) is passed to the running child and ends the sweep after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.experiments.sweep_grid import SweepRun
+
+# Child exit codes of the fork launcher.
+_SKIPPED, _PREEMPTED = 3, 4
+
+
+@dataclass
+class Settings:
+    experiment: str
+    config: str
+    out_root: Path
+    tracking_uri: str
+    launcher: str = "fork"
+    num_gpus: int = 1
+
+
+def run_overrides(run: SweepRun, settings: Settings) -> list[str]:
+    """The run's ``key=value`` list as ``train.py`` gets it: the sweep's, then where it writes."""
+    return [
+        *run.overrides,
+        f"output_dir={run_dir(run, settings)}",
+        f"tracking.uri={settings.tracking_uri}",
+        f"tracking.experiment={settings.experiment}",
+        f"tracking.run_name={run.name}",
+    ]
+
+
+def run_dir(run: SweepRun, settings: Settings) -> Path:
+    return settings.out_root / settings.experiment / run.name
+
+
+def train_command(run: SweepRun, settings: Settings) -> list[str]:
+    """The command a subprocess launcher runs (also what ``--dry-run`` prints)."""
+    bin_dir = Path(sys.executable).parent
+    if settings.launcher == "deepspeed":
+        launcher = [str(bin_dir / "deepspeed"), "--num_gpus", str(settings.num_gpus)]
+    else:
+        launcher = [sys.executable]
+    return [*launcher, "train.py", "--config", settings.config, *run_overrides(run, settings)]
+
+
+def is_finished(client: Any, experiment: str, run_name: str) -> bool:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return False
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`sweep.run` = '{run_name}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return len(found) > 0
+
+
+def record_outcome(client: Any, run: SweepRun, settings: Settings, error: str | None) -> str | None:
+    """Tag the run's MLflow run; a run that died before it had one gets a FAILED run of its own."""
+    summary = run_dir(run, settings) / "summary.json"
+    run_id = json.loads(summary.read_text())["run_id"] if summary.is_file() else None
+    tags = run.tags(settings.experiment)
+    if error is not None:
+        tags["sweep.error"] = error[-4000:]
+    if run_id is None:
+        from trainer.tracking import experiment_id_for
+
+        run_id = client.create_run(
+            experiment_id_for(client, settings.experiment), run_name=run.name
+        ).info.run_id
+        client.set_terminated(run_id, status="FAILED")
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return run_id
+
+
+def _execute(run: SweepRun, settings: Settings, train: Any) -> int:
+    """Skip if finished, else train (``train(run) -> error text or None``) and record. Returns an exit code."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    if is_finished(client, settings.experiment, run.name):
+        return _SKIPPED
+    (run_dir(run, settings) / "summary.json").unlink(missing_ok=True)  # a stale one names an older run
+    error = train(run)
+    record_outcome(client, run, settings, error)
+    if error is None:
+        summary = json.loads((run_dir(run, settings) / "summary.json").read_text())
+        return _PREEMPTED if summary.get("preempted") else 0
+    return 1
+
+
+def _train_in_process(settings: Settings) -> Any:
+    def train(run: SweepRun) -> str | None:
+        import train as entry  # the repository's train.py: exactly what `python train.py` runs
+
+        try:
+            entry.main(["--config", settings.config, *run_overrides(run, settings)])
+        except Exception:
+            traceback.print_exc()
+            return traceback.format_exc()
+        return None
+
+    return train
+
+
+def _train_subprocess(settings: Settings) -> Any:
+    def train(run: SweepRun) -> str | None:
+        log_path = run_dir(run, settings) / "sweep.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.run(train_command(run, settings), stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode == 0:
+            return None
+        tail = log_path.read_text(errors="replace")[-4000:]
+        return f"exit code {proc.returncode}\n{tail}"
+
+    return train
+
+
+def execute(run: SweepRun, settings: Settings) -> str:
+    """Run one sweep run with the configured launcher; returns FINISHED | SKIPPED | FAILED | PREEMPTED."""
+    folder = run_dir(run, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    if settings.launcher == "fork":
+        code = _fork(lambda: _execute(run, settings, _train_in_process(settings)), folder / "sweep.log")
+    else:
+        code = _execute(run, settings, _train_subprocess(settings))
+    return {0: "FINISHED", _SKIPPED: "SKIPPED", _PREEMPTED: "PREEMPTED"}.get(code, "FAILED")
+
+
+_child_pid: int | None = None
+
+
+def _fork(job: Any, log_path: Path) -> int:
+    """Run ``job()`` in a forked child with stdout/stderr appended to ``log_path``; its exit code."""
+    global _child_pid
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            # The sweep's forwarding handler is inherited: a signal sent to the child itself must act
+            # as on a plain `python train.py` (the trainer's PreemptionHandler during fit, else exit).
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_DFL)
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            # The parent's sys.stdout may not be fd 1 (a test's capture): write where the fds now point.
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            code = job()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _child_pid = pid
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        _child_pid = None
+    return os.waitstatus_to_exitcode(status)
+
+
+def run_sweep(runs: list[SweepRun], settings: Settings) -> list[dict[str, Any]]:
+    """Run ``runs`` one after the other; a stop signal is passed to the running child and ends the sweep."""
+    if settings.launcher == "fork":
+        import train  # noqa: F401  heavy imports once, inherited by every forked run
+
+    stop = {"requested": False}
+
+    def forward(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+        if _child_pid is not None:
+            os.kill(_child_pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    results = []
+    try:
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            status = execute(run, settings)
+            seconds = time.perf_counter() - start
+            results.append(
+                {"index": run.index, "name": run.name, "status": status, "seconds": round(seconds, 1)}
+            )
+            print(f"[{i + 1}/{len(runs)}] {run.name}: {status} in {seconds:.1f} s", flush=True)
+            if stop["requested"] or status == "PREEMPTED":
+                print("stop requested: the sweep ends here; run it again to continue", flush=True)
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _write_status(results, settings)
+    return results
+
+
+def _write_status(results: list[dict[str, Any]], settings: Settings) -> None:
+    """Merge this invocation's outcomes into <out_root>/<experiment>/sweep_status.json."""
+    path = settings.out_root / settings.experiment / "sweep_status.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    status = json.loads(path.read_text()) if path.is_file() else {}
+    status.update({r["name"]: r for r in results})
+    path.write_text(json.dumps(dict(sorted(status.items(), key=lambda kv: kv[1]["index"])), indent=2))
