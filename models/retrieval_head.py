@@ -90,18 +90,6 @@ def info_nce(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> to
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def attach_retrieval_head(model: nn.Module, embed_dim: int = 128) -> RetrievalHead:
-    """Give a freshly loaded Video-LLaMA a `retrieval_head` in its compute dtype, on its device.
-
-    Call before the adapter is applied or loaded, so that peft can list it in `modules_to_save`.
-    """
-    hidden = model.config.text_config.hidden_size
-    reference = model.video_projection.weight
-    head = RetrievalHead(hidden, embed_dim).to(device=reference.device, dtype=reference.dtype)
-    model.retrieval_head = head
-    return head
-
-
 def caption_tokens(
     input_ids: torch.Tensor, labels: torch.Tensor, pad_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

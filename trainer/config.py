@@ -205,6 +205,11 @@ class TrainConfig:
     # process may use shared by the node's ranks, less one per data worker (trainer/threads.py).
     num_threads: int | None = None
 
+    @property
+    def retrieval_dim(self) -> int | None:
+        """The retrieval head's size the model needs (`VideoLlamaConfig.retrieval_dim`), None without one."""
+        return self.contrastive_dim if self.contrastive_weight > 0 else None
+
 
 @dataclass
 class DeepSpeedConfig:

@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from data.frame_selector import FrameSelector
 from models.adapters import load_adapter
 from models.loading import load_model
 from models.processor import CONFIG_NAME, VideoLlamaProcessor
-from models.retrieval_head import attach_retrieval_head
 from trainer.assets import generate, resolve_assets
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig, load_config
@@ -68,15 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _head_dim(adapter_dir: Path) -> int | None:
-    """The retrieval head's embedding size stored in the adapter file, None if it holds no head."""
-    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
-        for name in f.keys():
-            if "retrieval_head." in name and name.endswith("video_proj.weight"):
-                return int(f.get_slice(name).get_shape()[0])
-    return None
-
-
 def load_for_eval(
     cfg: RunConfig, adapter_dir: Path, device: torch.device, dtype: torch.dtype
 ) -> tuple[Any, Any]:
@@ -93,12 +82,14 @@ def load_for_eval(
         )
     processor_dir = adapter_dir if (adapter_dir / CONFIG_NAME).is_file() else Path(cfg.model.name_or_path)
     processor = VideoLlamaProcessor.from_pretrained(processor_dir)
+    # With the training run's retrieval head (train.contrastive_*): peft then loads its trained copy.
     model = load_model(
-        cfg.model.name_or_path, quantization=cfg.model.quantization, compute_dtype=dtype, device=device
+        cfg.model.name_or_path,
+        quantization=cfg.model.quantization,
+        compute_dtype=dtype,
+        device=device,
+        retrieval_dim=cfg.train.retrieval_dim,
     )
-    dim = _head_dim(adapter_dir)
-    if dim is not None:  # the head must exist before peft loads its saved copy into it
-        attach_retrieval_head(model, dim)
     model = load_adapter(model, adapter_dir)
     model.eval()
     return model, processor
