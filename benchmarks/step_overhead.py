@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import parse_args, time_call, write_result
+from data.batch import VideoBatch
 from data.frame_selector import CLIP_MEAN, CLIP_STD, uniform_positions
-from data.pipeline import VideoBatch
 from tests.mlflow_server import MlflowServer
 from trainer.config import load_config
 from trainer.tracking import NullTracker, Tracker

@@ -19,7 +19,7 @@ Three ways to cut the stream into epochs (`build_dataset` arguments):
 - resampled (``resampled=True`` + ``epoch_samples``): each slot draws shards with replacement.
 
 Shuffling is deterministic: shard order from (seed, epoch), the sample buffer from (seed, epoch,
-rank, worker). The `VideoLoader` returned by `build_loader` keeps a `StreamState` (epoch, batches
+rank, worker). The `VideoLoader` returned by `data.loader.build_loader` keeps a `StreamState` (epoch, batches
 yielded this epoch, samples seen, and for each worker how far it got). The trainer stores
 ``loader.state_dict()`` in its checkpoint and, on resume, calls ``loader.load_state_dict(...)``
 (or passes ``build_dataset(..., start_state=...)``) before iterating: the epoch then continues
@@ -37,13 +37,11 @@ from __future__ import annotations
 import dataclasses
 import glob
 import itertools
-import json
 import logging
 import math
 import os
 import random
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -54,71 +52,12 @@ from webdataset.filters import _shuffle
 from webdataset.shardlists import expand_urls
 from webdataset.utils import make_seed
 
-from batch_contract import right_pad
+from data.batch import Collate, VideoBatch
+from data.samples import BadSampleCounter, DecodeSample, TextFn
 from data.shards import assign_shards, shard_sample_count
-from data.video_io import VideoDecodeError, decode_frames
 
 logger = logging.getLogger(__name__)
 
-TextFn = Callable[[str], dict[str, torch.Tensor]]
-
-
-@dataclass
-class VideoBatch:
-    """One batch of B clips with N frames each.
-
-    Attributes:
-        frames: uint8 [B, N, 3, H, W] RGB.
-        input_ids: long [B, L] right-padded token ids, or None without a text_fn (evaluation).
-        attention_mask: long [B, L], 1 on tokens, 0 on padding, or None.
-        labels: long [B, L], -100 on padding (and wherever text_fn put -100), or None.
-        captions: the B captions trained on (each sample's first reference).
-        keys: the B sample keys.
-        bad_samples: reason → count of samples the producing worker skipped since its previous batch.
-        metas: the B samples' json metadata (ground truth for SynthVid), {} where absent.
-        references: for each of the B samples every reference caption (json ``captions``, else
-            [caption]), for caption metrics.
-        is_padding: bool [B], True on rows that repeat an earlier batch so that every rank yields
-            the same number of batches (exact mode); leave them out of evaluation.
-        worker, stream_pos, worker_batches: which DataLoader worker made the batch, how many samples
-            of its shuffled stream it had consumed by then, and its batch count this epoch (what
-            `StreamState` records for resuming).
-    """
-
-    frames: torch.Tensor
-    input_ids: torch.Tensor | None
-    attention_mask: torch.Tensor | None
-    labels: torch.Tensor | None
-    captions: list[str]
-    keys: list[str]
-    bad_samples: dict[str, int] = field(default_factory=dict)
-    metas: list[dict[str, Any]] = field(default_factory=list)
-    references: list[list[str]] = field(default_factory=list)
-    is_padding: torch.Tensor | None = None
-    worker: int = 0
-    stream_pos: int = 0
-    worker_batches: int = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self.frames.shape[0]
-
-    @property
-    def num_frames(self) -> int:
-        return self.frames.shape[1]
-
-    def _map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> VideoBatch:
-        names = ("frames", "input_ids", "attention_mask", "labels", "is_padding")
-        moved = {n: fn(getattr(self, n)) for n in names if getattr(self, n) is not None}
-        return dataclasses.replace(self, **moved)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> VideoBatch:
-        """A copy with every tensor on `device` (lists and counts stay as they are)."""
-        return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> VideoBatch:
-        """Called by DataLoader(pin_memory=True) for custom batch types."""
-        return self._map_tensors(lambda t: t.pin_memory())
 
 
 @dataclass
@@ -183,131 +122,6 @@ def rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", "0"))
-
-
-class BadSampleCounter:
-    """Counts skipped samples by reason inside one worker; the collate stage drains the counts.
-
-    The tar reader's handler and the decode stage share one instance: both sit in the same
-    dataset object, which each DataLoader worker receives (and unpickles) as a whole.
-    """
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def skip(self, reason: str, key: str, url: str, detail: str = "") -> None:
-        self.counts[reason] += 1
-        logger.warning("skipping sample %s in %s: %s %s", key, url, reason, detail)
-
-    def tar_handler(self, exn: Exception) -> bool:
-        """webdataset handler for unreadable shards (not a tar, truncated, duplicate names): count, go on.
-
-        webdataset appends the shard's url to the exception's args, so the log line names it.
-        """
-        self.counts["tar_error"] += 1
-        logger.warning("tar_error, continuing with the next shard or file: %r", exn)
-        return True
-
-    def drain(self) -> dict[str, int]:
-        counts, self.counts = dict(self.counts), Counter()
-        return counts
-
-
-def _references(meta: dict[str, Any], caption: str) -> list[str]:
-    refs = meta.get("captions")
-    if isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs):
-        return refs
-    return [caption]
-
-
-class DecodeSample:
-    """Sample dict from a tar → dict(frames uint8 [N,3,H,W], caption, references, key, meta[, input_ids, labels]).
-
-    Returns None (the sample is dropped by `wds.map`) for unusable samples, after counting them.
-    Checks the cheap caption first so broken samples cost no video decoding.
-    """
-
-    def __init__(
-        self,
-        num_frames: int,
-        frame_size: tuple[int, int],
-        text_fn: TextFn | None,
-        bad: BadSampleCounter,
-        sample_fps: float | None = None,
-    ):
-        self.num_frames = num_frames
-        self.frame_size = tuple(frame_size)
-        self.text_fn = text_fn
-        self.bad = bad
-        self.sample_fps = sample_fps
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any] | None:
-        key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
-        if "mp4" not in sample:
-            return self.bad.skip("missing_video", key, url)
-        if "txt" not in sample:
-            return self.bad.skip("missing_caption", key, url)
-        try:
-            caption = sample["txt"].decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            return self.bad.skip("bad_caption_encoding", key, url, str(exc))
-        if not caption:
-            return self.bad.skip("empty_caption", key, url)
-        try:
-            frames = decode_frames(
-                sample["mp4"], self.num_frames, self.frame_size, sample_fps=self.sample_fps
-            )
-        except VideoDecodeError as exc:
-            return self.bad.skip("decode_error", key, url, str(exc))
-        try:
-            meta = json.loads(sample["json"]) if "json" in sample else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = {}  # the json is informative only; a broken one is no reason to lose the clip
-        if not isinstance(meta, dict):
-            meta = {}
-        out = {
-            "frames": frames,
-            "caption": caption,
-            "references": _references(meta, caption),
-            "key": key,
-            "meta": meta,
-            "pos": sample.get("__pos__", 0),
-        }
-        if self.text_fn is not None:
-            # A text_fn error is a bug in the tokenizer set-up, not bad data: let it surface.
-            tokens = self.text_fn(caption)
-            input_ids, labels = tokens["input_ids"], tokens["labels"]
-            if input_ids.ndim != 1 or input_ids.shape != labels.shape:
-                raise ValueError(
-                    f"text_fn must return 1-D input_ids and labels of one length, got "
-                    f"{tuple(input_ids.shape)} and {tuple(labels.shape)}"
-                )
-            out.update(input_ids=input_ids.long(), labels=labels.long())
-        return out
-
-
-class Collate:
-    """List of decoded samples → `VideoBatch`, right-padding the token sequences to the longest."""
-
-    def __init__(self, pad_token_id: int, bad: BadSampleCounter):
-        self.pad_token_id = pad_token_id
-        self.bad = bad
-
-    def __call__(self, samples: list[dict[str, Any]]) -> VideoBatch:
-        text = {"input_ids": None, "attention_mask": None, "labels": None}
-        if "input_ids" in samples[0]:
-            text = right_pad(samples, self.pad_token_id)
-        return VideoBatch(
-            frames=torch.stack([s["frames"] for s in samples]),
-            **text,
-            captions=[s["caption"] for s in samples],
-            keys=[s["key"] for s in samples],
-            bad_samples=self.bad.drain(),
-            metas=[s["meta"] for s in samples],
-            references=[s["references"] for s in samples],
-            is_padding=torch.zeros(len(samples), dtype=torch.bool),
-            stream_pos=samples[-1]["pos"],
-        )
 
 
 def _number_and_skip(samples: Iterable[dict], skip: int) -> Iterator[dict]:
@@ -517,123 +331,3 @@ def build_dataset(
     )
 
 
-class VideoLoader:
-    """A DataLoader over a `build_dataset` pipeline that yields the same number of batches on every rank.
-
-    Each ``iter()`` is one epoch of K batches (``len(loader)``): the DataLoader's batches, cut at
-    K if a shard held more than planned, then repeats of the last batch flagged ``is_padding``
-    until K. `state_dict()` / `load_state_dict()` save and restore where the stream is.
-
-    Usage in a training loop::
-
-        loader = build_loader(build_dataset(...), num_workers)
-        loader.load_state_dict(client_state["data"])   # on resume, before iterating
-        for epoch in ...:
-            for batch in loader: ...                   # checkpoint: client_state["data"] = loader.state_dict()
-    """
-
-    def __init__(
-        self, dataset: VideoDataPipeline, num_workers: int, pin_memory: bool, prefetch_factor: int | None
-    ):
-        self.dataset = dataset
-        self.num_workers = num_workers
-        self.workers, self.ranks, self.rank = max(num_workers, 1), world_size(), rank()
-        # Not persistent: workers start each epoch with the epoch and resume positions set below.
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            # Each iter() draws the workers' base seed; from a private generator that draw leaves the
-            # global RNG (dropout, LoRA init) alone, so a resumed run sees the same random numbers.
-            generator=torch.Generator().manual_seed(0),
-        )
-        self.state = StreamState(ranks=self.ranks, workers=self.workers)
-        if dataset.start_state is not None:
-            self.load_state_dict(dataset.start_state.state_dict())
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.state.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the stream `state` describes (from `state_dict()` of the run being resumed)."""
-        restored = StreamState.from_dict(state)
-        if (restored.ranks, restored.workers) != (self.ranks, self.workers):
-            logger.warning(
-                "data state was saved with %d ranks x %d workers, now %d x %d: epoch %d restarts at its beginning",
-                restored.ranks,
-                restored.workers,
-                self.ranks,
-                self.workers,
-                restored.epoch,
-            )
-            restored.batches, restored.positions = 0, {}
-            restored.ranks, restored.workers = self.ranks, self.workers
-        self.state = restored
-
-    def __len__(self) -> int:
-        return self.dataset.epoch_batches(self.state.epoch, self.ranks, self.workers)
-
-    def _next_epoch(self) -> None:
-        self.state.epoch, self.state.batches, self.state.positions = self.state.epoch + 1, 0, {}
-
-    def __iter__(self) -> Iterator[VideoBatch]:
-        state, ds = self.state, self.dataset
-        if state.batches >= len(self):  # saved right after the last batch of an epoch
-            self._next_epoch()
-        total = len(self)
-        ds.epoch, ds.rank, ds.world = state.epoch, self.rank, self.ranks
-        ds.resume = {w: list(p) for w, p in state.positions.items()}
-        last: VideoBatch | None = None
-        for batch in self.loader:
-            if state.batches >= total:
-                logger.warning(
-                    "rank %d: more samples than planned in epoch %d, cut at %d batches",
-                    self.rank,
-                    state.epoch,
-                    total,
-                )
-                break
-            # State first, then yield: a checkpoint taken after this batch was used includes it.
-            state.positions[batch.worker] = [batch.stream_pos, batch.worker_batches]
-            state.batches += 1
-            state.samples += batch.batch_size
-            last = batch
-            yield batch
-        while state.batches < total:
-            last = last or self._any_batch(state.epoch)
-            state.batches += 1
-            yield dataclasses.replace(
-                last, is_padding=torch.ones(last.batch_size, dtype=torch.bool), bad_samples={}
-            )
-        self._next_epoch()
-
-    def _any_batch(self, epoch: int) -> VideoBatch:
-        """A batch to repeat when this process has yielded none this epoch (resumed at its very end)."""
-        slots = [(self.rank, w) for w in range(self.workers)]
-        slots += [(r, w) for r in range(self.ranks) for w in range(self.workers) if r != self.rank]
-        for rank_, worker in slots:
-            for batch in self.dataset.iter_slot(epoch, rank_, self.ranks, worker, self.workers):
-                return batch
-        raise RuntimeError(
-            f"no readable sample in any of {len(self.dataset.shard_urls)} shards in epoch {epoch}"
-        )
-
-
-def build_loader(
-    dataset: VideoDataPipeline, num_workers: int, pin_memory: bool = False, prefetch_factor: int | None = None
-) -> VideoLoader:
-    """`VideoLoader` over a `build_dataset` pipeline (batching already happened there).
-
-    Raises:
-        ValueError: fewer shards than workers × ranks without resampling: some workers would get
-            no shard (write more, smaller shards, lower num_workers, or resample).
-    """
-    ranks = world_size()
-    if not dataset.resampled and len(dataset.shard_urls) < max(num_workers, 1) * ranks:
-        raise ValueError(
-            f"{len(dataset.shard_urls)} shards cannot feed {max(num_workers, 1)} workers x {ranks} ranks: "
-            "write more (smaller) shards, lower num_workers, or use resampled=True"
-        )
-    return VideoLoader(dataset, num_workers, pin_memory, prefetch_factor)

@@ -26,8 +26,8 @@ def test_score_positions_follow_the_names():
 
 
 def test_the_pipeline_and_the_processor_pad_alike():
-    """models.processor.pad and data.pipeline's Collate are the same padder."""
-    from data import pipeline
+    """models.processor.pad and data.batch's Collate are the same padder."""
+    from data import batch
     from models import processor
 
-    assert pipeline.right_pad is processor.right_pad is right_pad
+    assert batch.right_pad is processor.right_pad is right_pad

@@ -10,7 +10,9 @@ import torch
 import torch.multiprocessing as mp
 import webdataset as wds
 
-from data.pipeline import StreamState, VideoBatch, build_dataset, build_loader
+from data.batch import VideoBatch
+from data.loader import build_loader
+from data.pipeline import StreamState, build_dataset
 from data.shards import ShardSink
 from data.video_io import encode_mp4
 

@@ -6,7 +6,8 @@ import random
 import numpy as np
 import webdataset as wds
 
-from data.pipeline import build_dataset, build_loader
+from data.loader import build_loader
+from data.pipeline import build_dataset
 from data.video_io import encode_mp4
 
 NUM, PER_SHARD = 200, 50

@@ -7,7 +7,9 @@ import torch
 import webdataset as wds
 
 from batch_contract import IGNORE_INDEX
-from data.pipeline import VideoBatch, build_dataset, build_loader, expand_shards
+from data.batch import VideoBatch
+from data.loader import build_loader
+from data.pipeline import build_dataset, expand_shards
 from data.shards import ShardSink
 from data.synthvid import generate_clip
 from data.video_io import encode_mp4

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.batch import VideoBatch
 from data.frame_selector import FrameSelector, SelectedFrames
-from data.pipeline import VideoBatch, build_dataset, build_loader
+from data.loader import build_loader
+from data.pipeline import build_dataset
 from models.retrieval_head import caption_tokens
 from trainer.config import RunConfig
 from trainer.distributed import DistInfo, gather_to_main
