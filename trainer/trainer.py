@@ -28,7 +28,9 @@ import torch.distributed as tdist
 from tqdm import tqdm
 
 from data.frame_selector import FrameSelector
-from data.pipeline import VideoBatch, VideoDataPipeline, build_dataset, build_loader
+from data.batch import VideoBatch
+from data.loader import build_loader
+from data.pipeline import VideoDataPipeline, build_dataset
 from models.adapters import apply_adapter, trainable_parameter_count, uses_frame_gates
 from models.loading import load_model
 from models.processor import VideoLlamaProcessor
@@ -97,7 +99,7 @@ class Trainer:
             compute_dtype=self.dtype,
             device=self.device,
             # The adapter then trains the head and saves it (models.retrieval_head).
-            retrieval_dim=cfg.train.contrastive_dim if cfg.train.contrastive_weight > 0 else None,
+            retrieval_dim=cfg.train.retrieval_dim,
         )
         sel = cfg.selector
         self.selector = FrameSelector(
