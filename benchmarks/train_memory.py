@@ -7,9 +7,10 @@ memory) cannot inflate another's peak. A child:
 
 1. imports everything (torch, DeepSpeed, bitsandbytes, peft, the model code) and records the memory
    in use: the *baseline* (on CPU the RSS of the Python runtime and libraries, on CUDA ~0);
-2. loads the checkpoint (16-bit/fp32 for full and lora, NF4 + double quant for the qlora methods)
-   and sets up the method with `models.adapters.apply_adapter`; the weights are copied out of the
-   memory-mapped checkpoint (`_materialize`) so that they count in full;
+2. loads the checkpoint in the method's declared weight format (`models.methods`: 16-bit/fp32 for
+   full and lora, NF4 + double quant for the qlora methods, int8 for qlora8) and sets up the method
+   with `models.adapters.apply_adapter`; the weights are copied out of the memory-mapped
+   checkpoint (`_materialize`) so that they count in full;
 3. wraps it with `deepspeed.initialize` and ``ds_configs/zero2.json`` (ZeRO-2, no offload), the
    config filled by the trainer's own `trainer.ds_config.load_ds_config`: the trainer's path, so the
    step's memory includes what a real step holds — AdamW's two fp32 moments (8 B per trained
@@ -44,15 +45,9 @@ import torch
 from benchmarks.harness import parse_args, write_result
 from benchmarks.memory import measure_description
 
-# name → (adapters.apply_adapter method, models.loading quantization).
-VARIANTS: dict[str, tuple[str, str]] = {
-    "full": ("full", "none"),
-    "lora": ("lora", "none"),
-    "qlora": ("qlora", "nf4"),
-    "temporal_qlora": ("temporal_qlora", "nf4"),
-    "qlora8": ("qlora8", "int8"),
-}
-DEFAULT_VARIANTS = tuple(VARIANTS)
+# The methods compared (`models.methods` names); each is loaded in its declared weight format.
+VARIANTS = ("full", "lora", "qlora", "temporal_qlora", "qlora8")
+DEFAULT_VARIANTS = VARIANTS
 # Full fine-tuning in fp32 under ZeRO-2 holds ~20 B per parameter before activations: weights 4,
 # gradients 4, ZeRO's fp32 partition 4, AdamW moments 8 (bf16: 2 + 2 + 4 + 8 = 16).
 FULL_BYTES_PER_PARAM = 20
@@ -67,8 +62,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=None,
-        help=f"comma-separated names from {sorted(VARIANTS)}; default {','.join(DEFAULT_VARIANTS)} "
-        "(qlora8 only where models.adapters has it)",
+        help=f"comma-separated names from {sorted(VARIANTS)}; default {','.join(DEFAULT_VARIANTS)}",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="default per preset: tiny 2, 1b 1")
     parser.add_argument("--frames", type=int, default=None, help="frames K per clip; default 4")
@@ -80,22 +74,21 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
 
 
 def available_variants(requested: str | None) -> list[str]:
-    """The variants to run: `requested` (all must be known and supported), or the defaults that
-    `models.adapters` supports (qlora8 comes from a later adapter set)."""
-    from models.adapters import METHODS
-
+    """The variants to run: `requested` (all must be known), or the defaults."""
     if requested is None:
-        return [v for v in DEFAULT_VARIANTS if VARIANTS[v][0] in METHODS]
+        return list(DEFAULT_VARIANTS)
     names = [n.strip() for n in requested.split(",") if n.strip()]
     for name in names:
         if name not in VARIANTS:
             raise SystemExit(f"--methods: unknown method {name!r}; known: {', '.join(sorted(VARIANTS))}")
-        if VARIANTS[name][0] not in METHODS:
-            raise SystemExit(
-                f"--methods: {name!r} needs adapter method {VARIANTS[name][0]!r}, "
-                f"which models.adapters.METHODS does not have"
-            )
     return names
+
+
+def quantization_of(method: str) -> str:
+    """The `models.loading` quantization `method` trains on: its declared default weight format."""
+    from models.methods import adapter_method
+
+    return adapter_method(method).weight_format
 
 
 def result_name(preset: str, dtype: str) -> str:
@@ -151,7 +144,7 @@ def run_child(args: argparse.Namespace) -> None:
     meter.reset()
     baseline = meter.read()["current"]
 
-    method, quantization = VARIANTS[args.child]
+    method, quantization = args.child, quantization_of(args.child)
     torch.manual_seed(0)
     processor = VideoLlamaProcessor.from_pretrained(args.checkpoint)
     model = load_model(args.checkpoint, quantization=quantization, compute_dtype=dtype, device=device)
@@ -220,8 +213,11 @@ def _does_not_fit(variant: str, checkpoint: Path, device: torch.device) -> str |
     from safetensors import safe_open
 
     from benchmarks.memory import available_bytes
+    from models.method_spec import WHOLE_MODEL_FORMAT
+    from models.methods import adapter_method
 
-    if VARIANTS[variant][0] != "full":
+    # Only a method saved as the whole model trains every weight.
+    if adapter_method(variant).saved_as != WHOLE_MODEL_FORMAT:
         return None
     params = 0
     for file in checkpoint.glob("*.safetensors"):
@@ -287,7 +283,7 @@ def main() -> None:
         config={
             "quick": args.quick,
             "preset": args.preset,
-            "methods": {v: dict(zip(("method", "quantization"), VARIANTS[v], strict=True)) for v in variants},
+            "methods": {v: {"method": v, "quantization": quantization_of(v)} for v in variants},
             "batch_size": args.batch_size,
             "frames": args.frames,
             "rank": RANK,

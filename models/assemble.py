@@ -29,8 +29,10 @@ from .configuration_video_llama import VideoLlamaConfig
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .processor import VideoLlamaProcessor
 from .tokenizer import VIDEO_TOKEN
+from .towers import BLIP2_TOWERS, VIDEO_BRANCH, prefixes_of
 
-BLIP2_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
+# Parameters read from a BLIP-2 checkpoint: its vision tower and frame Q-Former (`models.towers`).
+BLIP2_PREFIXES = prefixes_of(BLIP2_TOWERS)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -157,7 +159,7 @@ def assemble(
 
 
 # Parameters no part provides: the video branch Video-LLaMA adds on top of BLIP-2.
-_NEW_PREFIXES = ("video_qformer.", "video_query_tokens", "frame_position_embedding.", "video_projection.")
+_NEW_PREFIXES = prefixes_of(VIDEO_BRANCH)
 
 
 def _check_loading_info(info: dict) -> None:

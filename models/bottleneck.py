@@ -30,18 +30,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .towers import TOWERS
+
 PEFT_TYPE = "BOTTLENECK"
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
-# The last linear of each attention / MLP block, per group (full match on module names): BLIP-2
+# The last linear of each attention / MLP block, per tower that has them (`models.towers`: BLIP-2
 # `projection`, CLIP/SigLIP `out_proj`, `mlp.fc2` in the vision tower; Llama/Qwen2 `o_proj`,
-# `down_proj`, OPT `out_proj`, `fc2` in the LLM.
-BLOCK_OUTPUTS: dict[str, str] = {
-    "vision": r"vision_model\.(.*\.)?encoder\.layers\.\d+\.(self_attn\.(projection|out_proj)|mlp\.fc2)",
-    "llm": r"language_model\.(.*\.)?layers\.\d+\.(self_attn\.(o_proj|out_proj)|mlp\.down_proj|fc2)",
-}
+# `down_proj`, OPT `out_proj`, `fc2` in the LLM).
+BLOCK_OUTPUTS: dict[str, str] = {t.name: t.block_outputs for t in TOWERS if t.block_outputs is not None}
 
 
 @dataclass

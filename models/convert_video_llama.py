@@ -27,6 +27,7 @@ from torch import nn
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .processor import CONFIG_NAME as PROCESSOR_CONFIG_NAME
 from .processor import VideoLlamaProcessor
+from .towers import VIDEO_BRANCH, prefixes_of
 
 # Original name → this model's name, applied in order (first the module, then the inner renames).
 _RENAMES = (
@@ -44,12 +45,7 @@ _RENAMES = (
 # positions) and rotary frequency tables (recomputed from the config).
 _IGNORED = re.compile(r"(^|\.)(position_ids|inv_freq)$")
 # This model's parameters a Video-LLaMA branch checkpoint is expected to provide.
-VIDEO_BRANCH_PREFIXES = (
-    "video_qformer.",
-    "video_query_tokens",
-    "frame_position_embedding.",
-    "video_projection.",
-)
+VIDEO_BRANCH_PREFIXES = prefixes_of(VIDEO_BRANCH)
 # Which config field decides a tensor's shape, to say what to change when shapes differ.
 _SHAPE_HINTS = {
     "video_query_tokens": "num_video_query_tokens / video_qformer_config.hidden_size",

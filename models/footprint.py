@@ -32,9 +32,14 @@ from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 from .configuration_video_llama import VideoLlamaConfig
 from .loading import quantization_config
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
+from .parameters import logical_numel
 from .presets import preset_fields
+from .towers import TOWER_NAMES, tower_of
 
-COMPONENTS = ("vision", "qformer", "video_qformer", "projection", "llm")
+# The report's components are the towers of `models.towers`; the frame Q-Former's column keeps the
+# name "qformer" that the reports and the benchmark results written with them have always used.
+_REPORT_NAMES = {"frame_qformer": "qformer"}
+COMPONENTS = tuple(_REPORT_NAMES.get(name, name) for name in TOWER_NAMES)
 # Footprint format name -> `models.loading` quantization name.
 FORMATS = {"bf16": "none", "int8": "int8", "nf4": "nf4-nodq", "nf4-dq": "nf4"}
 COMPUTE_DTYPE = torch.bfloat16
@@ -42,26 +47,13 @@ NF4_FLOOR_BYTES = 0.5  # 4 bits per weight, nothing else
 QLORA_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # QLoRA's figure for NF4 + double quant: 4.127 bits
 LLAMA_VOCAB_SIZE = 32000
 
-# Parameter-name prefix -> component; learned queries and the frame position embedding belong to
-# the Q-Former that reads them.
-_COMPONENT_PREFIXES = (
-    ("vision_model.", "vision"),
-    ("qformer.", "qformer"),
-    ("query_tokens", "qformer"),
-    ("video_qformer.", "video_qformer"),
-    ("video_query_tokens", "video_qformer"),
-    ("frame_position_embedding.", "video_qformer"),
-    ("video_projection.", "projection"),
-    ("language_model.", "llm"),
-)
-
 
 def component_of(param_name: str) -> str:
     """The component (one of `COMPONENTS`) a parameter name belongs to."""
-    for prefix, component in _COMPONENT_PREFIXES:
-        if param_name.startswith(prefix):
-            return component
-    raise ValueError(f"parameter {param_name!r} belongs to no component of {COMPONENTS}")
+    name = tower_of(param_name)
+    if name is None:
+        raise ValueError(f"parameter {param_name!r} belongs to no component of {COMPONENTS}")
+    return _REPORT_NAMES.get(name, name)
 
 
 def _quant_state_tensors(param: nn.Parameter) -> list[torch.Tensor]:
@@ -90,12 +82,6 @@ def _is_quantized(param: nn.Parameter) -> bool:
     return isinstance(param, (bnb.nn.Params4bit, bnb.nn.Int8Params))
 
 
-def _logical_numel(param: nn.Parameter) -> int:
-    """Number of weights, for packed 4-bit storage too (its quant_state keeps the real shape)."""
-    state = getattr(param, "quant_state", None)
-    return int(torch.Size(state.shape).numel()) if state is not None else param.numel()
-
-
 def _empty_table() -> dict[str, dict[str, int]]:
     return {c: {"params": 0, "bytes": 0, "quantized_params": 0, "quantized_bytes": 0} for c in COMPONENTS}
 
@@ -110,7 +96,7 @@ def model_weight_bytes(model: nn.Module) -> dict[str, dict[str, int]]:
     table = _empty_table()
     for name, param in model.named_parameters():
         row = table[component_of(name)]
-        n, size = _logical_numel(param), _nbytes(param) + sum(map(_nbytes, _quant_state_tensors(param)))
+        n, size = logical_numel(param), _nbytes(param) + sum(map(_nbytes, _quant_state_tensors(param)))
         row["params"] += n
         row["bytes"] += size
         if _is_quantized(param):

@@ -59,17 +59,15 @@ from torch import nn
 
 from batch_contract import FRAME_SCORE_NAMES
 
+from .towers import LAYER_INDEX, TOWERS, frame_row_linears
+
 FEATURE_INPUT = "feature"  # the frame's token-pooled layer input as gate input
 GATE_INPUTS = (*FRAME_SCORE_NAMES, FEATURE_INPUT)
 GATE_MODES = ("scale", "rank")
 
-# Linears that see one frame per row: the ViT blocks (BLIP-2 qkv/projection, CLIP/SigLIP q/k/v/out_proj)
-# and the frame Q-Former (rows are frames too; its keys/values are that frame's patches).
-DEFAULT_TEMPORAL_MODULES = (
-    r"vision_model\.(.*\.)?encoder\.layers\.\d+\."
-    r"(self_attn\.(qkv|projection|q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
-    r"|qformer\.encoder\.layer\.\d+\..*(query|key|value|dense)"
-)
+# Linears that see one frame per row: those of the frame-rowed towers of `models.towers`, the ViT and
+# the frame Q-Former (rows are frames there too; its keys/values are that frame's patches).
+DEFAULT_TEMPORAL_MODULES = frame_row_linears()
 
 
 @dataclass
@@ -420,6 +418,11 @@ def write_gate_heatmap(model: nn.Module, path: str | Path, clip: int = 0) -> Pat
 
 
 def _short_name(name: str) -> str:
-    """vision_model.encoder.layers.3.mlp.fc1 → vision.3.mlp.fc1 (axis labels)."""
-    name = re.sub(r"^vision_model\.(.*\.)?encoder\.layers\.", "vision.", name)
-    return re.sub(r"^qformer\.encoder\.layer\.", "qformer.", name)
+    """vision_model.encoder.layers.3.mlp.fc1 → vision.3.mlp.fc1 (axis labels): tower name + layer index."""
+    for tower in TOWERS:
+        if tower.layer is not None:
+            # Keep the layer index, replace the module path before it.
+            short = re.sub(f"^{tower.layer.removesuffix(LAYER_INDEX)}", f"{tower.name}.", name)
+            if short != name:
+                return short
+    return name

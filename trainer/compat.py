@@ -10,23 +10,23 @@ from typing import Any
 
 import torch
 
-from models.adapters import FULL_PRECISION_METHODS, QUANTIZED_METHODS
+from models.loading import QUANTIZATIONS
+from models.method_spec import INT8_BASE, AdapterMethod
+from models.methods import METHODS
 from trainer.config import ConfigError, RunConfig
 from trainer.ds_config import zero_stage
 
-QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
-# What model.quantization=auto becomes for each adapter.method. prefix and adapter take any base; NF4
-# is their default because they are compared with QLoRA at the same base memory. frozen (zero-shot)
-# evaluates the base as it was trained: 16-bit.
-METHOD_QUANTIZATION = {
-    **{m: "nf4" for m in QUANTIZED_METHODS},
-    "qlora8": "int8",
-    **{m: "none" for m in FULL_PRECISION_METHODS},
-    "frozen": "none",
-    "prefix": "nf4",
-    "adapter": "nf4",
-    "adalora": "nf4",
-}
+# What model.quantization=auto becomes for each adapter.method: its declaration's weight format.
+METHOD_QUANTIZATION = {name: method.weight_format for name, method in METHODS.items()}
+
+
+def _method(cfg: RunConfig) -> AdapterMethod:
+    method = METHODS.get(cfg.adapter.method)
+    if method is None:
+        raise ConfigError(
+            f"adapter.method must be one of {', '.join(sorted(METHODS))}; got {cfg.adapter.method!r}"
+        )
+    return method
 
 
 def resolve_quantization(cfg: RunConfig) -> str:
@@ -35,17 +35,15 @@ def resolve_quantization(cfg: RunConfig) -> str:
     The trainer writes the result back into the config before anything reads it, so the run config
     that is logged and saved next to the adapter names the real weight format.
     """
-    quant, method = cfg.model.quantization, cfg.adapter.method
-    if method not in METHOD_QUANTIZATION:
-        raise ConfigError(
-            f"adapter.method must be one of {', '.join(sorted(METHOD_QUANTIZATION))}; got {method!r}"
-        )
+    quant, method = cfg.model.quantization, _method(cfg)
     if quant == "auto":
-        return METHOD_QUANTIZATION[method]
-    if method == "qlora8" and quant != "int8":
+        return method.weight_format
+    # A method named for one weight format (qlora8) contradicts any other explicit one.
+    if method.base is INT8_BASE and quant not in method.base.formats:
         raise ConfigError(
-            f"adapter.method=qlora8 is LoRA on an int8 base but model.quantization={quant}: "
-            "set model.quantization=int8 or auto (or use adapter.method=qlora for NF4)"
+            f"adapter.method={method.name} is {method.summary} but model.quantization={quant}: "
+            f"set model.quantization={method.weight_format} or auto (or use adapter.method={method.counterpart} "
+            "for NF4)"
         )
     return quant
 
@@ -53,7 +51,7 @@ def resolve_quantization(cfg: RunConfig) -> str:
 def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
     """Raise ConfigError naming the keys of the first impossible combination found."""
     quant = cfg.model.quantization
-    method = cfg.adapter.method
+    method = _method(cfg)
     stage = zero_stage(ds)
     zero = ds.get("zero_optimization", {})
     if quant not in QUANTIZATIONS:
@@ -61,14 +59,14 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
             f"model.quantization must be auto or one of {', '.join(QUANTIZATIONS)} (auto is resolved by "
             f"trainer.compat.resolve_quantization before this check); got {quant!r}"
         )
-    if method in QUANTIZED_METHODS and quant == "none":
-        raise ConfigError(
-            f"adapter.method={method} trains on a quantized base: set model.quantization=nf4 (or int8)"
+    if quant not in method.base.formats:
+        hint = (
+            f"use adapter.method={method.counterpart}"
+            if method.counterpart is not None and quant in METHODS[method.counterpart].base.formats
+            else f"set model.quantization={method.weight_format}"
         )
-    if method in FULL_PRECISION_METHODS and quant != "none":
-        hint = "use adapter.method=qlora" if method == "lora" else "set model.quantization=none"
         raise ConfigError(
-            f"adapter.method={method} needs a 16/32-bit base but model.quantization={quant}: {hint}"
+            f"adapter.method={method.name} needs a {method.base.label} base but model.quantization={quant}: {hint}"
         )
     if stage == 3 and quant == "int8":
         raise ConfigError(
@@ -80,10 +78,10 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
             "ZeRO-3 parameter offload moves the packed 4-bit weights without their quantization state: "
             "offload the optimizer only (ds_configs/zero3_offload.json)"
         )
-    if method == "adalora" and stage > 0:
+    if method.step_update is not None and stage > 0:
         raise ConfigError(
-            "adapter.method=adalora reallocates ranks from the full gradients, which ZeRO stages 1-3 keep "
-            "in their partitions: use deepspeed.config=ds_configs/zero0.json"
+            f"adapter.method={method.name} updates itself from the full gradients after every backward, "
+            "which ZeRO stages 1-3 keep in their partitions: use deepspeed.config=ds_configs/zero0.json"
         )
     if dtype == torch.float16 and device.type != "cuda":
         raise ConfigError("model.dtype=float16 needs a CUDA device; use float32 or bfloat16 here")

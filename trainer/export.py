@@ -9,10 +9,11 @@ dequantize every 4-bit/8-bit linear (transformers' ``dequantize``), add the LoRA
 processor. Merging into a still-quantized model would re-quantize the sum and lose the update's
 small values.
 
-Only the LoRA family merges into plain weights (lora, qlora, qlora8, ranked_qlora, adalora); a
-`full` run's folder is already a whole model and is re-saved in ``--dtype``. Temporal LoRA
-(its update depends on each frame), prefix tuning and bottleneck adapters add computation that
-no weight matrix holds: they are refused, and load with ``models.adapters.load_adapter``.
+Only methods whose declaration (`models.methods`) says `mergeable` merge into plain weights: the
+LoRA family and adalora. A method saved as a whole model (`full`) is re-saved in ``--dtype``.
+Temporal LoRA (its update depends on each frame), prefix tuning and bottleneck adapters add
+computation that no weight matrix holds: they are refused, and load with
+``models.adapters.load_adapter``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import torch
 from peft import PeftModel
 
 from models.loading import load_model
+from models.method_spec import WHOLE_MODEL_FORMAT
+from models.methods import METHODS, adapter_method
 from models.modeling_video_llama import VideoLlamaForConditionalGeneration
 from models.processor import VideoLlamaProcessor
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-MERGEABLE = ("lora", "qlora", "qlora8", "ranked_qlora", "adalora")
 
 
 def export_merged(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
@@ -39,16 +41,17 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dty
     if not run_config.is_file():
         raise FileNotFoundError(f"{run_config} not found: point --adapter at a trainer's adapter folder")
     run = json.loads(run_config.read_text())
-    method, model_cfg = run["adapter"]["method"], run["model"]
-    if method == "full":
+    method, model_cfg = adapter_method(run["adapter"]["method"]), run["model"]
+    if method.saved_as == WHOLE_MODEL_FORMAT:
         model = VideoLlamaForConditionalGeneration.from_pretrained(adapter_dir, dtype=dtype)
         model.save_pretrained(out_dir)
         VideoLlamaProcessor.from_pretrained(adapter_dir).save_pretrained(out_dir)
         return out_dir
-    if method not in MERGEABLE:
+    if not method.mergeable:
+        mergeable = [m.name for m in METHODS.values() if m.mergeable or m.saved_as == WHOLE_MODEL_FORMAT]
         raise ValueError(
-            f"{adapter_dir} holds a {method!r} adapter, which cannot be merged into the base weights "
-            f"(mergeable: {', '.join(MERGEABLE)}, and full); load it with models.adapters.load_adapter"
+            f"{adapter_dir} holds a {method.name!r} adapter, which cannot be merged into the base weights "
+            f"(mergeable: {', '.join(mergeable)}); load it with models.adapters.load_adapter"
         )
     base = load_model(
         model_cfg["name_or_path"], quantization=model_cfg["quantization"], compute_dtype=dtype, device="cpu"

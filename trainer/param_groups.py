@@ -20,16 +20,12 @@ from typing import Any
 
 from torch import nn
 
-from models.footprint import component_of
+from models.towers import ALIGNER, tower_of
 
-# `models.footprint` components → the optimizer group whose learning rate applies.
-GROUP_OF_COMPONENT = {
-    "vision": "vit",
-    "qformer": "aligner",
-    "video_qformer": "aligner",
-    "projection": "aligner",
-    "llm": "llm",
-}
+# The towers (`models.towers`) each learning-rate group holds: the ViT, the aligner (both Q-Formers
+# and the projection: what joins the ViT to the LLM) and the LLM.
+TOWERS_OF_GROUP = {"vit": ("vision",), "aligner": ALIGNER, "llm": ("llm",)}
+GROUP_OF_TOWER = {tower: group for group, towers in TOWERS_OF_GROUP.items() for tower in towers}
 # Prefixes peft puts before the base model's parameter names.
 _WRAPPER_PREFIXES = ("base_model.model.", "base_model.")
 
@@ -44,10 +40,7 @@ def group_of(param_name: str) -> str:
         if name.startswith(prefix):
             name = name[len(prefix) :]
             break
-    try:
-        return GROUP_OF_COMPONENT[component_of(name)]
-    except ValueError:
-        return "llm"
+    return GROUP_OF_TOWER.get(tower_of(name), "llm")
 
 
 def learning_rate_groups(

@@ -27,14 +27,14 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
-from data.frame_selector import FrameSelector
 from data.batch import VideoBatch
+from data.frame_selector import FrameSelector
 from data.loader import build_loader
 from data.pipeline import VideoDataPipeline, build_dataset
-from models.adapters import apply_adapter, trainable_parameter_count, uses_frame_gates
+from models.adapters import apply_adapter, trainable_parameter_count
 from models.loading import load_model
+from models.methods import adapter_method, uses_frame_gates
 from models.processor import VideoLlamaProcessor
-from models.rank_allocation import adalora_update
 from models.retrieval_head import caption_tokens
 from models.temporal_lora import gate_summary
 from trainer import checkpoint
@@ -175,17 +175,14 @@ class Trainer:
             "allocation": a.allocation,
             "budget": a.budget,
             "group_patterns": a.group_patterns,
+            "total_steps": cfg.train.steps,
         }
-        if uses_frame_gates(a.method):
-            kwargs["gate"] = _set_fields(a.gate)
-        if a.method == "adalora":
-            kwargs["adalora"] = {"total_step": cfg.train.steps, **_set_fields(a.adalora)}
+        # The sections every config holds (gate, adalora, ...) go only to the methods that read them.
+        for key in adapter_method(a.method).settings:
+            value = getattr(a, key)
+            kwargs[key] = _set_fields(value) if dataclasses.is_dataclass(value) else value
         if a.placement is not None:
             kwargs["placement"] = a.placement
-        if a.method == "prefix":
-            kwargs["num_virtual_tokens"] = a.num_virtual_tokens
-        if a.method == "adapter":
-            kwargs["bottleneck"] = _set_fields(a.bottleneck)
         if a.allocation != "static":
             kwargs["calibration_batches"] = self._calibration_batches(model, a.calibration_batches)
         return kwargs
@@ -361,8 +358,9 @@ class Trainer:
         self.engine.backward(loss)
         self.timer.stop("backward", start)
         start = self.timer.start()
-        if self.cfg.adapter.method == "adalora" and self.engine.is_gradient_accumulation_boundary():
-            adalora_update(self.engine.module, self.step)  # reads .grad: before the step clears it
+        step_update = adapter_method(self.cfg.adapter.method).step_update
+        if step_update is not None and self.engine.is_gradient_accumulation_boundary():
+            step_update(self.engine.module, self.step)  # reads .grad: before the step clears it
         self.engine.step()
         self.timer.stop("optimizer", start)
         return loss.item()

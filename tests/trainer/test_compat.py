@@ -32,7 +32,7 @@ def test_auto_quantization_follows_the_method(method, expected):
 
 
 def test_every_adapter_method_has_a_default_quantization():
-    from models.adapters import METHODS
+    from models.methods import METHODS
 
     assert set(METHOD_QUANTIZATION) == set(METHODS)
 

@@ -1,0 +1,251 @@
+"""Builders of the LoRA family (lora, qlora, qlora8, temporal and per-tower-rank variants) and AdaLoRA.
+
+LoRA (Hu et al., 2021) replaces a frozen linear W0 [out, in] by
+
+    h = W0 x + (alpha / r) * B A dropout(x),   A [r, in] ~ Kaiming-uniform,  B [out, r] = 0
+
+so training starts exactly at the base model and only A, B (r * (in + out) per layer) learn.
+QLoRA (Dettmers et al., 2023) is the same with W0 stored in NF4 (see `models.loading`). Temporal
+LoRA gates the update per video frame (`models.temporal_lora`); per-tower ranks and the budget
+allocators are `models.rank_allocation`'s; AdaLoRA (Zhang et al., 2023) learns where the ranks go.
+
+Why not `peft.prepare_model_for_kbit_training` for qlora: it casts every non-4-bit parameter
+(Q-Formers, embeddings, norms, lm_head) to fp32, which silently runs the whole non-quantized path in
+fp32 (2x activation memory, dtype mix under DeepSpeed bf16), and turns on reentrant checkpointing
+through the deprecated `gradient_checkpointing_enable`. What it does that matters — freezing the
+base and optional checkpointing — is done here directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from batch_contract import FRAME_SCORE_NAMES
+
+from . import rank_allocation as ra
+from .method_spec import GroupedRanks
+from .parameters import trainable_parameter_count
+from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
+from .temporal_lora import FEATURE_INPUT, TemporalLoraConfig, checkpoint_kwargs, install_frame_gates
+from .towers import PLACEMENTS, any_of, tower_of
+
+if TYPE_CHECKING:
+    from .method_spec import AdapterMethod, AdapterOptions
+
+GATE_KEYS = ("inputs", "mode", "hidden", "init", "modules")
+ADALORA_KEYS = ("total_step", "target_r", "init_r", "tinit", "tfinal", "delta_t")
+# `adapter.gate` keys → TemporalLoraConfig fields.
+_GATE_FIELDS = {
+    "inputs": "gate_inputs",
+    "mode": "gate_mode",
+    "hidden": "gate_hidden",
+    "init": "gate_init",
+    "modules": "temporal_modules",
+}
+
+
+@dataclass
+class _Targets:
+    """Where a LoRA-family method puts its adapters, resolved from the options.
+
+    `patterns` / `linears`: group → regex / {name: linear}, only with per-group ranks (else empty);
+    `target_modules`: peft targets when there are no per-group ranks (None: the default placement's).
+    """
+
+    grouped: bool
+    target_modules: list[str] | str | None
+    groups: list[str]
+    patterns: dict[str, str]
+    linears: dict[str, dict[str, nn.Module]]
+    modules_to_save: list[str]
+
+
+def placement_targets(placement: str, group_patterns: Mapping[str, str] | None = None) -> str:
+    """One peft regex over the linears of the towers of `placement`."""
+    return any_of(ra.resolve_patterns(PLACEMENTS[placement], group_patterns).values())
+
+
+def _resolve_targets(model: nn.Module, method: AdapterMethod, options: AdapterOptions) -> _Targets:
+    """Check the target options against each other and resolve them (shared by LoRA and AdaLoRA)."""
+    grouped, target_modules = options.grouped, options.target_modules
+    if method.grouped_ranks is GroupedRanks.REQUIRED and not grouped:
+        raise ValueError(
+            f"{method.name} needs per-group ranks: pass ranks={{group: r}} or allocation + budget"
+        )
+    if grouped and target_modules is not None:
+        raise ValueError(
+            "target_modules and per-group ranks/allocation are exclusive (groups set the targets)"
+        )
+    if options.allocation != "static" and options.budget is None:
+        raise ValueError(f"allocation {options.allocation!r} needs a budget (total trainable parameters)")
+    if options.placement is not None:
+        if grouped or target_modules is not None:
+            raise ValueError("placement, per-group ranks/allocation and target_modules are exclusive")
+        target_modules = placement_targets(options.placement, options.group_patterns)
+
+    groups = list(options.ranks) if options.ranks else list(PLACEMENTS[method.default_placement])
+    patterns = ra.resolve_patterns(groups, options.group_patterns) if grouped else {}
+    linears = ra.group_modules(model, patterns) if grouped else {}
+    modules_to_save = options.modules_to_save
+    if modules_to_save is None:
+        # A tower that gets LoRA ranks is no longer trained in full next to them.
+        modules_to_save = [m for m in DEFAULT_MODULES_TO_SAVE if not (grouped and tower_of(m) in patterns)]
+    modules_to_save = with_retrieval_head(model, modules_to_save)
+    return _Targets(grouped, target_modules, groups, patterns, linears, modules_to_save)
+
+
+def build_lora(model: nn.Module, method: AdapterMethod, options: AdapterOptions) -> PeftModel:
+    """LoRA (temporal when `method.frame_gates`) on the targets, or on per-group ranks."""
+    targets = _resolve_targets(model, method, options)
+    report: dict[str, Any] = {"method": method.name, "allocation": options.allocation}
+    gate_config = gate_settings(options.gate) if method.frame_gates else {}
+    if targets.grouped:
+        ranks, alphas = _group_ranks(model, method, options, targets, gate_config, report)
+        target_regex, rank_pattern, alpha_pattern = ra.lora_patterns(ranks, alphas, targets.patterns)
+        lora_kwargs = {
+            "r": max(ranks.values()),
+            "lora_alpha": options.alpha,
+            "target_modules": target_regex,
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": alpha_pattern,
+        }
+    else:
+        default = placement_targets(method.default_placement)
+        lora_kwargs = {
+            "r": options.r,
+            "lora_alpha": options.alpha,
+            "target_modules": default if targets.target_modules is None else targets.target_modules,
+        }
+    config_cls = TemporalLoraConfig if method.frame_gates else LoraConfig
+    config = config_cls(
+        **lora_kwargs,
+        lora_dropout=options.dropout,
+        modules_to_save=targets.modules_to_save,
+        bias="none",
+        **gate_config,
+    )
+    # get_peft_model freezes every base parameter, then un-freezes LoRA A/B and the modules_to_save copy.
+    peft_model = get_peft_model(model, config)
+
+    checkpointing = {"use_reentrant": False}
+    if method.frame_gates:
+        checkpointing = checkpoint_kwargs(install_frame_gates(peft_model))
+    if options.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+    if targets.grouped:
+        report["groups"] = ra.verify_ranks(peft_model, ranks, alphas, targets.patterns)
+    report["trainable_params"], _ = trainable_parameter_count(peft_model)
+    peft_model.adapter_allocation = report
+    return peft_model
+
+
+def _group_ranks(
+    model: nn.Module,
+    method: AdapterMethod,
+    options: AdapterOptions,
+    targets: _Targets,
+    gate_config: Mapping[str, Any],
+    report: dict[str, Any],
+) -> tuple[dict[str, int], dict[str, float]]:
+    """(rank, alpha) per group: the given ranks, or a budget allocator's (its figures go to `report`)."""
+    ranks = options.ranks
+    if options.allocation != "static":
+        fixed = _fixed_params(
+            model, targets.modules_to_save, targets.linears, gate_config if method.frame_gates else None
+        )
+        result = ra.allocate(
+            model,
+            options.allocation,
+            options.budget,
+            targets.linears,
+            base_ranks=ranks,
+            calibration_batches=options.calibration_batches,
+            fixed_params=fixed,
+        )
+        ranks = result.pop("ranks")
+        report.update(result)
+    alphas = {g: (options.alphas or {}).get(g, ranks[g] * options.alpha / options.r) for g in ranks}
+    return ranks, alphas
+
+
+def gate_settings(gate: Mapping[str, Any] | None) -> dict[str, Any]:
+    """TemporalLoraConfig fields from the `gate` settings (unknown keys are an error)."""
+    gate = dict(gate or {})
+    unknown = sorted(set(gate) - set(GATE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown gate setting(s) {unknown}; known: {GATE_KEYS}")
+    return {_GATE_FIELDS[key]: (list(value) if key == "inputs" else value) for key, value in gate.items()}
+
+
+def _fixed_params(
+    model: nn.Module,
+    modules_to_save: list[str],
+    linears: Mapping[str, Mapping[str, nn.Module]],
+    gate_config: Mapping[str, Any] | None,
+) -> int:
+    """Trainable parameters that do not depend on the ranks: saved modules and gate networks."""
+    fixed = sum(p.numel() for name in modules_to_save for p in model.get_submodule(name).parameters())
+    if gate_config is None:
+        return fixed
+    defaults = TemporalLoraConfig()
+    inputs = gate_config.get("gate_inputs", defaults.gate_inputs)
+    hidden = gate_config.get("gate_hidden", defaults.gate_hidden)
+    temporal = gate_config.get("temporal_modules", defaults.temporal_modules)
+    for group in linears.values():
+        for name, module in group.items():
+            if re.fullmatch(temporal, name):
+                # A gate network: Linear(n_in, hidden) → SiLU → Linear(hidden, 1), with biases.
+                n_in = sum(1 for i in inputs if i in FRAME_SCORE_NAMES)
+                n_in += module.in_features if FEATURE_INPUT in inputs else 0
+                fixed += (n_in + 1) * hidden + hidden + 1
+    return fixed
+
+
+def build_adalora(model: nn.Module, method: AdapterMethod, options: AdapterOptions) -> PeftModel:
+    """peft AdaLoRA on the targets (default: the default placement's towers) within `budget`.
+
+    `settings` {"total_step" (default: options.total_steps), "target_r", ...}; the ranks it starts
+    from and prunes to are `rank_allocation.adalora_config`'s; call `method.step_update` every step.
+    """
+    targets = _resolve_targets(model, method, options)
+    total_step = {} if options.total_steps is None else {"total_step": options.total_steps}
+    settings = {**total_step, **(options.adalora or {})}
+    unknown = sorted(set(settings) - set(ADALORA_KEYS))
+    if unknown or "total_step" not in settings:
+        raise ValueError(
+            f"adalora settings need total_step and take only {ADALORA_KEYS}; got {sorted(settings)}"
+        )
+    patterns, linears = targets.patterns, targets.linears
+    if not patterns:  # AdaLoRA decides the ranks itself; the groups only give targets and the budget
+        patterns = ra.resolve_patterns(targets.groups)
+        linears = ra.group_modules(model, patterns)
+    target_modules = targets.target_modules or any_of(patterns.values())
+    fixed = _fixed_params(model, targets.modules_to_save, linears, None)
+    config = ra.adalora_config(
+        target_modules,
+        linears,
+        budget=None if options.budget is None else options.budget - fixed,
+        alpha=options.alpha,
+        dropout=options.dropout,
+        modules_to_save=targets.modules_to_save,
+        **settings,
+    )
+    peft_model = get_peft_model(model, config)
+    if options.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    peft_model.adapter_allocation = {
+        "method": method.name,
+        "allocation": options.allocation,
+        "budget": options.budget,
+        "target_r": config.target_r,
+        "init_r": config.init_r,
+        "groups": ra.adalora_ranks(peft_model, patterns),
+        "trainable_params": trainable_parameter_count(peft_model)[0],
+    }
+    return peft_model

@@ -1,0 +1,180 @@
+"""What a declaration of an adapter method says, and the options its builder receives.
+
+The declarations themselves are in `models.methods`; `models.adapters.apply_adapter` dispatches on
+them and the trainer, compat checks, export and benchmarks read them instead of comparing names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any
+
+from torch import nn
+
+from .loading import QUANTIZATIONS
+
+
+@dataclass(frozen=True)
+class Base:
+    """The weight formats (`model.quantization` values) a method can train on.
+
+    `label` completes "needs a model loaded in ..." and "needs a ... base" in error messages.
+    """
+
+    formats: tuple[str, ...]
+    label: str
+
+
+ANY_BASE = Base(QUANTIZATIONS, "any format")
+QUANTIZED_BASE = Base(tuple(q for q in QUANTIZATIONS if q != "none"), "4/8-bit")
+INT8_BASE = Base(("int8",), "int8")
+FULL_PRECISION_BASE = Base(("none",), "16/32-bit")
+
+
+class GroupedRanks(Enum):
+    """Whether a method takes a LoRA rank per tower (`adapter.ranks`, or a budget allocation)."""
+
+    NO = "no"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+# Saved formats (`models.adapter_io`): how `save_adapter` writes what a method trained.
+PEFT_FORMAT = "peft"  # peft's save_pretrained of a PeftModel (adapter_config.json + weights)
+WHOLE_MODEL_FORMAT = "whole_model"  # the whole model's save_pretrained (config.json + model.safetensors)
+PREFIX_FORMAT = "prefix"
+BOTTLENECK_FORMAT = "bottleneck"
+FROZEN_FORMAT = "frozen"
+
+# adapter.* sections that hold values under every method (config dataclasses with defaults): passed
+# only to the methods whose `fields` name them, refused by the others when given.
+OWN_SETTINGS = ("gate", "adalora", "num_virtual_tokens", "bottleneck")
+# The LoRA family's adapter.* keys.
+LORA_FIELDS = frozenset(
+    {
+        "r",
+        "alpha",
+        "dropout",
+        "target_modules",
+        "modules_to_save",
+        "placement",
+        "ranks",
+        "alphas",
+        "allocation",
+        "budget",
+        "calibration_batches",
+        "group_patterns",
+    }
+)
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    """Everything `apply_adapter` can be told, by the names of the `adapter.*` config keys.
+
+    Attributes:
+        r, alpha, dropout: LoRA rank, scale numerator (scale = alpha / r) and input dropout.
+        target_modules: peft targets (list of name suffixes or one regex); None: the method's default.
+        gradient_checkpointing: recompute activations of every ViT / Q-Former / LLM layer in backward.
+        modules_to_save: modules trained in full and saved with the adapter; None: the method's default.
+        ranks: tower → LoRA rank (`models.towers` names, or `group_patterns` keys); only these are adapted.
+            With a budget allocation, the groups to allocate among (values: base weights for "motion").
+        alphas: group → alpha; default r_g * alpha / r, so every group keeps the scale alpha / r.
+        allocation: "static" (the given ranks) or a budget allocator: "entropy", "motion", "importance".
+        budget: total trainable parameters for the allocators; AdaLoRA's parameter budget.
+        calibration_batches: model-input dicts the allocators measure on.
+        group_patterns: group → regex overriding the towers' linear patterns.
+        gate: temporal gate settings {"inputs", "mode", "hidden", "init", "modules"}.
+        adalora: {"total_step", "target_r", "init_r", "tinit", "tfinal", "delta_t"}.
+        placement: which towers get adapters: a key of `models.towers.PLACEMENTS`.
+        num_virtual_tokens: prefix length of prefix tuning.
+        bottleneck: {"dim", "activation"} of bottleneck adapters.
+        total_steps: optimizer steps of the run, for methods whose schedule spans it (AdaLoRA's
+            default total_step).
+    """
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    gradient_checkpointing: bool = False
+    modules_to_save: list[str] | None = None
+    ranks: Mapping[str, int] | None = None
+    alphas: Mapping[str, float] | None = None
+    allocation: str = "static"
+    budget: float | None = None
+    calibration_batches: list[Mapping[str, Any]] | None = None
+    group_patterns: Mapping[str, str] | None = None
+    gate: Mapping[str, Any] | None = None
+    adalora: Mapping[str, Any] | None = None
+    placement: str | None = None
+    num_virtual_tokens: int | None = None
+    bottleneck: Mapping[str, Any] | None = None
+    total_steps: int | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Whether per-group ranks are asked for (given, or to be allocated)."""
+        return bool(self.ranks) or self.allocation != "static"
+
+    def given(self) -> list[str]:
+        """The keys set away from "unset" (None, or allocation "static"), in declaration order.
+
+        r, alpha and dropout always hold a value (configs set them once for a grid of methods) and
+        gradient_checkpointing / total_steps concern every method: none of them is ever "given".
+        """
+        always = ("r", "alpha", "dropout", "gradient_checkpointing", "total_steps")
+        return [
+            f.name
+            for f in fields(self)
+            if f.name not in always and getattr(self, f.name) not in (None, "static")
+        ]
+
+
+Builder = Callable[[nn.Module, "AdapterMethod", AdapterOptions], nn.Module]
+
+
+@dataclass(frozen=True)
+class AdapterMethod:
+    """One adapter method: what it needs, what it reads, how it is built, saved and exported.
+
+    Attributes:
+        name: the `adapter.method` value.
+        summary: what it is, in a phrase ("LoRA on an int8 base").
+        build: (model, this declaration, options) → the model set up for training.
+        weight_format: what `model.quantization=auto` becomes (a `models.loading` quantization).
+        base: the weight formats it can train on.
+        fields: the adapter.* keys it reads; the others are refused when given.
+        frame_gates: its adapters read the frame selector's per-frame scores [B, K, S].
+        grouped_ranks: whether it takes (or requires) a LoRA rank per tower.
+        mergeable: its update is a weight matrix that `trainer.export` merges into the base.
+        trains: whether anything trains by default (False: the zero-shot baseline).
+        saved_as: its saved format (`models.adapter_io`).
+        default_placement: the towers (a `PLACEMENTS` key) adapted when neither placement nor
+            targets are given; None when it places nothing.
+        counterpart: the same method on the other kind of base (lora ↔ qlora), for error hints.
+        step_update: called as (model, step) after every optimizer step's backward, before the step
+            clears the gradients (it reads `.grad`, so it needs them whole: ZeRO stage 0).
+    """
+
+    name: str
+    summary: str
+    build: Builder
+    weight_format: str
+    base: Base
+    fields: frozenset[str]
+    frame_gates: bool = False
+    grouped_ranks: GroupedRanks = GroupedRanks.NO
+    mergeable: bool = False
+    trains: bool = True
+    saved_as: str = PEFT_FORMAT
+    default_placement: str | None = None
+    counterpart: str | None = None
+    step_update: Callable[[nn.Module, int], None] | None = None
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The method's own adapter.* sections (of `OWN_SETTINGS`) that the trainer passes to it."""
+        return tuple(key for key in OWN_SETTINGS if key in self.fields)
