@@ -14,6 +14,7 @@ complete checkpoint (or there is none yet).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,10 +132,34 @@ def _check_trainable_saved(engine: Any, folder: Path) -> None:
         raise KeyError(f"checkpoint {folder} lacks {len(missing)} trainable tensors, e.g. {missing[:5]}")
 
 
-def export_adapter(model: Any, out_dir: str | Path) -> Path:
-    """Write the trained weights in peft's layout (adapter_config.json + adapter_model.safetensors;
-    the whole model for full fine-tuning), readable by ``models.adapters.load_adapter``."""
-    return save_adapter(model, out_dir)
+def export_adapter(
+    model: Any, processor: Any, out_dir: str | Path, run_config: dict[str, Any], run_info: dict[str, Any]
+) -> Path:
+    """The run's adapter folder: the trained weights in peft's layout (adapter_config.json +
+    adapter_model.safetensors; the whole model for full fine-tuning, readable by
+    ``models.adapters.load_adapter``), the processor, ``run_config.json`` (the resolved config) and
+    ``run_info.json`` (MLflow run id and tracking URI, so `python -m trainer.evaluation` logs into
+    the same run, and the step)."""
+    out_dir = Path(out_dir)
+    save_adapter(model, out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "run_config.json").write_text(json.dumps(run_config, indent=2))
+    (out_dir / "run_info.json").write_text(json.dumps(run_info))
+    return out_dir
+
+
+def resume_source(mode: str, checkpoint_dir: Path) -> tuple[Path, str] | None:
+    """(checkpoint root, tag) to continue from for ``train.resume`` = ``mode``: ``none``, ``auto``
+    (the latest complete checkpoint under ``checkpoint_dir``, if any) or a ``global_stepN`` folder."""
+    if mode == "none":
+        return None
+    if mode == "auto":
+        tag = latest_tag(checkpoint_dir)
+        return (checkpoint_dir, tag) if tag else None
+    folder = Path(mode)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"train.resume: checkpoint folder {folder} does not exist")
+    return folder.parent, folder.name
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -77,6 +77,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any rank (one scalar all-reduce)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    if dist.get_backend() == "nccl":
+        t = t.to(get_accelerator().current_device_name())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few scalars over all ranks (on CPU: cheap, and works with gloo and nccl alike)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -38,3 +38,14 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
+
+
+def system_tags(device: torch.device, world_size: int) -> dict[str, str]:
+    """The MLflow ``sys.*`` tags of a run: library versions, device, world size, commit."""
+    return {
+        **{f"sys.{k}": v for k, v in library_versions().items()},
+        "sys.device": str(device),
+        "sys.device_name": device_name(device),
+        "sys.world_size": str(world_size),
+        "sys.git_commit": git_commit(),
+    }

@@ -333,3 +333,32 @@ def experiment_id_for(client: Any, name: str, artifact_location: str | None = No
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+def start_run(
+    cfg: Any,
+    *,
+    spool_path: Path,
+    resume_run_id: str | None,
+    derived_params: dict[str, Any],
+    tags: dict[str, str],
+    artifacts: dict[str, Any],
+) -> Tracker:
+    """Open (or, with ``resume_run_id``, reopen) a training run's MLflow run and record what it is:
+    every setting of ``cfg`` (a `trainer.config.RunConfig`) and the ``derived_params`` as params,
+    the method and weight format and ``tags`` as tags, and ``artifacts`` ({path: JSON-able}) as files."""
+    tracker = Tracker(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        cfg.tracking.run_name,
+        spool_path=spool_path,
+        flush_interval_s=cfg.tracking.flush_interval_s,
+        tags={"adapter.method": cfg.adapter.method, "model.quantization": cfg.model.quantization},
+        artifact_location=cfg.tracking.artifact_location,
+        resume_run_id=resume_run_id,
+    )
+    tracker.log_params({**cfg.flat(), **derived_params})
+    tracker.set_tags(tags)
+    for path, content in artifacts.items():
+        tracker.log_dict(content, path)
+    return tracker

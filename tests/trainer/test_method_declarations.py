@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from trainer.compat import check_compatibility, resolve_quantization
 from trainer.config import AdapterConfig, ConfigError, load_config
 from trainer.ds_config import load_ds_config
 from trainer.export import export_merged
-from trainer.trainer import Trainer
+from trainer.run_setup import adapter_options
 
 CPU = torch.device("cpu")
 
@@ -86,7 +85,7 @@ def test_declared_fields_are_adapter_config_keys():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_trainer_passes_the_declared_settings_and_nothing_refused(name):
     cfg = _cfg(f"adapter.method={name}", "train.steps=7")
-    kwargs = Trainer._adapter_kwargs(SimpleNamespace(cfg=cfg), model=None)
+    kwargs = adapter_options(cfg, calibration=lambda count: [])
     method = METHODS[name]
     assert set(OWN_SETTINGS) & set(kwargs) == set(method.settings)
     for key in method.settings:

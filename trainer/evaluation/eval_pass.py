@@ -327,3 +327,13 @@ def _pair_likelihood(
         return np.concatenate(out)
 
     return score
+
+
+def log_eval_result(tracker: Any, result: EvalResult, step: int) -> dict[str, float]:
+    """Log an in-training evaluation: ``eval/<metric>`` at ``step`` and every clip's caption as
+    ``eval/captions_step<step>.json``. Returns the logged scores."""
+    scores = {f"eval/{k}": v for k, v in result.scores.items()}
+    tracker.log(scores, step=step)
+    captions = {k: {"prediction": c.prediction, "references": c.references} for k, c in result.clips.items()}
+    tracker.log_dict(captions, f"eval/captions_step{step}.json")
+    return scores

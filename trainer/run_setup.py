@@ -1,0 +1,157 @@
+"""Building a run's parts from its config: what happens before the process group exists, the frame
+selector, the adapter's keywords, the training stream and the DeepSpeed engine.
+
+The `Trainer` owns the parts once built; `python -m trainer.evaluation` builds the same ones for a
+trained adapter. Nothing here keeps state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import deepspeed
+import torch
+
+from data.frame_selector import FrameSelector
+from data.loader import build_loader
+from data.pipeline import VideoDataPipeline, build_dataset
+from models.methods import adapter_method
+from models.processor import VideoLlamaProcessor
+from trainer.assets import Asset, resolve_assets
+from trainer.compat import resolve_quantization
+from trainer.config import RunConfig
+from trainer.jit_ops import check_jit_locks
+from trainer.param_groups import learning_rate_groups, scaled_schedule
+from trainer.threads import ThreadSetting, apply_threads, local_world_size, resolve_threads
+
+
+def before_process_group(
+    cfg: RunConfig, splits: tuple[str, ...] = ("train", "eval", "test")
+) -> tuple[ThreadSetting, list[Asset]]:
+    """Everything a rank does before the process group and the model, in the order it must happen.
+
+    1. Intra-op threads, before any parallel work (model load, quantization) starts a team.
+    2. ``model.quantization=auto`` becomes the method's weight format, before anything reads it.
+    3. The paths the config names are checked (a missing one stops the run here) and its null ones
+       resolved to generated assets; the missing ones are returned for rank 0 to write.
+    4. A DeepSpeed JIT build's stale lock is named, not waited on: `init_distributed` loads the
+       shm op next.
+    """
+    threads = resolve_threads(
+        cfg.train.num_threads, num_workers=cfg.data.num_workers, local_world_size=local_world_size()
+    )
+    apply_threads(threads)
+    cfg.model.quantization = resolve_quantization(cfg)
+    missing_assets = resolve_assets(cfg, splits)
+    check_jit_locks(cfg.deepspeed.config)
+    return threads, missing_assets
+
+
+def build_selector(cfg: RunConfig) -> FrameSelector:
+    """The run's frame selector (it works on the device of the frames it is given)."""
+    sel = cfg.selector
+    return FrameSelector(
+        sel.k, sel.policy, sel.bits, weights=tuple(sel.weights), coverage=sel.coverage, seed=sel.seed
+    )
+
+
+def train_dataset(cfg: RunConfig, processor: VideoLlamaProcessor, **options: Any) -> VideoDataPipeline:
+    """The training shards, decoded and tokenized as the model needs them (``options``: ordering)."""
+    return build_dataset(
+        cfg.data.train_shards,
+        num_frames=cfg.data.num_candidate_frames,
+        frame_size=(cfg.data.frame_size, cfg.data.frame_size),
+        batch_size=cfg.train.micro_batch_size,
+        text_fn=processor.training_example,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        sample_fps=cfg.data.sample_fps,
+        **options,
+    )
+
+
+def adapter_options(
+    cfg: RunConfig, calibration: Callable[[int], list[dict[str, torch.Tensor]]]
+) -> dict[str, Any]:
+    """``apply_adapter`` keywords from the ``adapter`` section; ``calibration(count)`` gives the
+    rank allocators their batches (called only for a budget allocation)."""
+    a = cfg.adapter
+    kwargs: dict[str, Any] = {
+        "r": a.r,
+        "alpha": a.alpha,
+        "dropout": a.dropout,
+        "target_modules": a.target_modules,
+        "modules_to_save": a.modules_to_save,
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "ranks": a.ranks,
+        "alphas": a.alphas,
+        "allocation": a.allocation,
+        "budget": a.budget,
+        "group_patterns": a.group_patterns,
+        "total_steps": cfg.train.steps,
+    }
+    # The sections every config holds (gate, adalora, ...) go only to the methods that read them.
+    for key in adapter_method(a.method).settings:
+        value = getattr(a, key)
+        kwargs[key] = _set_fields(value) if dataclasses.is_dataclass(value) else value
+    if a.placement is not None:
+        kwargs["placement"] = a.placement
+    if a.allocation != "static":
+        kwargs["calibration_batches"] = calibration(a.calibration_batches)
+    return kwargs
+
+
+def calibration_batches(
+    cfg: RunConfig,
+    processor: VideoLlamaProcessor,
+    selector: FrameSelector,
+    device: torch.device,
+    dtype: torch.dtype,
+    count: int,
+) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` training batches as model inputs (frames selected), for the rank allocators."""
+    batches = []
+    for batch in itertools.islice(build_loader(train_dataset(cfg, processor), 0), count):
+        batch = batch.to(device)
+        selected = selector(batch.frames, dtype=dtype)
+        batches.append(
+            {
+                "pixel_values": selected.frames,
+                "frame_scores": selected.scores,
+                "input_ids": batch.input_ids,
+                "attention_mask": batch.attention_mask,
+                "labels": batch.labels,
+            }
+        )
+    return batches
+
+
+def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``deepspeed.initialize`` over the trainable parameters, in per-tower learning-rate groups when
+    the ViT / aligner have rates of their own. Returns (engine, the DeepSpeed config it got)."""
+    train = cfg.train
+    trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr)
+    if trainable and isinstance(trainable[0], dict):
+        ds_config = scaled_schedule(ds_config, [g["lr"] for g in trainable], train.lr)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=trainable or None,
+        # Nothing to train (frozen, the zero-shot baseline): an engine without optimizer, which
+        # DeepSpeed refuses to build on an empty parameter list.
+        config=ds_config if trainable else _without_optimizer(ds_config),
+    )
+    engine.train()
+    return engine, ds_config
+
+
+def _without_optimizer(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed config of a model that only runs forward: no optimizer, scheduler or ZeRO."""
+    dropped = ("optimizer", "scheduler", "zero_optimization")
+    return {k: v for k, v in ds_config.items() if k not in dropped}
+
+
+def _set_fields(section: Any) -> dict[str, Any]:
+    """A config dataclass as a dict without its unset (None) fields, which keep the callee's defaults."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if v is not None}
