@@ -14,13 +14,19 @@ from torch import nn
 from transformers import BitsAndBytesConfig
 
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
+from .towers import ALIGNER, prefixes_of
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
 
 # Module-name patterns bitsandbytes must leave unquantized (transformers matches each as a prefix
-# at a module boundary, as a regex, or as a suffix). Giving a list replaces transformers' automatic
-# skips, so the output head is named explicitly.
-DEFAULT_SKIP_MODULES = ["qformer", "video_qformer", "video_projection", "retrieval_head", "language_model.lm_head"]
+# at a module boundary, as a regex, or as a suffix): the aligner's towers (models/towers.py), the
+# retrieval head, and the LLM's output head — a list replaces transformers' automatic skips, so the
+# head is named explicitly.
+DEFAULT_SKIP_MODULES = [
+    *(prefix.rstrip(".") for prefix in prefixes_of(ALIGNER) if prefix.endswith(".")),
+    "retrieval_head",
+    "language_model.lm_head",
+]
 
 
 def quantization_config(
