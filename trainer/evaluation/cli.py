@@ -24,19 +24,16 @@ from typing import Any
 
 import torch
 
-from data.frame_selector import FrameSelector
 from models.adapters import load_adapter
 from models.loading import load_model
 from models.processor import CONFIG_NAME, VideoLlamaProcessor
-from trainer.assets import generate, resolve_assets
-from trainer.compat import resolve_quantization
+from trainer.assets import generate
 from trainer.config import RunConfig, load_config
 from trainer.distributed import DistInfo, barrier, init_distributed, resolve_dtype
 from trainer.evaluation.eval_pass import TASKS, EvalResult, evaluate
 from trainer.evaluation.html_report import write_report
 from trainer.evaluation.retrieval_metrics import chance_metrics
-from trainer.jit_ops import check_jit_locks
-from trainer.threads import apply_threads, local_world_size, resolve_threads
+from trainer.run_setup import before_process_group, build_selector
 from trainer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -95,14 +92,6 @@ def load_for_eval(
     return model, processor
 
 
-def _selector(cfg: RunConfig) -> FrameSelector:
-    """The run's frame selector (it works on the device of the frames it is given)."""
-    sel = cfg.selector
-    return FrameSelector(
-        sel.k, sel.policy, sel.bits, weights=tuple(sel.weights), coverage=sel.coverage, seed=sel.seed
-    )
-
-
 def results_json(result: EvalResult, checkpoint: Path, split: str, tasks: tuple[str, ...]) -> dict[str, Any]:
     """The results file: scores, chance-level retrieval figures and every clip's outputs."""
     out: dict[str, Any] = {
@@ -158,11 +147,9 @@ def log_to_mlflow(
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Evaluate; returns the results dict on rank 0 (None on the other ranks)."""
     cfg = load_config(args.config, args.overrides)
-    threads = resolve_threads(cfg.train.num_threads, num_workers=cfg.data.num_workers, local_world_size=local_world_size())
-    apply_threads(threads)  # as in training: the data workers keep their cores
-    cfg.model.quantization = resolve_quantization(cfg)  # "auto" → the adapter method's base format
-    # The base and the split's shards as training resolved them (generated ones are found again).
-    missing_assets = resolve_assets(cfg, splits=(args.split,))
+    # As in training (threads, weight format, stale JIT locks); the base and the split's shards are
+    # resolved as training resolved them, so generated ones are found again.
+    _, missing_assets = before_process_group(cfg, splits=(args.split,))
     adapter_dir = Path(args.checkpoint)
     shards = cfg.data.eval_shards if args.split == "eval" else cfg.data.test_shards
     if shards is None:
@@ -170,7 +157,6 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             f"--split {args.split} needs data.{args.split}_shards in the config (or as an override)"
         )
     tasks = tuple(t.strip() for t in args.tasks.split(",")) if args.tasks else None
-    check_jit_locks()  # init_distributed loads DeepSpeed's shm op on CPU
     dist: DistInfo = init_distributed(cfg.deepspeed.dist_backend)
     if dist.is_main:
         generate(missing_assets)
@@ -178,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     dtype = resolve_dtype(cfg.model.dtype, dist.device)
     torch.manual_seed(cfg.seed)
     model, processor = load_for_eval(cfg, adapter_dir, dist.device, dtype)
-    selector = _selector(cfg)
+    selector = build_selector(cfg)
     result = evaluate(
         model,
         processor,
