@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -160,10 +161,7 @@ class TrainingMetrics:
         metrics: rates of every rank's work over this rank's wall time, phase times, peak memory,
         the mean InfoNCE loss. One all-reduce for the loss and the counts together."""
         meter = self.window_meter
-        loss_sum, n_finite, *counts = all_reduce_sum(
-            [local_loss or 0.0, float(local_loss is not None), meter.samples, meter.frames, meter.tokens]
-        )
-        meter.samples, meter.frames, meter.tokens = (int(c) for c in counts)
+        loss_sum, n_finite = _sum_counts_over_ranks(meter, [local_loss or 0.0, float(local_loss is not None)])
         metrics = {**meter.read(), **self.phases.read(), **peak_memory(self.device)}
         if self.contrastive_losses:
             metrics["train/contrastive_loss"] = sum(self.contrastive_losses) / len(self.contrastive_losses)
@@ -180,8 +178,14 @@ class TrainingMetrics:
         meter, steps = self.run_meter, self.run_meter.steps
         if steps == 0:
             return {}
-        meter.samples, meter.frames, meter.tokens = (
-            int(c) for c in all_reduce_sum([meter.samples, meter.frames, meter.tokens])
-        )
+        _sum_counts_over_ranks(meter)
         rates = meter.read()
         return {**rates, "time/train_s": rates["time/step_s"] * steps}
+
+
+def _sum_counts_over_ranks(meter: ThroughputMeter, extra: Sequence[float] = ()) -> list[float]:
+    """Replace ``meter``'s counts by their sums over all ranks, summing ``extra`` scalars in the same
+    all-reduce; returns the summed ``extra``."""
+    *summed, samples, frames, tokens = all_reduce_sum([*extra, meter.samples, meter.frames, meter.tokens])
+    meter.samples, meter.frames, meter.tokens = int(samples), int(frames), int(tokens)
+    return summed
