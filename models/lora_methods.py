@@ -5,6 +5,8 @@ LoRA (Hu et al., 2021) replaces a frozen linear W0 [out, in] by
     h = W0 x + (alpha / r) * B A dropout(x),   A [r, in] ~ Kaiming-uniform,  B [out, r] = 0
 
 so training starts exactly at the base model and only A, B (r * (in + out) per layer) learn.
+rsLoRA (Kalajdzievski, 2023; `adapter.rslora`) scales by alpha / sqrt(r) instead, which keeps the
+update's size from shrinking as r grows at a fixed alpha.
 QLoRA (Dettmers et al., 2023) is the same with W0 stored in NF4 (see `models.loading`). Temporal
 LoRA gates the update per video frame (`models.temporal_lora`); per-tower ranks and the budget
 allocators are `models.rank_allocation`'s; AdaLoRA (Zhang et al., 2023) learns where the ranks go.
@@ -17,6 +19,8 @@ base and optional checkpointing — is done here directly.
 """
 
 from __future__ import annotations
+
+import math
 
 import re
 from collections.abc import Mapping
@@ -126,6 +130,7 @@ def build_lora(model: nn.Module, method: AdapterMethod, options: AdapterOptions)
     config = config_cls(
         **lora_kwargs,
         lora_dropout=options.dropout,
+        use_rslora=options.rslora,
         modules_to_save=targets.modules_to_save,
         bias="none",
         **gate_config,
@@ -170,8 +175,16 @@ def _group_ranks(
         )
         ranks = result.pop("ranks")
         report.update(result)
-    alphas = {g: (options.alphas or {}).get(g, ranks[g] * options.alpha / options.r) for g in ranks}
+    alphas = {g: (options.alphas or {}).get(g, _group_alpha(options, ranks[g])) for g in ranks}
     return ranks, alphas
+
+
+def _group_alpha(options: AdapterOptions, rank: int) -> float:
+    """The alpha that gives a group of rank ``rank`` the scale of ``options``' (r, alpha): alpha / r,
+    or alpha / sqrt(r) under rsLoRA."""
+    if options.rslora:
+        return options.alpha * math.sqrt(rank / options.r)
+    return rank * options.alpha / options.r
 
 
 def gate_settings(gate: Mapping[str, Any] | None) -> dict[str, Any]:

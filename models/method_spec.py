@@ -56,6 +56,7 @@ LORA_FIELDS = frozenset(
     {
         "r",
         "alpha",
+        "rslora",
         "dropout",
         "target_modules",
         "modules_to_save",
@@ -76,12 +77,14 @@ class AdapterOptions:
 
     Attributes:
         r, alpha, dropout: LoRA rank, scale numerator (scale = alpha / r) and input dropout.
+        rslora: rank-stabilised scaling, alpha / sqrt(r) (peft's ``use_rslora``).
         target_modules: peft targets (list of name suffixes or one regex); None: the method's default.
         gradient_checkpointing: recompute activations of every ViT / Q-Former / LLM layer in backward.
         modules_to_save: modules trained in full and saved with the adapter; None: the method's default.
         ranks: tower → LoRA rank (`models.towers` names, or `group_patterns` keys); only these are adapted.
             With a budget allocation, the groups to allocate among (values: base weights for "motion").
-        alphas: group → alpha; default r_g * alpha / r, so every group keeps the scale alpha / r.
+        alphas: group → alpha; default r_g * alpha / r (alpha * sqrt(r_g / r) under rslora), so every
+            group keeps the scale of (r, alpha).
         allocation: "static" (the given ranks) or a budget allocator: "entropy", "motion", "importance".
         budget: total trainable parameters for the allocators; AdaLoRA's parameter budget.
         calibration_batches: model-input dicts the allocators measure on.
@@ -97,6 +100,7 @@ class AdapterOptions:
 
     r: int = 8
     alpha: float = 16
+    rslora: bool = False
     dropout: float = 0.0
     target_modules: list[str] | str | None = None
     gradient_checkpointing: bool = False
@@ -122,10 +126,11 @@ class AdapterOptions:
     def given(self) -> list[str]:
         """The keys set away from "unset" (None, or allocation "static"), in declaration order.
 
-        r, alpha and dropout always hold a value (configs set them once for a grid of methods) and
-        gradient_checkpointing / total_steps concern every method: none of them is ever "given".
+        r, alpha, rslora and dropout always hold a value (configs set them once for a grid of
+        methods) and gradient_checkpointing / total_steps concern every method: none of them is ever
+        "given".
         """
-        always = ("r", "alpha", "dropout", "gradient_checkpointing", "total_steps")
+        always = ("r", "alpha", "rslora", "dropout", "gradient_checkpointing", "total_steps")
         return [
             f.name
             for f in fields(self)

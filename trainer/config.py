@@ -86,6 +86,9 @@ class AdapterConfig:
     method: str = "qlora"
     r: int = 8
     alpha: int = 16
+    # rsLoRA (peft's use_rslora): scale alpha / sqrt(r) instead of alpha / r, so that a rank sweep
+    # does not also sweep the step size (at a fixed alpha, alpha / r halves with every doubling of r).
+    rslora: bool = False
     dropout: float = 0.0
     # None: the model's default targets (attention and MLP linears of the ViT and the LLM).
     target_modules: list[str] | None = None

@@ -81,6 +81,7 @@ def adapter_options(
     kwargs: dict[str, Any] = {
         "r": a.r,
         "alpha": a.alpha,
+        "rslora": a.rslora,
         "dropout": a.dropout,
         "target_modules": a.target_modules,
         "modules_to_save": a.modules_to_save,

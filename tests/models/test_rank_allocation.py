@@ -129,3 +129,27 @@ def test_adalora_baseline_reallocates(tiny_ckpt, batch):
     # AdaLoRA masked its way down to the target budget (target_r per layer on average).
     assert total_after == report["target_r"] * sum(v["modules"] for v in after.values())
     assert total_after < sum(v["rank_sum"] for v in start.values())
+
+
+@pytest.mark.parametrize("method", ["qlora", "temporal_qlora"])
+def test_rslora_scales_by_root_rank(tiny_ckpt, method):
+    """adapter.rslora: every LoRA layer scales by alpha / sqrt(r) (peft's use_rslora), gated ones too."""
+    model = apply_adapter(_nf4(tiny_ckpt), method, r=16, alpha=8, rslora=True)
+    scalings = [
+        layer.scaling["default"] for layer in model.get_base_model().modules() if isinstance(layer, LoraLayer)
+    ]
+    assert scalings and scalings == pytest.approx([8 / 16**0.5] * len(scalings))
+
+
+def test_rslora_group_alphas_keep_the_root_rank_scale(tiny_ckpt):
+    """With per-group ranks under rsLoRA the default alphas keep the scale alpha / sqrt(r) in every group."""
+    ranks = {"vision": 4, "llm": 16}
+    model = apply_adapter(_nf4(tiny_ckpt), "ranked_qlora", ranks=ranks, alpha=8, r=8, rslora=True)
+    for group, rank in ranks.items():
+        layers = [
+            layer
+            for name, layer in model.get_base_model().named_modules()
+            if isinstance(layer, LoraLayer) and ra.re.fullmatch(ra.GROUP_PATTERNS[group], name)
+        ]
+        assert layers, group
+        assert [layer.scaling["default"] for layer in layers] == pytest.approx([8 / 8**0.5] * len(layers)), group
