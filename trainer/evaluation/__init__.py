@@ -3,7 +3,8 @@
 - ``eval_pass``: every rank runs its share of the eval shards through the model (captions,
   retrieval embeddings, kept frames, gates); rank 0 gathers the clips and scores the whole set.
 - ``caption_metrics``: BLEU / METEOR / ROUGE-L / CIDEr with pycocoevalcap.
-- ``retrieval_metrics``: text→video and video→text R@K, MdR, MnR and their chance levels.
+- ``retrieval_metrics``: text→video and video→text R@K, MdR, MnR, mAP and their chance levels;
+  group accuracy against SynthVid's hard negatives (order, direction).
 - ``rerank``: re-ordering a caption's top-k videos by log p(caption | video).
 - ``html_report``: the qualitative HTML page of an evaluation.
 - ``cli``: ``python -m trainer.evaluation`` (this package's ``__main__``), evaluating an adapter folder.
