@@ -6,6 +6,8 @@
 - ``retrieval_metrics``: text→video and video→text R@K, MdR, MnR, mAP and their chance levels;
   group accuracy against SynthVid's hard negatives (order, direction).
 - ``rerank``: re-ordering a caption's top-k videos by log p(caption | video).
+- ``forced_choice``: per clip, the likeliest of M candidate captions (the true one and its
+  hard negatives) under log p(caption | video), against chance 1 / M.
 - ``html_report``: the qualitative HTML page of an evaluation.
 - ``cli``: ``python -m trainer.evaluation`` (this package's ``__main__``), evaluating an adapter folder.
 """
