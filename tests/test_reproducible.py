@@ -30,7 +30,7 @@ from trainer.config import load_config
 
 root = sys.argv[1]
 prepare_assets(load_config("configs/demo.yaml", [f"assets_dir={root}/assets", *sys.argv[2:]]))
-for task in ("temporal", "retrieval"):
+for task in ("order", "retrieval"):
     write_synthvid(f"{root}/synthvid-{task}", task=task, num=24, seed=3, samples_per_shard=12)
 """
 
@@ -70,11 +70,11 @@ def test_two_environments_build_identical_assets_and_train_identical_losses(tmp_
         _build_and_train(tmp_path / name, env)
     assets = {name: {} for name in envs}
     for name in envs:
-        for folder in ("assets", "synthvid-temporal", "synthvid-retrieval"):
+        for folder in ("assets", "synthvid-order", "synthvid-retrieval"):
             assets[name].update({f"{folder}/{k}": v for k, v in _hashes(tmp_path / name / folder).items()})
     tokenizer = [k for k in assets["a"] if k.endswith("tokenizer.json")]
     assert tokenizer and any(k.endswith("model.safetensors") for k in assets["a"])
-    assert sum(k.endswith(".tar") for k in assets["a"]) == 5 + 1 + 2 + 2  # train, eval, temporal, retrieval
+    assert sum(k.endswith(".tar") for k in assets["a"]) == 5 + 1 + 2 + 2  # train, eval, order, retrieval
     assert assets["a"] == assets["b"]
     losses = {name: _losses(tmp_path / name) for name in envs}
     assert len(losses["a"]) == STEPS

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from data.pipeline import expand_shards
-from data.synthvid import SYNTHVID_VERSION, caption_corpus, write_synthvid
+from data.synthvid import SYNTHVID_VERSION, TASKS, caption_corpus, write_synthvid
 from models.presets import BASE_VERSION, create_pretrained, preset_fields
 from trainer.config import ConfigError, RunConfig
 
@@ -140,6 +140,9 @@ def _shards(cfg: RunConfig, split: str) -> Asset | None:
             f"{key} is not set: name a shard folder, a brace pattern or a tar, or set data.synthvid "
             f"to generate SynthVid shards{hint}"
         )
+    if synth.task not in TASKS:
+        renamed = " (SynthVid v2 renamed `temporal` to `order`)" if synth.task == "temporal" else ""
+        raise ConfigError(f"data.synthvid.task: {synth.task!r} is not one of {TASKS}{renamed}")
     num = synth.num_train if split == "train" else synth.num_eval
     if num <= 0:
         raise ConfigError(f"{key} is null and data.synthvid.num_{split} is {num}: nothing to generate")
@@ -151,6 +154,9 @@ def _shards(cfg: RunConfig, split: str) -> Asset | None:
         "samples_per_shard": synth.samples_per_shard,
         "size": synth.size,
         "num_frames": synth.num_frames,
+        # shift draws its held-out colour/shape pairs only for eval / test; in the digest, so a
+        # split's folder is named after it as well as after its seed.
+        "split": split,
     }
     digest = _digest({**options, "version": SYNTHVID_VERSION})
     path = Path(cfg.assets_dir) / "synthvid" / f"{synth.task}-{split}-{digest}"

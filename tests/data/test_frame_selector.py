@@ -174,12 +174,13 @@ def test_temporal_nms_returns_k_distinct_sorted_frames(n, k):
 
 
 def test_hybrid_finds_sparse_synthvid_events_that_uniform_misses():
-    clips = [generate_clip(i, seed=5, task="temporal", size=32, num_frames=64) for i in range(8)]
+    # SynthVid v2: one event of 4-6 frames in 32; uniform K=4 (a frame every 8) misses some.
+    clips = [generate_clip(i, seed=5, task="sparse", size=32, num_frames=32) for i in range(16)]
     frames = torch.stack([torch.from_numpy(f).permute(0, 3, 1, 2) for f, _, _ in clips])
     events = [[(e["start"], e["end"]) for e in truth["events"]] for _, _, truth in clips]
 
     def recall(policy: str) -> float:
-        picked = FrameSelector(8, policy)(frames).indices
+        picked = FrameSelector(4, policy)(frames).indices
         hits = [
             any(s <= i <= e for i in row.tolist())
             for row, clip in zip(picked, events, strict=True)
@@ -205,7 +206,7 @@ def test_scores_and_every_policy_compile_to_one_graph():
 
 
 def test_cli_writes_a_png(tmp_path, capsys):
-    frames, _, _ = generate_clip(0, seed=1, task="temporal", size=32, num_frames=32)
+    frames, _, _ = generate_clip(0, seed=1, task="order", size=32, num_frames=32)
     video = tmp_path / "clip.mp4"
     video.write_bytes(encode_mp4(frames))
     out = tmp_path / "sel.png"

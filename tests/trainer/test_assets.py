@@ -3,13 +3,17 @@ checked before anything loads."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import webdataset as wds
 
+import trainer.assets as assets_module
+from data.synthvid import HELD_OUT
 from tests.conftest import REPO, training_env
 from trainer.assets import Asset, generate, resolve_assets
 from trainer.config import ConfigError, load_config
@@ -131,3 +135,33 @@ def test_train_py_stops_on_a_missing_named_path(tmp_path, override):
     assert "Traceback" not in proc.stderr
     assert _tree(tmp_path) == []
 
+
+def test_an_unknown_synthvid_task_is_a_config_error_naming_the_rename(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"data\.synthvid\.task: 'temporal' is not one of .*renamed `temporal` to `order`"
+    ):
+        resolve_assets(_demo(tmp_path, "data.synthvid.task=temporal"))
+    with pytest.raises(ConfigError, match=r"'sprase' is not one of \('pretrain', 'sparse'"):
+        resolve_assets(_demo(tmp_path, "data.synthvid.task=sprase"))
+
+
+def test_shift_shards_are_generated_per_split_with_the_held_out_pairs_only_at_eval(tmp_path):
+    cfg = _demo(tmp_path, "data.synthvid.task=shift", "data.synthvid.size=16", "data.synthvid.num_frames=2")
+    shards = [a for a in resolve_assets(cfg) if a.key != "model.name_or_path"]
+    assert [a.key for a in shards] == ["data.train_shards", "data.eval_shards"]
+    assert cfg.data.train_shards != cfg.data.eval_shards
+    generate(shards)
+    for folder, split in ((cfg.data.train_shards, "train"), (cfg.data.eval_shards, "eval")):
+        tars = sorted(str(p) for p in Path(folder).glob("*.tar"))
+        metas = [json.loads(s["json"]) for s in wds.WebDataset(tars, shardshuffle=False)]
+        assert metas and all(m["split"] == split for m in metas)
+        assert all(((m["shape"], m["color"]) in HELD_OUT) == (split == "eval") for m in metas)
+
+
+def test_the_base_model_is_keyed_on_the_caption_corpus(tmp_path, monkeypatch):
+    before = _demo(tmp_path)
+    resolve_assets(before)
+    monkeypatch.setattr(assets_module, "caption_corpus", lambda: ["a red circle"])
+    after = _demo(tmp_path)
+    resolve_assets(after)
+    assert after.model.name_or_path != before.model.name_or_path  # a new corpus: a new tokenizer, a new base

@@ -105,7 +105,7 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     groups:
       - name: rank
         set: {adapter.method: qlora}
-        grid: {task: [temporal], adapter.r: [8, 16, 32]}   an axis name or a config key
+        grid: {task: [order], adapter.r: [8, 16, 32]}   an axis name or a config key
     """
     path = Path(path)
     if not path.is_file():

@@ -153,13 +153,13 @@ def test_split_by_task_gives_each_task_its_own_configurations():
     runs = pd.DataFrame(
         {
             "config_id": ["a", "a", "b", "c"],
-            "cfg.data.synthvid.task": ["temporal", "temporal", "retrieval", "temporal"],
+            "cfg.data.synthvid.task": ["order", "order", "retrieval", "order"],
         }
     )
-    table = pd.DataFrame({"config_id": ["a", "b", "c"], "label": ["qlora-t", "qlora-r", "lora-t"]})
+    table = pd.DataFrame({"config_id": ["a", "b", "c"], "label": ["qlora-o", "qlora-r", "lora-o"]})
     parts = cmp._split(runs, table, "data.synthvid.task")
     assert {k: v["label"].tolist() for k, v in parts.items()} == {
         "data.synthvid.task=retrieval": ["qlora-r"],
-        "data.synthvid.task=temporal": ["qlora-t", "lora-t"],
+        "data.synthvid.task=order": ["qlora-o", "lora-o"],
     }
     assert list(cmp._split(runs, table, None)) == [""] and list(cmp._split(runs, table, "absent.key")) == [""]

@@ -147,7 +147,7 @@ def test_synthvid_experiments_file_expands(monkeypatch):
     monkeypatch.chdir(REPO)
     runs = expand(load_sweep_file("configs/synthvid/experiments.yaml"))
     assert len(runs) % 3 == 0 and len({r.config_id for r in runs}) == len(runs) // 3
-    baseline = next(r for r in runs if r.label == "methods-temporal-qlora")
+    baseline = next(r for r in runs if r.label == "methods-order-qlora")
     assert set(baseline.groups) >= {"methods", "rank", "bits", "placement", "frames", "gates", "policy"}
 
 
