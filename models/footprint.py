@@ -78,7 +78,7 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _is_quantized(param: nn.Parameter) -> bool:
+def is_quantized(param: nn.Parameter) -> bool:
     return isinstance(param, (bnb.nn.Params4bit, bnb.nn.Int8Params))
 
 
@@ -93,20 +93,27 @@ def model_weight_bytes(model: nn.Module) -> dict[str, dict[str, int]]:
         {component: {"params", "bytes", "quantized_params", "quantized_bytes"}}; bytes of a quantized
         weight include its quantization state; the `quantized_*` entries cover quantized weights only.
     """
+    return _weight_table(model.named_parameters(), {})
+
+
+def _weight_table(named_parameters: Iterable[tuple[str, nn.Parameter]], cache: dict[tuple, int]) -> dict:
     table = _empty_table()
-    for name, param in model.named_parameters():
+    for name, param in named_parameters:
         row = table[component_of(name)]
-        n, size = logical_numel(param), _nbytes(param) + sum(map(_nbytes, _quant_state_tensors(param)))
+        n, size = logical_numel(param), stored_bytes(param, cache)
         row["params"] += n
         row["bytes"] += size
-        if _is_quantized(param):
+        if is_quantized(param):
             row["quantized_params"] += n
             row["quantized_bytes"] += size
     return table
 
 
-def _measure_quantized(param: nn.Parameter, cache: dict[tuple, int]) -> int:
-    """Bytes of `param` (a not-yet-quantized bnb parameter on meta) once bitsandbytes quantizes it."""
+def bytes_once_quantized(param: nn.Parameter, cache: dict[tuple, int]) -> int:
+    """Bytes of `param` (a not-yet-quantized bnb parameter on meta) once bitsandbytes quantizes it.
+
+    `cache` maps (kind, shape, settings) to bytes, so each distinct layer shape is quantized once.
+    """
     shape = tuple(param.shape)
     if isinstance(param, bnb.nn.Params4bit):
         key = (
@@ -136,7 +143,20 @@ def _measure_quantized(param: nn.Parameter, cache: dict[tuple, int]) -> int:
     return cache[key]
 
 
-def _meta_model(config: VideoLlamaConfig, fmt: str) -> nn.Module:
+def stored_bytes(param: nn.Parameter, cache: dict[tuple, int]) -> int:
+    """Bytes `param` holds: its storage and quantization state; one still on the meta device (a
+    model built for counting) as a load would store it: quantized by bitsandbytes, else in bf16."""
+    if param.device.type != "meta":
+        return _nbytes(param) + sum(map(_nbytes, _quant_state_tensors(param)))
+    if is_quantized(param):
+        return bytes_once_quantized(param, cache)
+    return param.numel() * COMPUTE_DTYPE.itemsize
+
+
+def meta_model(config: VideoLlamaConfig, fmt: str) -> nn.Module:
+    """`config`'s model on the meta device (shapes only) holding the layers a load in `fmt` holds:
+    bitsandbytes linears where a quantized load has them, and its ``is_loaded_in_4bit/8bit`` flag,
+    so that adapters can be applied to it as to the loaded model."""
     with torch.device("meta"):
         model = VideoLlamaForConditionalGeneration(config)
     qconfig = quantization_config(FORMATS[fmt], COMPUTE_DTYPE)
@@ -144,7 +164,16 @@ def _meta_model(config: VideoLlamaConfig, fmt: str) -> nn.Module:
         replace_with_bnb_linear(
             model, modules_to_not_convert=qconfig.llm_int8_skip_modules, quantization_config=qconfig
         )
+        model.is_loaded_in_4bit = qconfig.load_in_4bit
+        model.is_loaded_in_8bit = qconfig.load_in_8bit
     return model
+
+
+def preset_config(preset: str, vocab_size: int = LLAMA_VOCAB_SIZE) -> VideoLlamaConfig:
+    """The config of a preset with an LLM vocabulary of `vocab_size` (presets take theirs from a
+    tokenizer; LLaMA's 32000 by default)."""
+    fields = preset_fields(preset, text_config={"vocab_size": vocab_size})
+    return VideoLlamaConfig(**fields, video_token_index=vocab_size - 1)
 
 
 def estimate_weight_bytes(
@@ -153,20 +182,7 @@ def estimate_weight_bytes(
     """`model_weight_bytes` of `config` loaded in `fmt` (a key of `FORMATS`), without building it."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {tuple(FORMATS)}, got {fmt!r}")
-    cache = {} if cache is None else cache
-    table = _empty_table()
-    for name, param in _meta_model(config, fmt).named_parameters():
-        row = table[component_of(name)]
-        n = param.numel()
-        row["params"] += n
-        if _is_quantized(param):
-            size = _measure_quantized(param, cache)
-            row["quantized_params"] += n
-            row["quantized_bytes"] += size
-        else:
-            size = n * COMPUTE_DTYPE.itemsize
-        row["bytes"] += size
-    return table
+    return _weight_table(meta_model(config, fmt).named_parameters(), {} if cache is None else cache)
 
 
 def summarize(table: dict[str, dict[str, int]]) -> dict[str, Any]:
@@ -185,8 +201,7 @@ def preset_footprint(
 ) -> dict[str, Any]:
     """Footprint of a preset in each format (the LLM vocabulary is a free choice: presets take
     theirs from a tokenizer; LLaMA's 32000 by default)."""
-    fields = preset_fields(preset, text_config={"vocab_size": vocab_size})
-    config = VideoLlamaConfig(**fields, video_token_index=vocab_size - 1)
+    config = preset_config(preset, vocab_size)
     cache: dict[tuple, int] = {}
     return {
         "preset": preset,

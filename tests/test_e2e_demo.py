@@ -83,6 +83,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(demo_run, mlflow_server):
         "throughput/run_samples_per_s",
         "time/run_step_s",
         "memory/peak_rss_gib",
+        "memory/analytic_1b_train_state_gib",
         "eval/cider",
         "eval/bleu4",
         "eval/meteor",

@@ -236,6 +236,10 @@ class TrackingConfig:
     artifact_location: str | None = None
     # Seconds between background uploads of buffered metrics.
     flush_interval_s: float = 2.0
+    # The run's method counted at this preset's size (models.train_state: frozen weights by format,
+    # trainable weights, gradients, Adam state), logged as memory/analytic_<preset>_*_gib: the
+    # experiments' memory axis, as a tiny model's process memory measures the interpreter. null: off.
+    analytic_memory_preset: str | None = "1b"
 
 
 @dataclass

@@ -104,6 +104,33 @@ def adapter_options(
     return kwargs
 
 
+def analytic_memory(cfg: RunConfig, allocation: dict[str, Any] | None) -> dict[str, float]:
+    """The run's method at ``tracking.analytic_memory_preset`` (`models.train_state`), as GiB metrics
+    ``memory/analytic_<preset>_{frozen_weights,trainable_weights,gradients,optimizer,train_state}_gib``;
+    {} when the preset is null. A budget allocation is counted with the ranks it chose (``allocation``,
+    the adapter's report)."""
+    preset = cfg.tracking.analytic_memory_preset
+    if preset is None:
+        return {}
+    from models.train_state import train_state
+
+    options = adapter_options(cfg, lambda count: [])
+    options.pop("calibration_batches", None)
+    if cfg.adapter.allocation != "static":
+        options.update(
+            allocation="static", budget=None, ranks={g: v["rank"] for g, v in allocation["groups"].items()}
+        )
+    state = train_state(preset, cfg.adapter.method, options)
+    names = {
+        "frozen_weights": "frozen_weight_bytes",
+        "trainable_weights": "trainable_weight_bytes",
+        "gradients": "gradient_bytes",
+        "optimizer": "optimizer_bytes",
+        "train_state": "total_bytes",
+    }
+    return {f"memory/analytic_{preset}_{name}_gib": state[key] / 2**30 for name, key in names.items()}
+
+
 def calibration_batches(
     cfg: RunConfig,
     processor: VideoLlamaProcessor,

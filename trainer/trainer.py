@@ -44,6 +44,7 @@ from trainer.preemption import PreemptionHandler
 from trainer.rng_state import rng_state, seed_everything, set_rng_state
 from trainer.run_setup import (
     adapter_options,
+    analytic_memory,
     before_process_group,
     build_engine,
     build_selector,
@@ -395,7 +396,7 @@ class Trainer:
             "sys.num_threads": self.threads.num_threads,
             "sys.num_threads_source": self.threads.source,
         }
-        return start_run(
+        tracker = start_run(
             self.cfg,
             spool_path=self.output_dir / "mlflow_spool.jsonl",
             resume_run_id=self.mlflow_run_id,
@@ -403,6 +404,8 @@ class Trainer:
             tags=system_tags(self.device, self.dist.world_size),
             artifacts=artifacts,
         )
+        tracker.log(analytic_memory(self.cfg, self.adapter_allocation), step=0)
+        return tracker
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainer.experiments.compare_laws import law_curve  # noqa: E402
-from trainer.experiments.compare_runs import STEP_TIME  # noqa: E402
+from trainer.experiments.compare_runs import MEMORY_TITLES, STEP_TIME  # noqa: E402
 from trainer.experiments.compare_tables import metric_title  # noqa: E402
 
 
@@ -72,11 +72,7 @@ def plot_pareto(table: pd.DataFrame, quality: str, cost: str, path: Path, subset
 
 
 def _axis_name(col: str) -> str:
-    return {
-        "memory/peak_allocated_gib": "peak allocated memory (GiB)",
-        "memory/peak_rss_gib": "peak process RSS (GiB)",
-        STEP_TIME: "step time (s)",
-    }.get(col, col)
+    return {**MEMORY_TITLES, STEP_TIME: "step time (s)"}.get(col, col)
 
 
 def plot_rank_law(series: pd.DataFrame, quality: str, fit: dict[str, Any], rank_key: str, path: Path) -> None:

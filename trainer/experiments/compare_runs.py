@@ -13,8 +13,15 @@ import pandas as pd
 
 from trainer.experiments.config_identity import config_id, configuration
 
-# Peak memory: the accelerator's allocator peak when there is one, else the process's peak RSS.
-MEMORY_METRICS = ("memory/peak_allocated_gib", "memory/peak_rss_gib")
+# The memory axis, the first one present: the method's training state at the 1b preset counted from
+# its tensors (models.train_state); else the accelerator's allocator peak; else the process's peak
+# RSS (on a tiny CPU model mostly the interpreter's).
+MEMORY_METRICS = ("memory/analytic_1b_train_state_gib", "memory/peak_allocated_gib", "memory/peak_rss_gib")
+MEMORY_TITLES = {
+    "memory/analytic_1b_train_state_gib": "training state at 1b (GiB)",
+    "memory/peak_allocated_gib": "peak allocated memory (GiB)",
+    "memory/peak_rss_gib": "peak process RSS (GiB)",
+}
 STEP_TIME = "time/step_s"
 FLOPS = "flops/per_step_tflop"
 TRAINABLE = "model.trainable_params"

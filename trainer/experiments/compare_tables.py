@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from trainer.experiments.compare_runs import FLOPS, MEMORY_METRICS, STEP_TIME, TRAINABLE
+from trainer.experiments.compare_runs import FLOPS, MEMORY_METRICS, MEMORY_TITLES, STEP_TIME, TRAINABLE
 
 # Quality metrics shown in the table when present, in this order (higher is better); every other
 # eval/* metric still goes into the CSV files.
@@ -60,7 +60,7 @@ def markdown_table(table: pd.DataFrame, quality: list[str], memory: str | None) 
     """The comparison as a GitHub markdown table (mean ± std over the n seeds)."""
     shown = quality[:3]
     header = ["configuration", "method", "seeds"] + [metric_title(c) for c in shown]
-    header += ["peak memory (GiB)", "step time (s)", "TFLOP/step", "trainable params"]
+    header += [MEMORY_TITLES.get(memory, "memory (GiB)"), "step time (s)", "TFLOP/step", "trainable params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [f"`{row['label']}`", str(row["method"]), str(int(row["n"]))]

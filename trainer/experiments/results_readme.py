@@ -39,6 +39,13 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
     ]
     if summary.get("memory") == "memory/peak_rss_gib":
         lines += ["Peak memory is the training process's peak RSS (CPU run), not tensor memory alone.", ""]
+    elif summary.get("memory") == "memory/analytic_1b_train_state_gib":
+        lines += [
+            "Memory is each method's training state at the 1b preset, counted from its tensors "
+            "(`models.train_state`: frozen weights by format, 16 bytes per trainable parameter); "
+            "activations excluded.",
+            "",
+        ]
     for name, front in summary.get("pareto_fronts", {}).items():
         lines += [
             f"![{name}]({(rel / name).as_posix()})",

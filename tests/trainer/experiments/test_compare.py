@@ -79,7 +79,7 @@ def test_table_is_mean_and_std_over_seeds(compared):
     assert full["model.trainable_params_mean"] == 16000
     assert result.quality == ["eval/cider"] and result.memory == "memory/peak_rss_gib"
     md = (out / "table.md").read_text().splitlines()
-    assert md[0].startswith("| configuration | method | seeds | CIDEr | peak memory")
+    assert md[0].startswith("| configuration | method | seeds | CIDEr | peak process RSS (GiB)")
     row = next(line for line in md if "full-r16" in line)
     assert "0.610 ± 0.014" in row and "3.000" in row and "16,000" in row
     csv = pd.read_csv(out / "table.csv")
