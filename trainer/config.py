@@ -254,6 +254,12 @@ class EvalConfig:
     # Text→video retrieval: re-rank each caption's top-k videos by log p(caption | video) (0 = off);
     # adds rerank_t2v_* metrics next to the retrieval head's.
     rerank_top_k: int = 0
+    # Temporal controls (trainer/evaluation/frame_views.py): the kept frames also shown "shuffled"
+    # in time and "repeated" (one frame K times); their figures are logged as eval/<view>/<metric>.
+    controls: list[str] = field(default_factory=lambda: ["shuffled", "repeated"])
+    # Clips with SynthVid ground truth: choose among the closed set of candidate captions
+    # (data.synthvid_grammar.choice_set) by log p(caption | video), eval/choice_acc_pct (chance 25%).
+    forced_choice: bool = True
 
 
 @dataclass

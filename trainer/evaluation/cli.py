@@ -30,7 +30,8 @@ from models.processor import CONFIG_NAME, VideoLlamaProcessor
 from trainer.assets import generate
 from trainer.config import RunConfig, load_config
 from trainer.distributed import DistInfo, barrier, init_distributed, resolve_dtype
-from trainer.evaluation.eval_pass import TASKS, EvalResult, evaluate
+from trainer.evaluation.clip_results import EvalResult
+from trainer.evaluation.eval_pass import TASKS, evaluate
 from trainer.evaluation.html_report import write_report
 from trainer.evaluation.retrieval_metrics import chance_metrics
 from trainer.run_setup import before_process_group, build_selector

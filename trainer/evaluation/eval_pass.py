@@ -1,11 +1,12 @@
 """The evaluation pass: every rank runs its share of the eval shards through the model, rank 0 scores the set.
 
-One pass over the data per rank gives, for each clip: the generated caption, the reference
-captions, the frames the selector kept, the temporal gates (temporal adapters) and, when the model
-has a retrieval head, the video embedding and one text embedding per reference. The clips are
-gathered on rank 0 because both CIDEr's n-gram weights and retrieval ranks come from the whole set
-(see caption_metrics and retrieval_metrics). Generation is sharded by the pipeline's
-``split_by_node``.
+One pass over the data per rank gives, for each clip (`batch_outputs`): the generated caption,
+the reference captions, the frames the selector kept, the temporal gates (temporal adapters), with
+a retrieval head the video embedding of every frame view (ordered and the `eval.controls`,
+`frame_views`) and one text embedding per reference, and where the sample carries SynthVid ground
+truth the log-likelihood of each forced-choice candidate under every view. The clips are gathered
+on rank 0 because both CIDEr's n-gram weights and retrieval ranks come from the whole set;
+`set_scores` scores it. Generation is sharded by the pipeline's ``split_by_node``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,84 +21,30 @@ import torch
 from tqdm import tqdm
 
 from data.batch import VideoBatch
-from data.frame_selector import FrameSelector, SelectedFrames
+from data.frame_selector import FrameSelector
 from data.loader import build_loader
 from data.pipeline import build_dataset
-from models.retrieval_head import caption_tokens
 from trainer.config import RunConfig
 from trainer.distributed import DistInfo, gather_to_main
-from trainer.evaluation.caption_metrics import score_captions
+from trainer.evaluation.batch_outputs import base_model, batch_outputs
+from trainer.evaluation.clip_results import ClipResult, EvalResult
+from trainer.evaluation.frame_views import ORDERED
 from trainer.evaluation.rerank import caption_log_likelihood, rerank_top_k
 from trainer.evaluation.retrieval_metrics import retrieval_metrics
+from trainer.evaluation.set_scores import (
+    SetScores,
+    caption_set_scores,
+    choice_set_scores,
+    retrieval_set_scores,
+    similarity_matrix,
+    view_prefix,
+)
 
 TASKS = ("caption", "retrieval")
 
 
-@dataclass
-class ClipResult:
-    """What evaluation keeps of one clip (numpy / lists only: it is pickled to rank 0).
-
-    Attributes:
-        prediction: generated caption ("" when the model emitted nothing).
-        references: every reference caption.
-        selected: indices of the K kept frames among the N candidates.
-        gates: gated layer name → the clip's K gates (temporal adapters), else {}.
-        video_embedding: float32 [E] or None (no retrieval head).
-        text_embeddings: float32 [R, E], one per reference, or None.
-        frames: uint8 [N, 3, H, W] candidate frames, kept for the first clips only (the report).
-        pixels: float32 [K, 3, H, W] the model's input frames, kept when re-ranking needs them.
-        frame_scores: float32 [K, S] their selector scores, kept with ``pixels``.
-    """
-
-    prediction: str
-    references: list[str]
-    selected: list[int]
-    gates: dict[str, list[float]] = field(default_factory=dict)
-    video_embedding: np.ndarray | None = None
-    text_embeddings: np.ndarray | None = None
-    frames: np.ndarray | None = None
-    pixels: np.ndarray | None = None
-    frame_scores: np.ndarray | None = None
-
-
-@dataclass
-class EvalResult:
-    """Rank 0's result: scores (metric name → value), the clips by key, the tasks run and, for
-    retrieval, each clip's top-5 videos [(key, similarity)]."""
-
-    scores: dict[str, float]
-    clips: dict[str, ClipResult]
-    tasks: tuple[str, ...]
-    rankings: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-
-
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def has_retrieval_head(model: Any) -> bool:
-    return getattr(_base(model), "retrieval_head", None) is not None
-
-
-def _embed_references(model: Any, processor: Any, references: list[list[str]], device: torch.device) -> list:
-    """Text embeddings float32 [R_i, E] of each clip's references, tokenized as in training."""
-    flat = [ref for refs in references for ref in refs]
-    tokens = processor.pad([processor.training_example(ref) for ref in flat])
-    ids, mask = caption_tokens(tokens["input_ids"], tokens["labels"], processor.tokenizer.pad_token_id)
-    embeddings = model.embed_text(ids.to(device), mask.to(device)).float().cpu().numpy()
-    bounds = np.cumsum([0] + [len(refs) for refs in references])
-    return [embeddings[a:b] for a, b in itertools.pairwise(bounds.tolist())]
-
-
-def _gates(model: Any, batch_size: int) -> list[dict[str, list[float]]]:
-    """Per clip, the gates of the latest forward (empty dicts without temporal layers)."""
-    context = getattr(_base(model), "frame_gate_context", None)
-    if context is None:
-        return [{} for _ in range(batch_size)]
-    from models.temporal_lora import gate_statistics
-
-    stats = gate_statistics(model)
-    return [{name: gates[i].tolist() for name, gates in stats.items()} for i in range(batch_size)]
+    return getattr(base_model(model), "retrieval_head", None) is not None
 
 
 @torch.no_grad()
@@ -144,20 +90,22 @@ def run_clips(
     for batch in itertools.islice(loader, num_batches):
         batch = batch.to(device)
         selected = selector(batch.frames, dtype=dtype)
-        predictions, videos, texts = _batch_outputs(
-            model, processor, batch, selected, cfg, tasks, synced_ranks, device
-        )
-        gates = _gates(model, batch.batch_size)
+        out = batch_outputs(model, processor, batch, selected, cfg, tasks, synced_ranks, device)
+        metas = batch.metas or [{} for _ in batch.keys]
         for i, (key, is_padding) in enumerate(zip(batch.keys, batch.is_padding.tolist(), strict=True)):
             if is_padding:  # a repeat that keeps ranks in step, not another clip
                 continue
             clips[key] = ClipResult(
-                prediction=predictions[i],
+                prediction=out.predictions[i],
                 references=batch.references[i],
                 selected=selected.indices[i].tolist(),
-                gates=gates[i],
-                video_embedding=videos[i],
-                text_embeddings=texts[i],
+                gates=out.gates[i],
+                video_embedding=out.embeddings[ORDERED][i] if out.embeddings else None,
+                text_embeddings=out.texts[i],
+                meta=metas[i],
+                view_embeddings={v: e[i] for v, e in out.embeddings.items() if v != ORDERED},
+                choices=out.choices[i],
+                choice_scores={v: c[i] for v, c in out.choice_scores.items() if c[i] is not None},
                 frames=_frames(batch, i) if len(clips) < keep_frames else None,
                 pixels=selected.frames[i].float().cpu().numpy() if keep_pixels else None,
                 frame_scores=selected.scores[i].cpu().numpy() if keep_pixels else None,
@@ -169,52 +117,13 @@ def run_clips(
     return dict(sorted(clips.items())[:limit])
 
 
-def _batch_outputs(
-    model: Any,
-    processor: Any,
-    batch: VideoBatch,
-    selected: SelectedFrames,
-    cfg: RunConfig,
-    tasks: tuple[str, ...],
-    synced_ranks: bool,
-    device: torch.device,
-) -> tuple[list[str], list[Any], list[Any]]:
-    """One batch of B clips through the model for ``tasks``: per clip, the generated caption ("" without
-    "caption"), the video embedding float32 [E] and the references' embeddings float32 [R, E] (None
-    without "retrieval"). ``selected.frames``: [B, K, 3, H, W]; ``selected.scores``: [B, K, S]."""
-    n = batch.batch_size
-    predictions = [""] * n
-    if "caption" in tasks:
-        prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
-        generated = model.generate(
-            pixel_values=selected.frames,
-            frame_scores=selected.scores,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            num_beams=cfg.eval.num_beams,
-            do_sample=False,
-            synced_gpus=synced_ranks,
-            **prompt,
-        )
-        predictions = processor.decode(generated)
-    videos: list[Any] = [None] * n
-    texts: list[Any] = [None] * n
-    if "retrieval" in tasks:
-        videos = list(model.embed_video(selected.frames, selected.scores).float().cpu().numpy())
-        texts = _embed_references(model, processor, batch.references, device)
-    return predictions, videos, texts
-
-
 def _frames(batch: VideoBatch, i: int) -> np.ndarray:
     return batch.frames[i].cpu().numpy()
 
 
 def retrieval_scores(clips: dict[str, ClipResult]) -> tuple[dict[str, float], np.ndarray, list[int]]:
     """Retrieval metrics over ``clips`` (in key order); also the caption × video similarity and owners."""
-    keys = list(clips)
-    videos = np.stack([clips[k].video_embedding for k in keys])  # [V, E]
-    texts = np.concatenate([clips[k].text_embeddings for k in keys])  # [C, E]
-    owner = [v for v, k in enumerate(keys) for _ in range(len(clips[k].text_embeddings))]
-    similarity = texts @ videos.T  # [C, V] cosine similarities (unit-norm embeddings)
+    similarity, owner = similarity_matrix(clips)
     return retrieval_metrics(similarity, owner), similarity, owner
 
 
@@ -286,23 +195,22 @@ def evaluate(
     if not merged:
         raise RuntimeError(f"no evaluation clips could be read from {shards or cfg.data.eval_shards}")
     clips = {k: merged[k] for k in sorted(merged)[: cfg.eval.num_samples]}
-    scores: dict[str, float] = {}
+    result = SetScores()
     if "caption" in tasks:
-        scores.update(
-            score_captions(
-                {k: c.prediction for k, c in clips.items()}, {k: c.references for k, c in clips.items()}
-            )
-        )
+        result.add(caption_set_scores(clips))
+    for view in (ORDERED, *cfg.eval.controls):
+        result.add(choice_set_scores(clips, view), view_prefix(view))
+        if "retrieval" in tasks:
+            result.add(retrieval_set_scores(clips, view), view_prefix(view))
     rankings: dict[str, list[tuple[str, float]]] = {}
     if "retrieval" in tasks:
-        metrics, similarity, owner = retrieval_scores(clips)
-        scores.update(metrics)
+        similarity, owner = similarity_matrix(clips)
         rankings = top_videos(clips, similarity, owner)
         if rerank:
             reranked = rerank_top_k(similarity, rerank, _pair_likelihood(model, processor, clips, cfg, dtype))
             t2v = {k: v for k, v in retrieval_metrics(reranked, owner).items() if k.startswith("t2v")}
-            scores.update({f"rerank_{k}": v for k, v in t2v.items()})
-    return EvalResult(scores, clips, tuple(tasks), rankings)
+            result.scores.update({f"rerank_{k}": v for k, v in t2v.items()})
+    return EvalResult(result.scores, clips, tuple(tasks), rankings, result.chance, result.per_clip)
 
 
 def _pair_likelihood(
@@ -333,7 +241,9 @@ def log_eval_result(tracker: Any, result: EvalResult, step: int) -> dict[str, fl
     """Log an in-training evaluation: ``eval/<metric>`` at ``step`` and every clip's caption as
     ``eval/captions_step<step>.json``. Returns the logged scores."""
     scores = {f"eval/{k}": v for k, v in result.scores.items()}
-    tracker.log(scores, step=step)
+    tracker.log({**scores, **{f"eval/chance/{k}": v for k, v in result.chance.items()}}, step=step)
     captions = {k: {"prediction": c.prediction, "references": c.references} for k, c in result.clips.items()}
     tracker.log_dict(captions, f"eval/captions_step{step}.json")
+    if result.per_clip:
+        tracker.log_dict(result.per_clip, f"eval/per_clip_step{step}.json")
     return scores

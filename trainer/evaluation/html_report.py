@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainer.evaluation.eval_pass import ClipResult
+from trainer.evaluation.clip_results import ClipResult
 
 _KEPT = (255, 140, 0)  # outline of the kept frames
 _BORDER = 3

@@ -1,0 +1,148 @@
+"""What evaluation computes for one batch of clips: captions, embeddings, choice likelihoods, gates.
+
+Per batch of B clips with K kept frames each (``selected.frames`` [B, K, 3, H, W]):
+
+- "caption": a greedy / beam generation from the ordered frames;
+- "retrieval": the video embedding of every frame view (`frame_views`: ordered and the controls)
+  and one text embedding per reference;
+- forced choice (clips with SynthVid ground truth): log p(caption | frames) of each candidate of
+  the clip's closed choice set (`data.synthvid_grammar.choice_set`), for every frame view;
+- the temporal gates of the ordered forward (temporal adapters).
+
+The views are computed here, while the batch's frames are on the device, so nothing K x 3 x H x W
+per clip has to be kept for later.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.batch import VideoBatch
+from data.frame_selector import SelectedFrames
+from data.synthvid_grammar import choice_set
+from models.retrieval_head import caption_tokens
+from trainer.config import RunConfig
+from trainer.evaluation.forced_choice import choice_log_likelihoods
+from trainer.evaluation.frame_views import ORDERED, frame_view
+from trainer.evaluation.rerank import caption_log_likelihood
+from trainer.evaluation.structured_metrics import has_ground_truth
+
+
+@dataclass
+class BatchOutputs:
+    """Per clip of the batch (lists of length B).
+
+    Attributes:
+        predictions: generated captions ("" without "caption").
+        embeddings: view → per clip float32 [E] video embedding (empty without "retrieval").
+        texts: per clip float32 [R, E] reference embeddings, or None without "retrieval".
+        choices: per clip the candidate captions (true one first), [] without ground truth.
+        choice_scores: view → per clip float64 [M] log-likelihoods, None without ground truth.
+        gates: per clip, gated layer name → its K gates ({} without temporal layers).
+    """
+
+    predictions: list[str]
+    embeddings: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    texts: list[np.ndarray | None] = field(default_factory=list)
+    choices: list[list[str]] = field(default_factory=list)
+    choice_scores: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
+    gates: list[dict[str, list[float]]] = field(default_factory=list)
+
+
+def base_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def batch_outputs(
+    model: Any,
+    processor: Any,
+    batch: VideoBatch,
+    selected: SelectedFrames,
+    cfg: RunConfig,
+    tasks: tuple[str, ...],
+    synced_ranks: bool,
+    device: torch.device,
+) -> BatchOutputs:
+    """Everything evaluation keeps of one batch (see the module docstring)."""
+    n = batch.batch_size
+    views = (ORDERED, *cfg.eval.controls)
+    out = BatchOutputs(predictions=[""] * n, texts=[None] * n)
+    if "caption" in tasks:
+        prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
+        generated = model.generate(
+            pixel_values=selected.frames,
+            frame_scores=selected.scores,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            num_beams=cfg.eval.num_beams,
+            do_sample=False,
+            synced_gpus=synced_ranks,
+            **prompt,
+        )
+        out.predictions = processor.decode(generated)
+    truths = [has_ground_truth(meta) for meta in _metas(batch)]
+    out.choices = [choice_set(meta) if truth else [] for meta, truth in zip(_metas(batch), truths, strict=True)]
+    for view in views:
+        frames, scores = frame_view(view, selected.frames, selected.scores, batch.keys)
+        if "retrieval" in tasks:
+            out.embeddings[view] = list(model.embed_video(frames, scores).float().cpu().numpy())
+        if view == ORDERED:
+            # The gates of the latest forward over the B ordered clips, before the choice scoring's
+            # forwards over (clip, candidate) pairs replace them.
+            out.gates = _gates(model, n)
+        if cfg.eval.forced_choice and any(truths):
+            out.choice_scores[view] = _choice_scores(model, processor, frames, scores, out.choices, cfg)
+    if "retrieval" in tasks:
+        out.texts = _embed_references(model, processor, batch.references, device)
+    return out
+
+
+def _metas(batch: VideoBatch) -> list[dict[str, Any]]:
+    return batch.metas or [{} for _ in range(batch.batch_size)]
+
+
+def _choice_scores(
+    model: Any,
+    processor: Any,
+    frames: torch.Tensor,
+    scores: torch.Tensor | None,
+    choices: list[list[str]],
+    cfg: RunConfig,
+) -> list[np.ndarray | None]:
+    """Per clip float64 [M] log p(candidate | frames), None for clips without a choice set."""
+    rows = [i for i, c in enumerate(choices) if c]
+
+    def score(pairs: list[tuple[int, str]]) -> np.ndarray:
+        index = torch.tensor([rows[clip] for clip, _ in pairs], device=frames.device)
+        picked = None if scores is None else scores[index.to(scores.device)]
+        return caption_log_likelihood(model, processor, [text for _, text in pairs], frames[index], picked)
+
+    table = choice_log_likelihoods(score, [choices[i] for i in rows], batch_size=cfg.eval.batch_size)
+    out: list[np.ndarray | None] = [None] * len(choices)
+    for row, i in enumerate(rows):
+        out[i] = table[row]
+    return out
+
+
+def _embed_references(model: Any, processor: Any, references: list[list[str]], device: torch.device) -> list:
+    """Text embeddings float32 [R_i, E] of each clip's references, tokenized as in training."""
+    flat = [ref for refs in references for ref in refs]
+    tokens = processor.pad([processor.training_example(ref) for ref in flat])
+    ids, mask = caption_tokens(tokens["input_ids"], tokens["labels"], processor.tokenizer.pad_token_id)
+    embeddings = model.embed_text(ids.to(device), mask.to(device)).float().cpu().numpy()
+    bounds = np.cumsum([0] + [len(refs) for refs in references])
+    return [embeddings[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+
+
+def _gates(model: Any, batch_size: int) -> list[dict[str, list[float]]]:
+    """Per clip, the gates of the latest forward (empty dicts without temporal layers)."""
+    if getattr(base_model(model), "frame_gate_context", None) is None:
+        return [{} for _ in range(batch_size)]
+    from models.temporal_lora import gate_statistics
+
+    stats = gate_statistics(model)
+    return [{name: gates[i].tolist() for name, gates in stats.items()} for i in range(batch_size)]
