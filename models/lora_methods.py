@@ -21,7 +21,6 @@ base and optional checkpointing — is done here directly.
 from __future__ import annotations
 
 import math
-
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass

@@ -36,7 +36,8 @@ from trainer.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
-# The eval split's clips are drawn from another stream than the training clips of the same seed.
+# The eval split's clips come from data.synthvid.eval_seed + this offset: another stream than the
+# training clips of any data.synthvid.seed below it.
 EVAL_SEED_OFFSET = 1_000_003
 
 
@@ -146,7 +147,7 @@ def _shards(cfg: RunConfig, split: str) -> Asset | None:
     num = synth.num_train if split == "train" else synth.num_eval
     if num <= 0:
         raise ConfigError(f"{key} is null and data.synthvid.num_{split} is {num}: nothing to generate")
-    seed = synth.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
+    seed = synth.eval_seed + EVAL_SEED_OFFSET if split == "eval" else synth.seed
     options = {
         "task": synth.task,
         "num": num,

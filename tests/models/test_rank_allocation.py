@@ -145,7 +145,7 @@ def test_rslora_group_alphas_keep_the_root_rank_scale(tiny_ckpt):
     """With per-group ranks under rsLoRA the default alphas keep the scale alpha / sqrt(r) in every group."""
     ranks = {"vision": 4, "llm": 16}
     model = apply_adapter(_nf4(tiny_ckpt), "ranked_qlora", ranks=ranks, alpha=8, r=8, rslora=True)
-    for group, rank in ranks.items():
+    for group in ranks:
         layers = [
             layer
             for name, layer in model.get_base_model().named_modules()

@@ -93,6 +93,17 @@ def test_generated_assets_are_named_after_their_settings_and_found_again(tmp_pat
     assert other.data.eval_shards == cfg.data.eval_shards
 
 
+def test_a_data_seed_draws_other_training_clips_and_the_same_eval_clips(tmp_path):
+    cfg, other = _demo(tmp_path), _demo(tmp_path, "data.synthvid.seed=3")
+    resolve_assets(cfg)
+    resolve_assets(other)
+    assert other.data.train_shards != cfg.data.train_shards
+    assert other.data.eval_shards == cfg.data.eval_shards  # paired comparisons need the same clips
+    moved = _demo(tmp_path, "data.synthvid.eval_seed=1")
+    resolve_assets(moved)
+    assert moved.data.eval_shards != cfg.data.eval_shards and moved.data.train_shards == cfg.data.train_shards
+
+
 def test_generate_keeps_the_copy_another_run_finished_first(tmp_path):
     final = tmp_path / "asset"
 

@@ -17,6 +17,10 @@ Reads the experiment's FINISHED runs back from MLflow, groups them by configurat
   only in their rank, with the fitted law ``q(r) = a - b * r**(-c)`` (scipy.optimize.curve_fit; a
   log-linear least-squares fit ``q = a + b ln r`` when there are fewer than 3 ranks or the power
   law does not converge; the JSON says which);
+- with ``--sweep`` (the sweep file's ``metric``, ``baselines``, ``claims``; ``claims``):
+  ``deltas.md`` / ``deltas.csv``, every configuration's paired Δ against its task's baseline with a
+  95% CI over seeds and clips, and ``claims.md`` / ``claims.json``, each pre-registered claim's
+  primary comparison, Holm-adjusted p, controls and verdict;
 - ``comparison.json``: all of the above in one file (what ``results_readme`` reads).
 
 Everything is also logged as artifacts of a run named ``comparison`` (tag ``sweep.kind=comparison``)
@@ -36,6 +40,16 @@ from typing import Any
 import pandas as pd
 
 from trainer.config import DEFAULT_TRACKING_URI
+from trainer.experiments.claims import (
+    ComparisonSpec,
+    decide,
+    deltas_vs_baselines,
+    load_comparison_spec,
+    markdown_claims,
+    markdown_deltas,
+    per_clip_table,
+    summary_of,
+)
 from trainer.experiments.compare_laws import fit_rank_law, rank_series
 from trainer.experiments.compare_plots import plot_pareto, plot_rank_law
 from trainer.experiments.compare_runs import (
@@ -66,11 +80,14 @@ def compare(
     rank_key: str = "adapter.r",
     log_to_mlflow: bool = True,
     split_by: str | None = None,
+    sweep_file: str | Path | None = None,
 ) -> Comparison:
     """Read, aggregate, plot and write everything (see the module docstring); returns what it built.
 
     ``split_by``: a config key (e.g. ``data.synthvid.task``) whose values are separate problems; each
     value gets its own Pareto plots, as qualities of different tasks do not share an axis.
+    ``sweep_file``: the sweep's YAML; its ``metric`` / ``baselines`` / ``claims`` (``claims``) add
+    the paired Δ table and the claims' verdicts.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +128,12 @@ def compare(
             files.update({"rank_law.png": "rank_law.png", "rank_law.json": "rank_law.json"})
             break
 
+    claims = None
+    if sweep_file is not None:
+        claims = _paired_results(tracking_uri, runs, load_comparison_spec(sweep_file), split_by, out, files)
+
     summary = {
+        "claims": claims,
         "experiment": experiment,
         "tracking_uri": tracking_uri,
         "runs": len(runs),
@@ -127,6 +149,33 @@ def compare(
     if log_to_mlflow:
         _log_comparison(tracking_uri, experiment, out, summary)
     return Comparison(runs, table, quality, memory, files, rank_law)
+
+
+def _paired_results(
+    tracking_uri: str,
+    runs: pd.DataFrame,
+    spec: ComparisonSpec,
+    split_by: str | None,
+    out: Path,
+    files: dict[str, str],
+) -> list[dict[str, Any]] | None:
+    """deltas.md / deltas.csv (every configuration vs its task's baseline) and claims.md /
+    claims.json (the pre-registered claims' verdicts) from the runs' per-clip outcomes."""
+    table = per_clip_table(tracking_uri, runs)
+    if table.empty:
+        return None
+    if spec.metric and spec.baselines and split_by:
+        deltas = deltas_vs_baselines(table, runs, spec.baselines, spec.metric, split_by)
+        deltas.to_csv(out / "deltas.csv", index=False)
+        (out / "deltas.md").write_text(markdown_deltas(deltas, spec.metric))
+        files.update({"deltas.csv": "deltas.csv", "deltas.md": "deltas.md"})
+    if not spec.claims:
+        return None
+    results = summary_of(decide(table, spec.claims))
+    (out / "claims.json").write_text(json.dumps(results, indent=2))
+    (out / "claims.md").write_text(markdown_claims(results))
+    files.update({"claims.json": "claims.json", "claims.md": "claims.md"})
+    return results
 
 
 def _split(runs: pd.DataFrame, table: pd.DataFrame, split_by: str | None) -> dict[str, pd.DataFrame]:
@@ -169,9 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--split-by", help="config key whose values get separate Pareto plots (e.g. data.synthvid.task)"
     )
+    parser.add_argument(
+        "--sweep",
+        help="the sweep's YAML: its metric, baselines and claims give the paired Δ table and verdicts",
+    )
     args = parser.parse_args(argv)
     result = compare(
-        args.tracking_uri, args.experiment, args.out, args.rank_key, not args.no_mlflow, args.split_by
+        args.tracking_uri,
+        args.experiment,
+        args.out,
+        args.rank_key,
+        not args.no_mlflow,
+        args.split_by,
+        args.sweep,
     )
     print((Path(args.out) / "table.md").read_text())
     print(

@@ -20,8 +20,17 @@ from trainer.config import is_setting, param_text
 
 # Settings that differ between the seeds / runs of one configuration without changing what is
 # compared. assets_dir only says where generated inputs are kept; what they hold follows from the
-# settings.
-RUN_SPECIFIC_KEYS = ("seed", "output_dir", "assets_dir", "tracking.run_name", "tracking.experiment", "tracking.uri")
+# settings. data.synthvid.seed draws the training clips: a seed of the data, as `seed` is of the
+# initialisation (the eval clips have their own, data.synthvid.eval_seed, which does count).
+RUN_SPECIFIC_KEYS = (
+    "seed",
+    "data.synthvid.seed",
+    "output_dir",
+    "assets_dir",
+    "tracking.run_name",
+    "tracking.experiment",
+    "tracking.uri",
+)
 
 
 def configuration(settings: Mapping[str, Any]) -> dict[str, str]:

@@ -4,8 +4,9 @@
 
     python -m trainer.experiments.results_readme --comparison docs/results/synthvid --readme README.md
 
-Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` with the table,
-the Pareto plots and the rank-quality law of that comparison, so the numbers in the README are the
+Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` with the claims'
+verdicts, the table, the paired differences, the Pareto plots and the rank-quality law of that
+comparison, so the numbers in the README are the
 ones the last ``make experiments`` produced, never typed by hand. Images are linked relative to the
 README; the rest of the file is left as it is.
 """
@@ -34,9 +35,30 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
         f"{summary['runs']} runs in {summary['configurations']} configurations, mean ± std over seeds. "
         "Do not edit by hand._",
         "",
+    ]
+    if (comparison_dir / "claims.md").is_file():
+        lines += [
+            "**The claims** (pre-registered in the sweep file: one primary comparison each, paired over "
+            "the same eval clips and seeds; Δ in percentage points with a 95% CI from a crossed seed × "
+            "clip bootstrap; p Holm-adjusted over the claims; a claim is supported only if its controls "
+            "hold too):",
+            "",
+            (comparison_dir / "claims.md").read_text().rstrip(),
+            "",
+        ]
+    lines += [
+        "Every configuration, mean ± std over seeds:",
+        "",
         (comparison_dir / "table.md").read_text().rstrip(),
         "",
     ]
+    if (comparison_dir / "deltas.md").is_file():
+        lines += [
+            "Each configuration against its task's baseline, paired over seeds and clips (raw p):",
+            "",
+            (comparison_dir / "deltas.md").read_text().rstrip(),
+            "",
+        ]
     if summary.get("memory") == "memory/peak_rss_gib":
         lines += ["Peak memory is the training process's peak RSS (CPU run), not tensor memory alone.", ""]
     elif summary.get("memory") == "memory/analytic_1b_train_state_gib":
@@ -73,7 +95,9 @@ def replace_section(text: str, section: str, where: str = "README") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.experiments.results_readme", description=__doc__)
-    parser.add_argument("--comparison", required=True, type=Path, help="a trainer.experiments.compare --out folder")
+    parser.add_argument(
+        "--comparison", required=True, type=Path, help="a trainer.experiments.compare --out folder"
+    )
     parser.add_argument("--readme", default=Path("README.md"), type=Path)
     parser.add_argument("--command", default="make experiments", help="named in the section as its source")
     args = parser.parse_args(argv)

@@ -58,7 +58,8 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
             label = _slug("-".join([group.name, *labels]))
             base = {**spec.overrides, **group.overrides, **params}
             for seed in spec.seeds:
-                overrides = [f"{k}={v}" for k, v in base.items() if k != "seed"] + [f"seed={seed}"]
+                overrides = [f"{k}={v}" for k, v in base.items() if k not in spec.seed_keys]
+                overrides += [f"{k}={seed}" for k in spec.seed_keys]
                 try:
                     flat = load_config(spec.config, overrides).flat()
                 except ConfigError as err:
@@ -69,7 +70,7 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
                     if group.name not in seen.groups:
                         seen.groups.append(group.name)
                     for k, v in {**group.overrides, **params}.items():
-                        if k != "seed":
+                        if k not in spec.seed_keys:
                             seen.params.setdefault(k, v)
                     seen.axis_labels.update(
                         {a.name: v.label for a, v in zip(group.axes, combo, strict=True) if not a.is_key}
@@ -82,7 +83,7 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
                     seed=seed,
                     groups=[group.name],
                     overrides=overrides,
-                    params={k: v for k, v in {**group.overrides, **params}.items() if k != "seed"},
+                    params={k: v for k, v in {**group.overrides, **params}.items() if k not in spec.seed_keys},
                     axis_labels={
                         a.name: v.label for a, v in zip(group.axes, combo, strict=True) if not a.is_key
                     },

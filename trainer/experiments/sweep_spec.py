@@ -15,6 +15,9 @@ import yaml
 
 from trainer.config import ConfigError
 
+# Sections of a sweep file that the comparison reads (trainer.experiments.claims), not the sweep.
+COMPARISON_KEYS = ("metric", "baselines", "claims")
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -45,6 +48,9 @@ class SweepSpec:
     seeds: list[int]
     groups: list[Group]
     overrides: dict[str, str] = field(default_factory=dict)
+    # The keys set to the run's seed: "seed" (initialisation, data order, dropout) and, for sweeps
+    # whose seeds should also draw other training data, e.g. data.synthvid.seed.
+    seed_keys: list[str] = field(default_factory=lambda: ["seed"])
 
 
 def split_values(text: str) -> list[str]:
@@ -100,18 +106,20 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     """Read a YAML sweep file (see configs/synthvid/experiments.yaml for the format)::
 
     experiment: NAME            config: base.yaml            seeds: 3 (or [0, 1, 2])
+    seed_keys: [seed, data.synthvid.seed]   keys set to the run's seed (default [seed])
     set: {key: value}           overrides of every run
     variants: {axis: {label: {key: value, ...}, ...}}   named variant lists
     groups:
       - name: rank
         set: {adapter.method: qlora}
         grid: {task: [order], adapter.r: [8, 16, 32]}   an axis name or a config key
+    metric / baselines / claims: what the comparison reports (trainer.experiments.claims)
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    known = {"experiment", "config", "seeds", "set", "variants", "groups"}
+    known = {"experiment", "config", "seeds", "seed_keys", "set", "variants", "groups", *COMPARISON_KEYS}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
@@ -159,7 +167,14 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
         seeds=seed_list(raw.get("seeds", 1)),
         groups=groups,
         overrides=_overrides(raw.get("set"), f"{path}: set"),
+        seed_keys=_seed_keys(raw.get("seed_keys", ["seed"]), path),
     )
+
+
+def _seed_keys(keys: Any, path: Path) -> list[str]:
+    if not isinstance(keys, list) or "seed" not in keys or not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"{path}: seed_keys must be a list of config keys that includes seed, got {keys!r}")
+    return keys
 
 
 def seed_list(seeds: Any) -> list[int]:

@@ -132,6 +132,19 @@ def test_ablation_file_merges_groups_and_shares_identical_runs(tmp_path):
     }
 
 
+def test_seed_keys_draw_data_per_seed_within_one_configuration(tmp_path):
+    path = tmp_path / "abl.yaml"
+    path.write_text(yaml.safe_dump({**ABLATIONS, "seed_keys": ["seed", "data.synthvid.seed"]}))
+    runs = [r for r in expand(load_sweep_file(path)) if r.label == "methods-qlora"]
+    assert [r.seed for r in runs] == [0, 1]
+    for run in runs:
+        assert f"seed={run.seed}" in run.overrides and f"data.synthvid.seed={run.seed}" in run.overrides
+    assert runs[0].config_id == runs[1].config_id  # a data seed is a seed, not another configuration
+    path.write_text(yaml.safe_dump({**ABLATIONS, "seed_keys": ["data.synthvid.seed"]}))
+    with pytest.raises(ConfigError, match="seed_keys"):
+        load_sweep_file(path)
+
+
 def test_ablation_file_errors_name_the_place(tmp_path):
     bad = dict(ABLATIONS, groups=[{"name": "m", "grid": {"method": ["qlora", "dora"]}}])
     path = tmp_path / "bad.yaml"
