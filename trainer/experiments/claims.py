@@ -166,8 +166,9 @@ def _values(table: pd.DataFrame, config: str, metric: str) -> pd.DataFrame:
     rows = table[(table["config"] == config) & (table["metric"] == metric)]
     if rows.empty:
         known = sorted(table.loc[table["metric"] == metric, "config"].unique())
+        shown = ", ".join(known[:6]) + (f" and {len(known) - 6} more" if len(known) > 6 else "")
         raise ValueError(
-            f"no per-clip {metric!r} for configuration {config!r}; configurations with it: {known}"
+            f"no per-clip {metric!r} for configuration {config!r} (configurations that have it: {shown or 'none'})"
         )
     return rows[["seed", "clip", "value"]]
 

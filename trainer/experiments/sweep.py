@@ -5,7 +5,7 @@
     python -m trainer.experiments.sweep --config configs/demo.yaml \\
         --grid adapter.method=qlora,temporal_qlora adapter.r=8,16,32 selector.k=4,8 --seeds 3
     python -m trainer.experiments.sweep --sweep configs/synthvid/experiments.yaml   # named ablation groups
-    python -m trainer.experiments.sweep … --count | --dry-run | --index 7 | --slurm --partition=gpu
+    python -m trainer.experiments.sweep … --count | --dry-run | --index 7 | --jobs 2 | --slurm --partition=gpu
 
 A sweep is a list of *groups*, each the cartesian product of its *axes*, times the seeds. An axis
 is a config key with values (``adapter.r: [8, 16, 32]``) or a named list of *variants*, each a set
@@ -27,6 +27,10 @@ The parts: ``sweep_spec`` (groups, axes, variants; the sweep file), ``sweep_grid
 runs), ``sweep_launch`` (running them in sequence), ``sweep_slurm`` (the array job), this module
 (the command line).
 
+``--set`` overrides every run, the groups' own settings included (``--set train.steps=3`` makes a
+quick check of a whole sweep file). ``--jobs N`` runs N interleaved parts of the sweep side by side,
+each in its own process.
+
 Launchers (``--launcher``):
     fork       (default) each run is ``train.main`` in a child forked from this process, which has
                imported torch/DeepSpeed/transformers once (~10 s saved per run on 2 CPU cores). The
@@ -46,7 +50,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, load_config
 from trainer.experiments.sweep_grid import expand
-from trainer.experiments.sweep_launch import Settings, run_sweep, train_command
+from trainer.experiments.sweep_launch import Settings, run_in_parts, train_command
 from trainer.experiments.sweep_slurm import prepare_store, submit_array
 from trainer.experiments.sweep_spec import SweepSpec, grid_group, load_sweep_file, seed_list
 
@@ -61,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2", help="axes of a full product")
     parser.add_argument("--sweep", help="YAML sweep file of named ablation groups")
     parser.add_argument("--seeds", default=None, help="count (3 → seeds 0,1,2) or list (0,5,7); default 1")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of every run")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides of every run (above the groups')"
+    )
     parser.add_argument(
         "--experiment", help="MLflow experiment (default: the sweep file's, or <config>-sweep)"
     )
@@ -70,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--launcher", choices=("fork", "python", "deepspeed"), default="fork")
     parser.add_argument("--num-gpus", type=int, default=1, help="ranks per run with --launcher deepspeed")
     parser.add_argument("--index", type=int, help="run only combination INDEX (a SLURM array task)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs side by side (each single-threaded is best on few cores)"
+    )
     parser.add_argument("--count", action="store_true", help="print the number of runs and exit")
     parser.add_argument("--dry-run", action="store_true", help="list the runs (and commands), run nothing")
     return parser
@@ -95,7 +104,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         spec.seeds = seed_list(args.seeds)
     if args.experiment:
         spec.experiment = args.experiment
-    spec.overrides.update(dict(_split_override(o) for o in args.set))
+    spec.forced.update(dict(_split_override(o) for o in args.set))
     return spec
 
 
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"{len(runs)} runs, experiment {settings.experiment!r} at {settings.tracking_uri}")
         return 0
-    results = run_sweep(runs, settings)
+    results = run_in_parts(runs, settings, args.jobs)
     failed = [r["name"] for r in results if r["status"] == "FAILED"]
     if failed:
         print(

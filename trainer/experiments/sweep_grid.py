@@ -56,8 +56,8 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
                 for a, v in zip(group.axes, combo, strict=True)
             ]
             label = _slug("-".join([group.name, *labels]))
-            base = {**spec.overrides, **group.overrides, **params}
-            for seed in spec.seeds:
+            base = {**spec.overrides, **group.overrides, **params, **spec.forced}
+            for seed in group.seeds or spec.seeds:
                 overrides = [f"{k}={v}" for k, v in base.items() if k not in spec.seed_keys]
                 overrides += [f"{k}={seed}" for k in spec.seed_keys]
                 try:

@@ -1,4 +1,5 @@
-"""Launching: the runs of a sweep one after the other, each in a forked child or a subprocess.
+"""Launching: the runs of a sweep one after the other (or in a few parts side by side), each in a
+forked child or a subprocess.
 
 Finished runs are skipped and failed ones recorded (see ``trainer.experiments.sweep``); a stop
 signal (SIGTERM, SIGUSR1) is passed to the running child and ends the sweep after it.
@@ -6,6 +7,7 @@ signal (SIGTERM, SIGUSR1) is passed to the running child and ends the sweep afte
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -214,10 +216,62 @@ def run_sweep(runs: list[SweepRun], settings: Settings) -> list[dict[str, Any]]:
     return results
 
 
+def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[dict[str, Any]]:
+    """``run_sweep`` over ``jobs`` interleaved parts of ``runs`` at once, each part in a forked
+    process of its own (on a small machine several single-threaded runs side by side use the cores
+    better than one run's threads do). A stop signal is passed to every part."""
+    if jobs <= 1:
+        return run_sweep(runs, settings)
+    if settings.launcher == "fork":
+        import train  # noqa: F401  imported once, before the parts fork
+    from trainer.experiments.sweep_slurm import prepare_store
+
+    prepare_store(settings)  # parts that open a new sqlite store at once race on its schema
+    folder = settings.out_root / settings.experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {}
+    for part in range(jobs):
+        result_file = folder / f".part{part}-{os.getpid()}.json"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                result_file.write_text(json.dumps(run_sweep(runs[part::jobs], settings)))
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        parts[pid] = result_file
+
+    def forward(signum: int, frame: Any) -> None:
+        for pid in parts:
+            os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        for pid in parts:
+            os.waitpid(pid, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    results = []
+    for result_file in parts.values():
+        if result_file.is_file():
+            results += json.loads(result_file.read_text())
+            result_file.unlink()
+    return sorted(results, key=lambda r: r["index"])
+
+
 def _write_status(results: list[dict[str, Any]], settings: Settings) -> None:
-    """Merge this invocation's outcomes into <out_root>/<experiment>/sweep_status.json."""
+    """Merge this invocation's outcomes into <out_root>/<experiment>/sweep_status.json (under a lock:
+    the parts of `run_in_parts` finish at their own times)."""
     path = settings.out_root / settings.experiment / "sweep_status.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    status = json.loads(path.read_text()) if path.is_file() else {}
-    status.update({r["name"]: r for r in results})
-    path.write_text(json.dumps(dict(sorted(status.items(), key=lambda kv: kv[1]["index"])), indent=2))
+    with (path.parent / ".sweep_status.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = json.loads(path.read_text()) if path.is_file() else {}
+        status.update({r["name"]: r for r in results})
+        path.write_text(json.dumps(dict(sorted(status.items(), key=lambda kv: kv[1]["index"])), indent=2))

@@ -39,6 +39,7 @@ class Group:
     name: str
     axes: list[Axis]
     overrides: dict[str, str] = field(default_factory=dict)
+    seeds: list[int] | None = None  # this group's seeds; None: the sweep's
 
 
 @dataclass
@@ -51,6 +52,8 @@ class SweepSpec:
     # The keys set to the run's seed: "seed" (initialisation, data order, dropout) and, for sweeps
     # whose seeds should also draw other training data, e.g. data.synthvid.seed.
     seed_keys: list[str] = field(default_factory=lambda: ["seed"])
+    # The command line's --set: over every run, above the groups' own settings.
+    forced: dict[str, str] = field(default_factory=dict)
 
 
 def split_values(text: str) -> list[str]:
@@ -111,6 +114,7 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     variants: {axis: {label: {key: value, ...}, ...}}   named variant lists
     groups:
       - name: rank
+        seeds: [0]                  optional: this group's seeds instead of the sweep's
         set: {adapter.method: qlora}
         grid: {task: [order], adapter.r: [8, 16, 32]}   an axis name or a config key
     metric / baselines / claims: what the comparison reports (trainer.experiments.claims)
@@ -138,10 +142,10 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
         where = f"{path}: groups[{i}]"
         if not isinstance(g, dict) or "name" not in g:
             raise ConfigError(f"{where} must be a mapping with a name")
-        extra = sorted(set(g) - {"name", "set", "grid"})
+        extra = sorted(set(g) - {"name", "set", "grid", "seeds"})
         if extra:
             raise ConfigError(
-                f"{where} ({g['name']}): unknown keys {', '.join(extra)}; valid: grid, name, set"
+                f"{where} ({g['name']}): unknown keys {', '.join(extra)}; valid: grid, name, seeds, set"
             )
         axes = []
         for axis, values in (g.get("grid") or {}).items():
@@ -160,7 +164,8 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
                     f"{where} ({g['name']}): grid axis {axis!r} is neither a named variant list "
                     f"({', '.join(named) or 'none defined'}) nor a section.key"
                 )
-        groups.append(Group(str(g["name"]), axes, _overrides(g.get("set"), f"{where}.set")))
+        seeds = seed_list(g["seeds"]) if "seeds" in g else None
+        groups.append(Group(str(g["name"]), axes, _overrides(g.get("set"), f"{where}.set"), seeds))
     return SweepSpec(
         experiment=str(raw.get("experiment") or path.stem),
         config=str(raw["config"]),
