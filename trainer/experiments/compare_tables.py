@@ -47,9 +47,12 @@ def aggregate(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     grouped = runs.groupby("config_id", sort=False)
     table = grouped[["label", "method", "groups"]].first()
     table["n"] = grouped.size()
+    # One join of all the figures' columns: a column at a time fragments the frame (pandas warns).
+    figures = {}
     for col in columns:
-        table[f"{col}_mean"] = grouped[col].mean()
-        table[f"{col}_std"] = grouped[col].std(ddof=1).fillna(0.0)
+        figures[f"{col}_mean"] = grouped[col].mean()
+        figures[f"{col}_std"] = grouped[col].std(ddof=1).fillna(0.0)
+    table = table.join(pd.DataFrame(figures, index=table.index))
     params = [c for c in runs if c.startswith("param.")]
     if params:
         table = table.join(grouped[params].first())

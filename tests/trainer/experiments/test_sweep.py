@@ -180,7 +180,7 @@ def test_synthvid_experiments_file_expands(monkeypatch):
 def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server, tmp_path):
     """Two real tiny runs (2 seeds of QLoRA) through train.main in forked children, plus one
     combination the trainer refuses (LoRA on an NF4 base): recorded as FAILED, the sweep goes on;
-    run again, the finished runs are skipped.
+    run again, the finished runs are skipped. The first sweep runs in two parts side by side (--jobs 2).
 
     The sweep runs as users start it, ``python -m trainer.experiments.sweep`` in a fresh process: the fork
     launcher forks from a parent that has only imported the libraries. (Forking this pytest
@@ -193,6 +193,7 @@ def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server
         "--experiment", experiment,
         "--tracking-uri", mlflow_server.uri,
         "--out-root", str(tmp_path),
+        "--jobs", "2",  # two parts side by side, each forking its runs
         "--set", *asset_overrides(demo_assets), *DEMO_DATA,
         "model.quantization=nf4", "train.steps=2", "train.micro_batch_size=2", "train.count_flops=false",
         "eval.num_samples=4", "eval.batch_size=4", "eval.max_new_tokens=4", "tracking.flush_interval_s=0.2",
@@ -223,6 +224,7 @@ def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server
     )
     status = json.loads((tmp_path / experiment / "sweep_status.json").read_text())
     assert [s["status"] for s in status.values()] == ["FINISHED", "FINISHED", "FAILED", "FAILED"]
+    assert not list((tmp_path / experiment).glob(".part*"))  # the parts' result files are merged away
 
     again = _sweep_cli([*argv, "--index", "0"])
     assert "grid-method=qlora-s0: SKIPPED" in again.stdout, again.stdout[-3000:]
