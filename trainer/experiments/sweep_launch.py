@@ -149,25 +149,14 @@ def execute(run: SweepRun, settings: Settings) -> str:
 _child_pid: int | None = None
 
 
-def _fork(job: Any, log_path: Path) -> int:
-    """Run ``job()`` in a forked child with stdout/stderr appended to ``log_path``; its exit code."""
-    global _child_pid
+def _spawn(job: Any) -> int:
+    """Fork a child that runs ``job()`` and exits with its return code (1 if it raises); its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            # The sweep's forwarding handler is inherited: a signal sent to the child itself must act
-            # as on a plain `python train.py` (the trainer's PreemptionHandler during fit, else exit).
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
-                signal.signal(sig, signal.SIG_DFL)
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            # The parent's sys.stdout may not be fd 1 (a test's capture): write where the fds now point.
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
             code = job()
         except BaseException:
             traceback.print_exc()
@@ -175,6 +164,27 @@ def _fork(job: Any, log_path: Path) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    return pid
+
+
+def _fork(job: Any, log_path: Path) -> int:
+    """Run ``job()`` in a forked child with stdout/stderr appended to ``log_path``; its exit code."""
+    global _child_pid
+
+    def child() -> int:
+        # The sweep's forwarding handler is inherited: a signal sent to the child itself must act
+        # as on a plain `python train.py` (the trainer's PreemptionHandler during fit, else exit).
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        # The parent's sys.stdout may not be fd 1 (a test's capture): write where the fds now point.
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        return job()
+
+    pid = _spawn(child)
     _child_pid = pid
     try:
         _, status = os.waitpid(pid, 0)
@@ -229,22 +239,15 @@ def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[di
     prepare_store(settings)  # parts that open a new sqlite store at once race on its schema
     folder = settings.out_root / settings.experiment
     folder.mkdir(parents=True, exist_ok=True)
+
+    def part_job(part: int, result_file: Path) -> int:
+        result_file.write_text(json.dumps(run_sweep(runs[part::jobs], settings)))
+        return 0
+
     parts = {}
     for part in range(jobs):
         result_file = folder / f".part{part}-{os.getpid()}.json"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                result_file.write_text(json.dumps(run_sweep(runs[part::jobs], settings)))
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        parts[pid] = result_file
+        parts[_spawn(lambda p=part, f=result_file: part_job(p, f))] = result_file
 
     def forward(signum: int, frame: Any) -> None:
         for pid in parts:
