@@ -82,20 +82,22 @@ bench: $(STAMP)
 # base, sweep every method and ablation (5 seeds, two runs side by side) into MLflow, compare
 # (paired differences, the pre-registered claims) and write the README's results section
 # (<= 60 min on 2 CPU cores). `make experiments QUICK=1`: the same pipeline with 1 seed, 3 steps
-# per run and 16 eval clips, written under outputs/synthvid-quick/ (README copy included), to
-# check it end to end in minutes.
-SV_TRACKING := sqlite:///outputs/synthvid/mlflow.db
+# per run and 12 eval clips, everything (assets, MLflow store, results, a README copy) under
+# SV_ROOT (default outputs/synthvid-quick/), to check it end to end in minutes.
 ifdef QUICK
 SV_ROOT := outputs/synthvid-quick
 SV_EXPERIMENT := synthvid-quick
-SV_PRETRAIN_ARGS := train.steps=10 data.synthvid.num_train=64 output_dir=$(SV_ROOT)/pretrain tracking.experiment=synthvid-quick-pretrain
-SV_SWEEP_ARGS := --seeds 1 --set train.steps=3 train.eval_every=0 eval.num_samples=16 data.synthvid.num_train=32 data.synthvid.num_eval=16 model.name_or_path=$(SV_ROOT)/pretrain/adapter
-SV_OBSERVABILITY_ARGS := --num 8 --n 32 --k 2 4
+SV_TRACKING := sqlite:///$(SV_ROOT)/mlflow.db
+SV_QUICK_SET := assets_dir=$(SV_ROOT)/assets tracking.artifact_location=$(SV_ROOT)/mlartifacts
+SV_PRETRAIN_ARGS := train.steps=10 data.synthvid.num_train=32 output_dir=$(SV_ROOT)/pretrain tracking.uri=$(SV_TRACKING) tracking.experiment=synthvid-quick-pretrain $(SV_QUICK_SET)
+SV_SWEEP_ARGS := --seeds 1 --tracking-uri $(SV_TRACKING) --set train.steps=3 train.eval_every=0 eval.num_samples=12 data.synthvid.num_train=32 data.synthvid.num_eval=12 model.name_or_path=$(SV_ROOT)/pretrain/adapter $(SV_QUICK_SET)
+SV_OBSERVABILITY_ARGS := --num 4 --n 32 --k 2 4
 SV_RESULTS := $(SV_ROOT)/results
 SV_README := $(SV_ROOT)/README.md
 else
 SV_ROOT := outputs/synthvid
 SV_EXPERIMENT := synthvid
+SV_TRACKING := sqlite:///outputs/synthvid/mlflow.db
 SV_RESULTS := docs/results/synthvid
 SV_README := README.md
 endif
