@@ -12,20 +12,27 @@ Reads the experiment's FINISHED runs back from MLflow, groups them by configurat
   CIDEr, R@1, …), peak memory, step time, FLOPs per step and trainable parameters;
 - ``runs.csv``: one row per run, the figures the table is computed from;
 - ``pareto_<quality>_vs_<cost>.png``: quality against peak memory and against step time, the
-  configurations on the Pareto front (no other one is both cheaper and better) highlighted;
+  configurations on the Pareto front (no other one is both cheaper and better) highlighted; error
+  bars are the 95% seed × clip CI where the runs logged per-clip outcomes of the quality (else ± std
+  over seeds) and ± std of the cost where it varies, the chance level dashed where one is logged;
 - ``rank_law.png`` / ``rank_law.json``: quality against LoRA rank for the configurations that differ
   only in their rank, with the fitted law ``q(r) = a - b * r**(-c)`` (scipy.optimize.curve_fit; a
   log-linear least-squares fit ``q = a + b ln r`` when there are fewer than 3 ranks or the power
-  law does not converge; the JSON says which);
+  law does not converge; the JSON says which), with the 2.5–97.5% band of the law refitted on the
+  runs of each rank resampled with replacement (its parameters' percentiles in the JSON);
 - with ``--sweep`` (the sweep file's ``metric``, ``baselines``, ``claims``; ``claims``):
   ``deltas.md`` / ``deltas.csv``, every configuration's paired Δ against its task's baseline with a
   95% CI over seeds and clips, and ``claims.md`` / ``claims.json``, each pre-registered claim's
   primary comparison, Holm-adjusted p, controls and verdict;
+- ``learning_curves.png``, ``accuracy_vs_k.png``, ``observability_vs_accuracy.png`` (with the
+  observability report, ``--observability``; by default ``observability.json`` in ``--out``) and
+  ``direction_confusion.png``, each when its data are there (``compare_figures``);
 - ``comparison.json``: all of the above in one file (what ``results_readme`` reads).
 
 Everything is also logged as artifacts of a run named ``comparison`` (tag ``sweep.kind=comparison``)
 in the same experiment. The parts: ``compare_runs`` (reading the runs), ``compare_tables``,
-``compare_plots``, ``compare_laws`` (the rank-quality law), this module (the whole and its command).
+``compare_plots``, ``compare_laws`` (the rank-quality law), ``compare_figures`` (the figures of a
+SynthVid sweep), this module (the whole and its command).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from trainer.config import DEFAULT_TRACKING_URI
@@ -50,7 +58,8 @@ from trainer.experiments.claims import (
     per_clip_table,
     summary_of,
 )
-from trainer.experiments.compare_laws import fit_rank_law, rank_series
+from trainer.experiments.compare_figures import accuracy_table, write_figures
+from trainer.experiments.compare_laws import fit_rank_law, rank_law_band, rank_series
 from trainer.experiments.compare_plots import plot_pareto, plot_rank_law
 from trainer.experiments.compare_runs import (
     COMPARISON_TAG,
@@ -81,13 +90,15 @@ def compare(
     log_to_mlflow: bool = True,
     split_by: str | None = None,
     sweep_file: str | Path | None = None,
+    observability: str | Path | None = None,
 ) -> Comparison:
     """Read, aggregate, plot and write everything (see the module docstring); returns what it built.
 
     ``split_by``: a config key (e.g. ``data.synthvid.task``) whose values are separate problems; each
     value gets its own Pareto plots, as qualities of different tasks do not share an axis.
     ``sweep_file``: the sweep's YAML; its ``metric`` / ``baselines`` / ``claims`` (``claims``) add
-    the paired Δ table and the claims' verdicts.
+    the paired Δ table and the claims' verdicts. ``observability``: the observability report's JSON
+    (default: ``observability.json`` in ``out``, where ``make experiments`` writes it).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,36 +112,50 @@ def compare(
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(table, quality, memory))
 
+    # Read once: the Pareto plots' CIs, the figures and the claims all pair runs on these outcomes.
+    per_clip = per_clip_table(tracking_uri, runs)
     fronts = {}
-    for subset, part in _split(runs, table, split_by).items():
-        suffix = f"_{_file_part(subset)}" if subset else ""
-        for q in quality[:2]:
+    for q in quality[:2]:
+        ci = accuracy_table(per_clip, runs["label"].unique(), q.removeprefix("eval/"))
+        chance_col = "eval/chance/" + q.removeprefix("eval/")
+        chance = float(runs[chance_col].mean()) if chance_col in runs else None
+        for subset, part in _split(runs, table, split_by).items():
+            suffix = f"_{_file_part(subset)}" if subset else ""
             for cost in (memory, STEP_TIME):
                 if cost is None or part[f"{q}_mean"].notna().sum() == 0:
                     continue
                 name = f"pareto_{_file_part(q)}_vs_{'memory' if cost == memory else 'step_time'}{suffix}.png"
-                fronts[name] = plot_pareto(part, q, cost, out / name, subset)
+                fronts[name] = plot_pareto(
+                    part, q, cost, out / name, subset, ci if not ci.empty else None, chance
+                )
                 files[name] = name
 
     rank_law = None
     for q in quality:
         series = rank_series(runs, rank_key, q)
         if series is not None:
-            fit = fit_rank_law(series["rank"].to_numpy(), series[q].to_numpy())
+            ranks, values = series["rank"].to_numpy(), series[q].to_numpy()
+            fit = fit_rank_law(ranks, values)
+            band = rank_law_band(ranks, values, fit, np.geomspace(ranks.min(), ranks.max(), 100))
             rank_law = {
                 "rank_key": rank_key,
                 "metric": q,
                 "configurations": sorted(series["label"].unique()),
                 **fit,
+                "band": {k: band[k] for k in ("resamples", "used", "percentiles", "params")},
             }
-            plot_rank_law(series, q, fit, rank_key, out / "rank_law.png")
+            plot_rank_law(series, q, fit, rank_key, out / "rank_law.png", band)
             (out / "rank_law.json").write_text(json.dumps(rank_law, indent=2))
             files.update({"rank_law.png": "rank_law.png", "rank_law.json": "rank_law.json"})
             break
 
     claims = None
     if sweep_file is not None:
-        claims = _paired_results(tracking_uri, runs, load_comparison_spec(sweep_file), split_by, out, files)
+        claims = _paired_results(per_clip, runs, load_comparison_spec(sweep_file), split_by, out, files)
+
+    report = Path(observability) if observability is not None else out / "observability.json"
+    figures = write_figures(tracking_uri, runs, per_clip, out, report)
+    files.update({name: name for name in figures})
 
     summary = {
         "claims": claims,
@@ -142,6 +167,7 @@ def compare(
         "memory": memory,
         "pareto_fronts": fronts,
         "rank_law": rank_law,
+        "figures": figures,
         "files": files,
     }
     (out / "comparison.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -152,7 +178,7 @@ def compare(
 
 
 def _paired_results(
-    tracking_uri: str,
+    table: pd.DataFrame,
     runs: pd.DataFrame,
     spec: ComparisonSpec,
     split_by: str | None,
@@ -160,8 +186,8 @@ def _paired_results(
     files: dict[str, str],
 ) -> list[dict[str, Any]] | None:
     """deltas.md / deltas.csv (every configuration vs its task's baseline) and claims.md /
-    claims.json (the pre-registered claims' verdicts) from the runs' per-clip outcomes."""
-    table = per_clip_table(tracking_uri, runs)
+    claims.json (the pre-registered claims' verdicts) from the runs' per-clip outcomes (``table``:
+    `claims.per_clip_table`)."""
     if table.empty:
         return None
     if spec.metric and spec.baselines and split_by:
@@ -222,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep",
         help="the sweep's YAML: its metric, baselines and claims give the paired Δ table and verdicts",
     )
+    parser.add_argument(
+        "--observability",
+        help="the observability report's JSON (default: observability.json in --out, if there)",
+    )
     args = parser.parse_args(argv)
     result = compare(
         args.tracking_uri,
@@ -231,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_mlflow,
         args.split_by,
         args.sweep,
+        args.observability,
     )
     print((Path(args.out) / "table.md").read_text())
     print(

@@ -1,4 +1,5 @@
-"""Laws: quality against LoRA rank, fitted as ``q(r) = a - b * r**(-c)`` or ``q = a + b ln r``."""
+"""Laws: quality against LoRA rank, fitted as ``q(r) = a - b * r**(-c)`` or ``q = a + b ln r``, with a
+bootstrap band over the seeds of each rank (`rank_law_band`)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,57 @@ def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
 def law_curve(fit: dict[str, Any], r: np.ndarray) -> np.ndarray:
     p = fit["params"]
     return power_law(r, p["a"], p["b"], p["c"]) if "c" in p else p["a"] + p["b"] * np.log(r)
+
+
+def rank_law_band(
+    ranks: np.ndarray,
+    quality: np.ndarray,
+    fit: dict[str, Any],
+    grid: np.ndarray,
+    num_resamples: int = 200,
+    seed: int = 0,
+    percentiles: tuple[float, float] = (2.5, 97.5),
+) -> dict[str, Any]:
+    """The spread of the fitted law over the seeds: resample each rank's runs with replacement, refit.
+
+    Every resample keeps each rank's number of runs (so the design, hence which law is fitted,
+    stays that of ``fit``) and draws them from that rank's runs: the band is what another draw of
+    training seeds would have given. Resamples that
+    fit another law (the power law not converging) are left out and counted.
+
+    Args:
+        ranks, quality: float [P], one point per run (as given to `fit_rank_law`).
+        fit: `fit_rank_law`'s result on all the points.
+        grid: float [G] ranks at which the curves are evaluated.
+    Returns:
+        {"resamples", "used", "percentiles", "params": {name: [low, high]}, "grid": [G] list,
+        "low": [G] list, "high": [G] list}: the percentiles of the refitted parameters and of the
+        refitted curves at each grid rank.
+    """
+    ranks, quality, grid = np.asarray(ranks, float), np.asarray(quality, float), np.asarray(grid, float)
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(ranks == r) for r in np.unique(ranks)]
+    curves, params = [], []
+    for _ in range(num_resamples):
+        pick = np.concatenate([rng.choice(idx, size=len(idx), replace=True) for idx in members])
+        refit = fit_rank_law(ranks[pick], quality[pick])
+        if refit["law"] != fit["law"]:
+            continue
+        curves.append(law_curve(refit, grid))
+        params.append(refit["params"])
+    band: dict[str, Any] = {
+        "resamples": num_resamples,
+        "used": len(curves),
+        "percentiles": list(percentiles),
+        "grid": grid.tolist(),
+    }
+    if not curves:
+        return {**band, "params": {}, "low": None, "high": None}
+    low, high = np.percentile(np.stack(curves), percentiles, axis=0)  # [G] each
+    band["params"] = {
+        name: np.percentile([p[name] for p in params], percentiles).tolist() for name in fit["params"]
+    }
+    return {**band, "low": low.tolist(), "high": high.tolist()}
 
 
 def rank_series(runs: pd.DataFrame, rank_key: str, quality: str) -> pd.DataFrame | None:

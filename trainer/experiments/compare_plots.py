@@ -1,4 +1,5 @@
-"""Plots: quality against cost with the Pareto front highlighted, and quality against rank with its law."""
+"""Plots: quality against cost with the Pareto front highlighted, and quality against rank with its law
+and bootstrap band."""
 
 from __future__ import annotations
 
@@ -28,24 +29,49 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return ~(no_worse & better).any(axis=1)
 
 
-def plot_pareto(table: pd.DataFrame, quality: str, cost: str, path: Path, subset: str = "") -> list[str]:
-    """Scatter of the configurations (error bars: std over seeds), front highlighted; returns its labels.
+def plot_pareto(
+    table: pd.DataFrame,
+    quality: str,
+    cost: str,
+    path: Path,
+    subset: str = "",
+    quality_ci: pd.DataFrame | None = None,
+    chance: float | None = None,
+) -> list[str]:
+    """Scatter of the configurations with error bars, front highlighted; returns the front's labels.
 
-    ``subset`` names the part of the experiment plotted (e.g. one task), for the title."""
+    Quality's bars are the 95% CI of the seed × clip bootstrap where ``quality_ci`` (indexed by
+    label, columns ci_low / ci_high) has every plotted configuration, else ± std over seeds; cost
+    gets ± std over seeds only where it varies (an analytic memory count does not).
+    ``subset`` names the part of the experiment plotted (e.g. one task), for the title; ``chance``
+    draws the metric's chance level."""
     data = table.dropna(subset=[f"{quality}_mean", f"{cost}_mean"])
     x, y = data[f"{cost}_mean"].to_numpy(), data[f"{quality}_mean"].to_numpy()
     front = pareto_front(x, y)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    yerr, bars = data[f"{quality}_std"].to_numpy(), "± std over seeds"
+    if quality_ci is not None and data["label"].isin(quality_ci.index).all():
+        ci = quality_ci.loc[data["label"]]
+        # The CI is of the per-clip mean; clipped at the point in case the run means differ from it
+        # (clips without an outcome in some run).
+        yerr = np.clip(np.stack([y - ci["ci_low"].to_numpy(), ci["ci_high"].to_numpy() - y]), 0, None)
+        bars = "95% CI, seed × clip bootstrap"
+    cost_std = data[f"{cost}_std"].to_numpy()
+    xerr = cost_std if (cost_std > 0).any() else None
     ax.errorbar(
         x,
         y,
-        xerr=data[f"{cost}_std"],
-        yerr=data[f"{quality}_std"],
+        xerr=xerr,
+        yerr=yerr,
         fmt="o",
-        color="0.6",
-        ecolor="0.8",
-        label="configuration (mean ± std over seeds)",
+        color="0.5",
+        ecolor="0.55",
+        elinewidth=1,
+        capsize=3,
+        label=f"configuration (mean; quality {bars}" + (", cost ± std)" if xerr is not None else ")"),
     )
+    if chance is not None and np.isfinite(chance):
+        ax.axhline(chance, ls="--", color="0.3", lw=1, label=f"chance ({chance:.3g})")
     order = np.argsort(x[front])
     ax.plot(
         x[front][order],
@@ -75,7 +101,16 @@ def _axis_name(col: str) -> str:
     return {**MEMORY_TITLES, STEP_TIME: "step time (s)"}.get(col, col)
 
 
-def plot_rank_law(series: pd.DataFrame, quality: str, fit: dict[str, Any], rank_key: str, path: Path) -> None:
+def plot_rank_law(
+    series: pd.DataFrame,
+    quality: str,
+    fit: dict[str, Any],
+    rank_key: str,
+    path: Path,
+    band: dict[str, Any] | None = None,
+) -> None:
+    """Runs, per-rank mean ± std, the fitted law and, given `compare_laws.rank_law_band`'s result,
+    the 2.5–97.5% band of the laws refitted on resampled seeds."""
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
     ax.plot(series["rank"], series[quality], "o", color="0.6", alpha=0.7, label="run (one seed)")
     means = series.groupby("rank")[quality].agg(["mean", "std"]).reset_index()
@@ -89,6 +124,16 @@ def plot_rank_law(series: pd.DataFrame, quality: str, fit: dict[str, Any], rank_
         label="mean ± std",
     )
     grid = np.geomspace(series["rank"].min(), series["rank"].max(), 100)
+    if band is not None and band.get("low") is not None:
+        low, high = band["percentiles"]
+        ax.fill_between(
+            band["grid"],
+            band["low"],
+            band["high"],
+            color="tab:red",
+            alpha=0.15,
+            label=f"{low:g}–{high:g}% of {band['used']} refits on resampled seeds",
+        )
     ax.plot(grid, law_curve(fit, grid), "-", color="tab:red", label=f"fit: {_law_text(fit)}")
     ax.set_xscale("log", base=2)
     title = f"{metric_title(quality)} vs rank"

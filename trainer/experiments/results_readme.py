@@ -5,8 +5,9 @@
     python -m trainer.experiments.results_readme --comparison docs/results/synthvid --readme README.md
 
 Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` with the claims'
-verdicts, the table, the paired differences, the Pareto plots and the rank-quality law of that
-comparison, so the numbers in the README are the
+verdicts, the table, the paired differences, the figures (learning curves, accuracy against K,
+observability against accuracy, direction confusion: each one the comparison wrote, with its
+caption), the Pareto plots and the rank-quality law of that comparison, so the numbers in the README are the
 ones the last ``make experiments`` produced, never typed by hand. Images are linked relative to the
 README; the rest of the file is left as it is.
 """
@@ -68,6 +69,8 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
             "activations excluded.",
             "",
         ]
+    for name, caption in summary.get("figures", {}).items():
+        lines += [f"![{name}]({(rel / name).as_posix()})", "", caption, ""]
     for name, front in summary.get("pareto_fronts", {}).items():
         lines += [
             f"![{name}]({(rel / name).as_posix()})",
@@ -82,10 +85,20 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
             f"![rank law]({(rel / 'rank_law.png').as_posix()})",
             "",
             f"Rank-quality law ({law['metric']} vs `{law['rank_key']}`, {law['points']} runs): "
-            f"`q = {law['law']}`, {params}, R² = {law['r2']:.3f} ({law['method']}).",
+            f"`q = {law['law']}`, {params}, R² = {law['r2']:.3f} ({law['method']})"
+            + _band_text(law.get("band")),
             "",
         ]
     return "\n".join(lines)
+
+
+def _band_text(band: dict[str, Any] | None) -> str:
+    """The rank law's bootstrap band in words (the sentence's end), "." without one."""
+    if not band or not band.get("params"):
+        return "."
+    low, high = band["percentiles"]
+    spans = ", ".join(f"{k} ∈ [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in band["params"].items())
+    return f"; shaded: {low:g}–{high:g}% of {band['used']} refits on the runs resampled per rank ({spans})."
 
 
 def replace_section(text: str, section: str, where: str = "README") -> str:
