@@ -11,6 +11,8 @@ from trainer.experiments.compare_runs import FLOPS, MEMORY_METRICS, MEMORY_TITLE
 # Quality metrics shown in the table when present, in this order (higher is better); every other
 # eval/* metric still goes into the CSV files.
 PREFERRED_QUALITY = (
+    "eval/choice_acc_pct",
+    "eval/caption_sequence_exact_pct",
     "eval/cider",
     "eval/t2v_r1_pct",
     "eval/v2t_r1_pct",
@@ -20,6 +22,8 @@ PREFERRED_QUALITY = (
 )
 # Lower-is-better retrieval ranks: in the CSV files, never treated as quality.
 RANK_SUFFIXES = ("_medr", "_mnr")
+# Chance levels (eval/chance/<metric>) are logged next to the figures: references, not quality.
+CHANCE_PREFIX = "eval/chance/"
 
 
 def quality_columns(runs: pd.DataFrame) -> list[str]:
@@ -28,6 +32,7 @@ def quality_columns(runs: pd.DataFrame) -> list[str]:
         c
         for c in runs
         if c.startswith("eval/")
+        and not c.startswith(CHANCE_PREFIX)
         and c not in present
         and not c.endswith(RANK_SUFFIXES)
         and runs[c].notna().any()
@@ -91,6 +96,8 @@ def _pm(row: pd.Series, col: str, digits: int, std: bool = True) -> str:
 def metric_title(col: str) -> str:
     """A quality column's name in tables and plots (``eval/cider`` → ``CIDEr``)."""
     names = {
+        "eval/choice_acc_pct": "forced choice (%)",
+        "eval/caption_sequence_exact_pct": "direction sequence exact (%)",
         "eval/cider": "CIDEr",
         "eval/t2v_r1_pct": "text→video R@1 (%)",
         "eval/v2t_r1_pct": "video→text R@1 (%)",

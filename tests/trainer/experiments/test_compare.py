@@ -163,3 +163,18 @@ def test_split_by_task_gives_each_task_its_own_configurations():
         "data.synthvid.task=order": ["qlora-o", "lora-o"],
     }
     assert list(cmp._split(runs, table, None)) == [""] and list(cmp._split(runs, table, "absent.key")) == [""]
+
+
+def test_chance_levels_are_no_quality_and_forced_choice_leads():
+    from trainer.experiments.compare_tables import quality_columns
+
+    runs = pd.DataFrame(
+        {
+            "eval/cider": [1.0],
+            "eval/choice_acc_pct": [40.0],
+            "eval/chance/choice_acc_pct": [25.0],
+            "eval/t2v_medr": [3.0],
+            "eval/shuffled/choice_acc_pct": [30.0],
+        }
+    )
+    assert quality_columns(runs) == ["eval/choice_acc_pct", "eval/cider", "eval/shuffled/choice_acc_pct"]
