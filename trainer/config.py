@@ -263,6 +263,8 @@ class EvalConfig:
     # Clips with SynthVid ground truth: choose among the closed set of candidate captions
     # (data.synthvid_grammar.choice_set) by log p(caption | video), eval/choice_acc_pct (chance 25%).
     forced_choice: bool = True
+    # METEOR among the caption metrics (its Java scorer takes seconds to load on every evaluation).
+    meteor: bool = True
 
 
 @dataclass

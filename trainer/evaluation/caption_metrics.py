@@ -21,12 +21,16 @@ JAVA_HELP = (
 )
 
 
-def score_captions(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+def score_captions(
+    predictions: dict[str, str], references: dict[str, list[str]], meteor: bool = True
+) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr of ``predictions`` against ``references``.
 
     Args:
         predictions: clip id → generated caption.
         references: clip id → one or more reference captions (MSR-VTT has 20 per clip).
+        meteor: False leaves METEOR out (its Java scorer loads for seconds on every call: a sweep of
+            many small runs pays that each time).
     Returns:
         ``{"bleu1": …, "bleu4": …, "meteor": …, "rouge_l": …, "cider": …}`` (fractions, CIDEr ×1).
     """
@@ -59,7 +63,8 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res)
     scores.update({f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)})
-    scores["meteor"] = float(Meteor().compute_score(gts, res)[0])
+    if meteor:
+        scores["meteor"] = float(Meteor().compute_score(gts, res)[0])
     scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     scores["cider"] = float(Cider().compute_score(gts, res)[0])
     return scores

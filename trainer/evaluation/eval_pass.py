@@ -197,7 +197,7 @@ def evaluate(
     clips = {k: merged[k] for k in sorted(merged)[: cfg.eval.num_samples]}
     result = SetScores()
     if "caption" in tasks:
-        result.add(caption_set_scores(clips))
+        result.add(caption_set_scores(clips, cfg.eval.meteor))
     for view in (ORDERED, *cfg.eval.controls):
         result.add(choice_set_scores(clips, view), view_prefix(view))
         if "retrieval" in tasks:

@@ -78,3 +78,9 @@ def test_java_missing_names_meteor_the_tokenizer_and_the_fix(monkeypatch, tmp_pa
         score_captions(PREDS, REFS)
     message = str(err.value)
     assert "METEOR" in message and "PTB tokenizer" in message and "apt-get install" in message
+
+
+def test_meteor_can_be_left_out(full):
+    without = score_captions(PREDS, REFS, meteor=False)
+    assert "meteor" not in without
+    assert without == pytest.approx({k: v for k, v in full.items() if k != "meteor"})
