@@ -36,7 +36,7 @@ def quick(tmp_path_factory):
 
 def test_every_run_of_the_sweep_file_finishes(quick):
     status = json.loads((quick / "sweeps" / "synthvid-quick" / "sweep_status.json").read_text())
-    assert len(status) >= 30
+    assert len(status) >= 15  # every configuration once (one seed; the curve runs equal others at 3 steps)
     assert {s["status"] for s in status.values()} == {"FINISHED"}, [
         n for n, s in status.items() if s["status"] != "FINISHED"
     ]
