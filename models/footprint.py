@@ -127,7 +127,9 @@ def bytes_once_quantized(param: nn.Parameter, cache: dict[tuple, int]) -> int:
     else:
         key = ("int8", shape)
     if key not in cache:
-        data = torch.randn(shape, dtype=COMPUTE_DTYPE)
+        # Any values give the same byte count; a generator of its own leaves the caller's random
+        # state alone (a run counts its memory between restoring its RNG and its first step).
+        data = torch.randn(shape, dtype=COMPUTE_DTYPE, generator=torch.Generator().manual_seed(0))
         if key[0] == "4bit":
             real = bnb.nn.Params4bit(
                 data,

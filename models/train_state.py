@@ -25,6 +25,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from .adapters import apply_adapter
@@ -88,8 +89,12 @@ def train_state(
         )
     spec = adapter_method(method)
     fmt = _FORMAT_OF_QUANTIZATION[spec.weight_format]
-    model = apply_adapter(meta_model(preset_config(preset, vocab_size), fmt), method, **options)
-    return {"preset": preset, "method": method, "weight_format": fmt, **model_train_state(model, cache)}
+    # Building and adapting the model draws initial values: the caller's random state (a training
+    # run's, restored from a checkpoint) must be the same afterwards.
+    with torch.random.fork_rng(devices=[]):
+        model = apply_adapter(meta_model(preset_config(preset, vocab_size), fmt), method, **options)
+        state = model_train_state(model, cache)
+    return {"preset": preset, "method": method, "weight_format": fmt, **state}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,3 +48,12 @@ def test_rank_grows_the_adapter_state_linearly():
 def test_budget_allocation_needs_its_ranks():
     with pytest.raises(ValueError, match="allocated"):
         train_state("1b", "ranked_qlora", {"allocation": "entropy", "budget": 1e6})
+
+
+def test_counting_leaves_the_random_state_alone():
+    """A run counts its memory after restoring its RNG from a checkpoint: counting must not move it."""
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train_state("tiny", "qlora", {"r": 4})
+    assert torch.equal(torch.rand(3), expected)

@@ -98,5 +98,5 @@ def test_two_node_job_is_preempted_requeued_and_resumed(slurm_cluster, demo_asse
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
     # Evaluation ran once, at the end of the resumed attempt: the preempted one skipped it.
     assert any(k.startswith("eval/") for k in run.data.metrics), run.data.metrics
-    captions = [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
-    assert captions == [f"eval/captions_step{steps}.json"], captions
+    files = [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    assert files == [f"eval/captions_step{steps}.json", f"eval/per_clip_step{steps}.json"], files
