@@ -41,7 +41,8 @@ class BatchOutputs:
         predictions: generated captions ("" without "caption").
         embeddings: view → per clip float32 [E] video embedding (empty without "retrieval").
         texts: per clip float32 [R, E] reference embeddings, or None without "retrieval".
-        choices: per clip the candidate captions (true one first), [] without ground truth.
+        choices: per clip the candidate captions (true one first), [] without ground truth or with
+            forced choice off.
         choice_scores: view → per clip float64 [M] log-likelihoods, None without ground truth.
         gates: per clip, gated layer name → its K gates ({} without temporal layers).
     """
@@ -71,7 +72,7 @@ def batch_outputs(
     """Everything evaluation keeps of one batch (see the module docstring)."""
     n = batch.batch_size
     views = (ORDERED, *cfg.eval.controls)
-    out = BatchOutputs(predictions=[""] * n, texts=[None] * n)
+    out = BatchOutputs(predictions=[""] * n, texts=[None] * n, choices=[[] for _ in range(n)])
     if "caption" in tasks:
         prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
         generated = model.generate(
@@ -84,8 +85,8 @@ def batch_outputs(
             **prompt,
         )
         out.predictions = processor.decode(generated)
-    truths = [has_ground_truth(meta) for meta in _metas(batch)]
-    out.choices = [choice_set(meta) if truth else [] for meta, truth in zip(_metas(batch), truths, strict=True)]
+    if cfg.eval.forced_choice:
+        out.choices = [choice_set(meta) if has_ground_truth(meta) else [] for meta in batch_metas(batch)]
     for view in views:
         frames, scores = frame_view(view, selected.frames, selected.scores, batch.keys)
         if "retrieval" in tasks:
@@ -94,14 +95,15 @@ def batch_outputs(
             # The gates of the latest forward over the B ordered clips, before the choice scoring's
             # forwards over (clip, candidate) pairs replace them.
             out.gates = _gates(model, n)
-        if cfg.eval.forced_choice and any(truths):
+        if any(out.choices):
             out.choice_scores[view] = _choice_scores(model, processor, frames, scores, out.choices, cfg)
     if "retrieval" in tasks:
         out.texts = _embed_references(model, processor, batch.references, device)
     return out
 
 
-def _metas(batch: VideoBatch) -> list[dict[str, Any]]:
+def batch_metas(batch: VideoBatch) -> list[dict[str, Any]]:
+    """The B samples' json metadata ({} each for a batch built without any)."""
     return batch.metas or [{} for _ in range(batch.batch_size)]
 
 

@@ -26,7 +26,7 @@ from data.loader import build_loader
 from data.pipeline import build_dataset
 from trainer.config import RunConfig
 from trainer.distributed import DistInfo, gather_to_main
-from trainer.evaluation.batch_outputs import base_model, batch_outputs
+from trainer.evaluation.batch_outputs import base_model, batch_metas, batch_outputs
 from trainer.evaluation.clip_results import ClipResult, EvalResult
 from trainer.evaluation.frame_views import ORDERED
 from trainer.evaluation.rerank import caption_log_likelihood, rerank_top_k
@@ -91,7 +91,7 @@ def run_clips(
         batch = batch.to(device)
         selected = selector(batch.frames, dtype=dtype)
         out = batch_outputs(model, processor, batch, selected, cfg, tasks, synced_ranks, device)
-        metas = batch.metas or [{} for _ in batch.keys]
+        metas = batch_metas(batch)
         for i, (key, is_padding) in enumerate(zip(batch.keys, batch.is_padding.tolist(), strict=True)):
             if is_padding:  # a repeat that keeps ranks in step, not another clip
                 continue
@@ -119,12 +119,6 @@ def run_clips(
 
 def _frames(batch: VideoBatch, i: int) -> np.ndarray:
     return batch.frames[i].cpu().numpy()
-
-
-def retrieval_scores(clips: dict[str, ClipResult]) -> tuple[dict[str, float], np.ndarray, list[int]]:
-    """Retrieval metrics over ``clips`` (in key order); also the caption × video similarity and owners."""
-    similarity, owner = similarity_matrix(clips)
-    return retrieval_metrics(similarity, owner), similarity, owner
 
 
 def top_videos(
@@ -216,7 +210,7 @@ def evaluate(
 def _pair_likelihood(
     model: Any, processor: Any, clips: dict[str, ClipResult], cfg: RunConfig, dtype: torch.dtype
 ) -> Callable[[list[tuple[int, int]]], np.ndarray]:
-    """log p(caption | video) for (caption row, video column) pairs of ``retrieval_scores``' matrix."""
+    """log p(caption | video) for (caption row, video column) pairs of ``similarity_matrix``'s matrix."""
     keys = list(clips)
     captions = [ref for key in keys for ref in clips[key].references]  # the similarity's row order
     device = next(model.parameters()).device
