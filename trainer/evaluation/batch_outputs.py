@@ -6,7 +6,8 @@ Per batch of B clips with K kept frames each (``selected.frames`` [B, K, 3, H, W
 - "retrieval": the video embedding of every frame view (`frame_views`: ordered and the controls)
   and one text embedding per reference;
 - forced choice (clips with SynthVid ground truth): log p(caption | frames) of each candidate of
-  the clip's closed choice set (`data.synthvid_grammar.choice_set`), for every frame view;
+  the clip's closed choice set (`data.synthvid_grammar.choice_set`), for every frame view, and
+  under the blank video (`frame_views.BLANK`: the captions' prior, which forced choice subtracts);
 - the temporal gates of the ordered forward (temporal adapters).
 
 The views are computed here, while the batch's frames are on the device, so nothing K x 3 x H x W
@@ -28,7 +29,7 @@ from data.synthvid_grammar import choice_set
 from models.retrieval_head import caption_tokens
 from trainer.config import RunConfig
 from trainer.evaluation.forced_choice import choice_log_likelihoods
-from trainer.evaluation.frame_views import ORDERED, frame_view
+from trainer.evaluation.frame_views import BLANK, ORDERED, frame_view
 from trainer.evaluation.rerank import caption_log_likelihood
 from trainer.evaluation.structured_metrics import has_ground_truth
 
@@ -44,6 +45,7 @@ class BatchOutputs:
         choices: per clip the candidate captions (true one first), [] without ground truth or with
             forced choice off.
         choice_scores: view → per clip float64 [M] log-likelihoods, None without ground truth.
+        choice_priors: per clip float64 [M] log p(candidate | blank video), None without ground truth.
         gates: per clip, gated layer name → its K gates ({} without temporal layers).
     """
 
@@ -52,6 +54,7 @@ class BatchOutputs:
     texts: list[np.ndarray | None] = field(default_factory=list)
     choices: list[list[str]] = field(default_factory=list)
     choice_scores: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
+    choice_priors: list[np.ndarray | None] = field(default_factory=list)
     gates: list[dict[str, list[float]]] = field(default_factory=list)
 
 
@@ -97,6 +100,11 @@ def batch_outputs(
             out.gates = _gates(model, n)
         if any(out.choices):
             out.choice_scores[view] = _choice_scores(model, processor, frames, scores, out.choices, cfg)
+    if any(out.choices):
+        # Every clip's candidates, each pair scored as in the views: every rank runs the same number
+        # of forwards (ZeRO-3 gathers parameters in each), so nothing is shared across clips.
+        frames, scores = frame_view(BLANK, selected.frames, selected.scores, batch.keys)
+        out.choice_priors = _choice_scores(model, processor, frames, scores, out.choices, cfg)
     if "retrieval" in tasks:
         out.texts = _embed_references(model, processor, batch.references, device)
     return out

@@ -23,6 +23,8 @@ class ClipResult:
         view_embeddings: control view → float32 [E] video embedding of that view (`frame_views`).
         choices: the clip's forced-choice candidates (true caption first), [] without ground truth.
         choice_scores: frame view → float64 [M] log p(candidate | frames), {} without ground truth.
+        choice_prior: float64 [M] log p(candidate | blank video), the prior forced choice subtracts;
+            None without ground truth.
         frames: uint8 [N, 3, H, W] candidate frames, kept for the first clips only (the report).
         pixels: float32 [K, 3, H, W] the model's input frames, kept when re-ranking needs them.
         frame_scores: float32 [K, S] their selector scores, kept with ``pixels``.
@@ -38,6 +40,7 @@ class ClipResult:
     view_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     choices: list[str] = field(default_factory=list)
     choice_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    choice_prior: np.ndarray | None = None
     frames: np.ndarray | None = None
     pixels: np.ndarray | None = None
     frame_scores: np.ndarray | None = None

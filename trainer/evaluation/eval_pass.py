@@ -106,6 +106,7 @@ def run_clips(
                 view_embeddings={v: e[i] for v, e in out.embeddings.items() if v != ORDERED},
                 choices=out.choices[i],
                 choice_scores={v: c[i] for v, c in out.choice_scores.items() if c[i] is not None},
+                choice_prior=out.choice_priors[i] if out.choice_priors else None,
                 frames=_frames(batch, i) if len(clips) < keep_frames else None,
                 pixels=selected.frames[i].float().cpu().numpy() if keep_pixels else None,
                 frame_scores=selected.scores[i].cpu().numpy() if keep_pixels else None,

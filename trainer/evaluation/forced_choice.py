@@ -2,21 +2,22 @@
 
 Each clip comes with M captions, one true and M − 1 that differ from it in one controlled way
 (SynthVid: the order of two events swapped, one direction reversed). The model chooses the
-caption with the highest log p(caption | video); accuracy over clips against chance 1 / M says
-whether the captioner tells the difference, independent of how well it generates.
+caption with the highest score; accuracy over clips against chance 1 / M says whether the
+captioner tells the difference, independent of how well it generates.
 
-Score: by default the summed log-likelihood, log p(caption | video) itself, which is the quantity
-a choice between whole captions should compare. With ``lengths`` (token counts) it is the mean
-per-token log-likelihood instead: a sum favours short candidates, which matters when the
-candidates' lengths differ (SynthVid's swapped / reversed captions have about the same length
-as the true one, so the default is unbiased there).
+Score: the summed log-likelihood log p(caption | video), minus, with ``prior``, the caption's
+log-likelihood under a video that shows nothing, log p(caption | blank): the pointwise mutual
+information of caption and video. Without it, the language prior decides wherever the video does
+not: a fine-tuned captioner prefers the distractors that read like its training captions, and a
+model that ignores the video lands below chance (SynthVid v2's first run: QLoRA on `retrieval`
+chose a distractor with one direction changed 71 times in 96, the true caption 9). With the prior
+subtracted, a model that reads nothing from the video scores every candidate alike, so chance is
+its floor as well as its expectation. With ``lengths`` (token counts) the score is per token.
 
-Ties are scored against the model: a clip counts as correct only if its correct candidate scores
-strictly above every other. A tie for the top that includes the correct candidate (an all-way tie
-included) is wrong, and the prediction is then the first tied candidate that is not the correct
-one. So a model that scores every candidate alike gets 0, never more than chance, and a scorer
-cannot gain from ties; each clip's outcome is a plain bool that pairs clip by clip
-(``trainer.experiments.statistics.paired_bootstrap``).
+Ties: candidates within ``tie_tolerance`` nats of the top share the clip. A clip's credit is 1 when
+its true candidate is alone at the top, 1 / t when it is one of t tied at the top, 0 otherwise, so
+a model that scores every candidate alike earns exactly chance, never more. Credits are the
+per-clip outcomes that pair clip by clip (``trainer.experiments.statistics.paired_bootstrap``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ import numpy as np
 class ForcedChoice:
     """The choices of the model among M candidates on C clips.
 
-    accuracy: fraction of clips whose correct candidate was chosen, in [0, 1]; chance: 1 / M.
-    correct: bool [C]; predicted: int [C], the chosen candidate's column.
+    accuracy: mean credit over clips, in [0, 1]; chance: 1 / M.
+    credit: float [C] in [0, 1], each clip's share of the choice (module docstring).
+    predicted: int [C], the chosen candidate's column: the true one where it is alone at the top,
+        else the first other candidate at the top.
     """
 
     accuracy: float
     chance: float
-    correct: np.ndarray
+    credit: np.ndarray
     predicted: np.ndarray
 
 
@@ -45,8 +48,10 @@ def forced_choice(
     log_likelihoods: np.ndarray,
     correct: int | np.ndarray = 0,
     lengths: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+    tie_tolerance: float = 1e-4,
 ) -> ForcedChoice:
-    """Each clip's choice = the candidate with the highest (optionally per-token) log-likelihood.
+    """Each clip's choice = the candidate with the highest score (module docstring).
 
     Args:
         log_likelihoods: float [C, M], log p(candidate m | clip c) summed over its tokens; -inf is
@@ -54,8 +59,11 @@ def forced_choice(
         correct: the column of the true caption: one int for every clip, or int [C].
         lengths: positive token counts [C, M] to divide by (mean per-token log-likelihood), or None
             for the summed log-likelihood (module docstring).
+        prior: float [C, M] log p(candidate | blank video), subtracted before the choice (pointwise
+            mutual information), or None for the plain likelihood.
+        tie_tolerance: scores this close (nats, after ``lengths``) to the top tie with it.
     Returns:
-        ``ForcedChoice``; ties count against the model (module docstring).
+        ``ForcedChoice``; ties share the clip (module docstring).
     """
     scores = np.asarray(log_likelihoods, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] < 2:
@@ -64,6 +72,13 @@ def forced_choice(
         raise ValueError(
             f"log_likelihoods holds NaN at clips {np.nonzero(np.isnan(scores).any(axis=1))[0][:10]}"
         )
+    if prior is not None:
+        baseline = np.asarray(prior, dtype=np.float64)
+        if baseline.shape != scores.shape:
+            raise ValueError(f"prior must match log_likelihoods {scores.shape}; got {baseline.shape}")
+        if not np.isfinite(baseline).all():
+            raise ValueError("prior must be finite: a caption impossible without the video has no PMI")
+        scores = scores - baseline
     num_clips, num_candidates = scores.shape
     truth = np.asarray(correct, dtype=np.int64)
     if truth.ndim == 0:
@@ -81,21 +96,20 @@ def forced_choice(
         scores = scores / tokens
 
     rows = np.arange(num_clips)
-    own = scores[rows, truth]  # [C]
-    others = scores.copy()
-    others[rows, truth] = -np.inf
-    best_other = others.max(axis=1)
-    is_correct = own > best_other
-    # Wrong clips predict the first non-correct candidate at the top score: with the correct one
-    # masked out, argmax finds it whether the correct one was beaten or only tied.
-    predicted = np.where(is_correct, truth, np.argmax(others, axis=1))
-    # Every candidate at -inf: argmax of the all -inf masked row is column 0, which is the correct
-    # one when the truth is column 0; the first other candidate is then column 1.
-    predicted[~is_correct & (predicted == truth)] = 1
+    top = scores.max(axis=1, keepdims=True)  # [C, 1]
+    # All -inf (every candidate impossible) is an all-way tie, not a NaN from -inf - -inf.
+    at_top = (scores >= top - tie_tolerance) | np.isneginf(top)  # [C, M]
+    truth_at_top = at_top[rows, truth]
+    credit = np.where(truth_at_top, 1.0 / at_top.sum(axis=1), 0.0)
+    others_at_top = at_top.copy()
+    others_at_top[rows, truth] = False
+    # The first other candidate at the top (argmax of a bool row); where the truth is alone there,
+    # the prediction is the truth.
+    predicted = np.where(credit == 1.0, truth, np.argmax(others_at_top, axis=1))
     return ForcedChoice(
-        accuracy=float(is_correct.mean()) if num_clips else float("nan"),
+        accuracy=float(credit.mean()) if num_clips else float("nan"),
         chance=1.0 / num_candidates,
-        correct=is_correct,
+        credit=credit,
         predicted=predicted.astype(np.int64),
     )
 

@@ -8,6 +8,11 @@ scored on two views of the frames the selector kept:
                their order is gone
     repeated   one of the K frames (the middle one) K times: one moment, no motion at all
 
+Forced choice also scores every candidate caption under a fourth input, ``blank``: K frames of the
+mean image (zeros after normalization) with zero selector scores, a video that shows nothing. Its
+log-likelihoods are the captions' language prior, which forced choice subtracts
+(`forced_choice`); it is not a control view and has no figures of its own.
+
 Each frame keeps its own selector scores (the temporal gates read them), so a view changes what the
 model sees and nothing else. A temporal claim needs ordered − shuffled > 0 on a task where order
 matters, and ≈ 0 on the appearance control (SynthVid `dense`).
@@ -25,6 +30,7 @@ import torch
 ORDERED = "ordered"
 CONTROLS = ("shuffled", "repeated")
 VIEWS = (ORDERED, *CONTROLS)
+BLANK = "blank"
 
 
 def clip_permutation(key: str, k: int) -> torch.Tensor:
@@ -42,7 +48,7 @@ def frame_view(
     """The model inputs of one view of a batch.
 
     Args:
-        view: one of `VIEWS`.
+        view: one of `VIEWS`, or `BLANK`.
         frames: [B, K, 3, H, W] the kept frames in time order.
         scores: float [B, K, S] their selector scores, or None.
         keys: the B clips' keys (they fix the shuffles).
@@ -52,6 +58,8 @@ def frame_view(
     b, k = frames.shape[:2]
     if view == ORDERED:
         return frames, scores
+    if view == BLANK:
+        return torch.zeros_like(frames), None if scores is None else torch.zeros_like(scores)
     if view == "shuffled":
         order = torch.stack([clip_permutation(key, k) for key in keys]).to(frames.device)  # [B, K]
     elif view == "repeated":

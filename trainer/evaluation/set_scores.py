@@ -47,15 +47,25 @@ def caption_set_scores(clips: dict[str, ClipResult], meteor: bool = True) -> Set
 
 
 def choice_set_scores(clips: dict[str, ClipResult], view: str) -> SetScores:
-    """Forced-choice accuracy (%) of ``view`` over the clips that have a choice set."""
+    """Forced-choice accuracy (%) of ``view`` over the clips that have a choice set.
+
+    ``choice_acc_pct`` chooses by log p(caption | video) − log p(caption | blank video) (the
+    captions' prior subtracted, `forced_choice`); ``choice_raw_acc_pct`` by log p(caption | video)
+    alone, for reference. Both have chance 1 / M, and per-clip credits for pairing.
+    """
     keys = [k for k, c in clips.items() if view in c.choice_scores]
     if not keys:
         return SetScores()
-    result = forced_choice(np.stack([clips[k].choice_scores[view] for k in keys]))
+    table = np.stack([clips[k].choice_scores[view] for k in keys])  # [C, M]
+    results = {"choice_raw_acc_pct": forced_choice(table)}
+    if all(clips[k].choice_prior is not None for k in keys):
+        results["choice_acc_pct"] = forced_choice(
+            table, prior=np.stack([clips[k].choice_prior for k in keys])
+        )
     return SetScores(
-        scores={"choice_acc_pct": 100.0 * result.accuracy},
-        chance={"choice_acc_pct": 100.0 * result.chance},
-        per_clip={"choice_acc_pct": dict(zip(keys, result.correct.astype(float).tolist(), strict=True))},
+        scores={name: 100.0 * r.accuracy for name, r in results.items()},
+        chance={name: 100.0 * r.chance for name, r in results.items()},
+        per_clip={name: dict(zip(keys, r.credit.tolist(), strict=True)) for name, r in results.items()},
     )
 
 

@@ -123,7 +123,7 @@ def test_evaluation_scores_every_view_with_chance_and_per_clip_outcomes(synthvid
         assert 0 <= result.scores[f"{prefix}choice_acc_pct"] <= 100
         assert result.chance[f"{prefix}choice_acc_pct"] == pytest.approx(100 / CHOICE_SET_SIZE)
         assert result.chance[f"{prefix}t2v_group_acc_pct"] == pytest.approx(100 / 3)
-        for name in ("choice_acc_pct", "t2v_group_acc_pct"):
+        for name in ("choice_acc_pct", "choice_raw_acc_pct", "t2v_group_acc_pct"):
             outcomes = result.per_clip[prefix + name]
             assert sorted(outcomes) == keys
             assert result.scores[prefix + name] == pytest.approx(100 * np.mean(list(outcomes.values())))
@@ -134,6 +134,13 @@ def test_evaluation_scores_every_view_with_chance_and_per_clip_outcomes(synthvid
     assert len(clip.choices) == CHOICE_SET_SIZE and clip.choices[0] == clip.references[0]
     # the views really differ: a shuffled clip is scored on other inputs than the ordered one
     assert not np.allclose(clip.choice_scores["ordered"], clip.choice_scores["repeated"])
+    # the prior is the captions' likelihood under one blank video: the same caption, the same value
+    pairs = [
+        pair for k in keys for pair in zip(result.clips[k].choices, result.clips[k].choice_prior, strict=True)
+    ]
+    first = dict(reversed(pairs))
+    assert all(p == pytest.approx(first[text], abs=1e-3) for text, p in pairs)
+    assert not np.allclose(clip.choice_prior, clip.choice_scores["ordered"])
     assert not np.allclose(clip.video_embedding, clip.view_embeddings["repeated"])
 
 
