@@ -126,7 +126,9 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         # without it loads with `retrieval_dim` set (`models.loading.load_model`): the head is then
         # initialised fresh, trained, and saved with the adapter.
         self.retrieval_head = (
-            RetrievalHead(config.text_config.hidden_size, config.retrieval_dim) if config.retrieval_dim else None
+            RetrievalHead(config.text_config.hidden_size, config.retrieval_dim)
+            if config.retrieval_dim
+            else None
         )
         self.post_init()
 
@@ -218,8 +220,13 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         video_features = video_features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(is_video.unsqueeze(-1), video_features)
 
-    def _encode_video(self, pixel_values: torch.Tensor, frame_scores: torch.Tensor | None) -> torch.Tensor:
+    def encode_video(
+        self, pixel_values: torch.Tensor, frame_scores: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`get_video_features` with the frame scores visible to temporal adapters while it runs.
+
+        What `forward` takes as ``video_features``: a caller that scores several captions of one
+        video (forced choice) encodes it once.
 
         Args:
             pixel_values: float [B, K, 3, H, W].
@@ -241,19 +248,20 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
     # --- training / scoring -------------------------------------------------------------------------
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         frame_scores: torch.Tensor | None = None,
         text_input_ids: torch.LongTensor | None = None,
         text_attention_mask: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> VideoLlamaOutput:
         """Caption loss / logits for a batch of videos.
 
         Args:
-            pixel_values: float [B, K, 3, H, W].
+            pixel_values: float [B, K, 3, H, W], or None with ``video_features``.
             input_ids: long [B, L] holding Qv `<video>` placeholders per sample.
             attention_mask: [B, L] (1 = real token) or None (all real).
             labels: long [B, L], -100 where no loss (prompt, video, padding); shifted inside.
@@ -262,13 +270,17 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             text_input_ids: long [B, Lc] each sample's caption alone (`retrieval_head.caption_tokens`);
                 with a retrieval head, `contrastive_loss` is the symmetric InfoNCE of the batch.
             text_attention_mask: [B, Lc], 1 on caption tokens.
+            video_features: float [B, Qv, D] from `encode_video`, instead of ``pixel_values``.
             **kwargs: passed to the LLM (e.g. `use_cache`, `output_hidden_states`) and to the loss
                 (`num_items_in_batch`).
         Returns:
             `VideoLlamaOutput` with `loss` (scalar, if labels), `logits` float [B, L, V] and
             `contrastive_loss` (scalar, if text_input_ids and a retrieval head).
         """
-        video_features = self._encode_video(pixel_values, frame_scores)
+        if video_features is None:
+            if pixel_values is None:
+                raise ValueError("forward needs pixel_values or video_features")
+            video_features = self.encode_video(pixel_values, frame_scores)
         inputs_embeds = self._merge_video_tokens(input_ids, video_features)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         # forward is for training / scoring; a KV cache is only built when asked (generation goes
@@ -310,7 +322,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
     ) -> torch.Tensor:
         """Unit-norm video embeddings float32 [B, E] of pixel_values [B, K, 3, H, W]."""
         head = self._head()
-        return head(video_tokens=self._encode_video(pixel_values, frame_scores))[0]
+        return head(video_tokens=self.encode_video(pixel_values, frame_scores))[0]
 
     def embed_text(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
@@ -342,7 +354,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         Returns:
             long [B, T] only the new tokens (T <= max_new_tokens; padded with pad_token_id after eos).
         """
-        video_features = self._encode_video(pixel_values, frame_scores)
+        video_features = self.encode_video(pixel_values, frame_scores)
         inputs_embeds = self._merge_video_tokens(input_ids, video_features)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

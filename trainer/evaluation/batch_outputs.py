@@ -123,13 +123,20 @@ def _choice_scores(
     choices: list[list[str]],
     cfg: RunConfig,
 ) -> list[np.ndarray | None]:
-    """Per clip float64 [M] log p(candidate | frames), None for clips without a choice set."""
+    """Per clip float64 [M] log p(candidate | frames), None for clips without a choice set.
+
+    Each clip is encoded once (`encode_video`) and its M candidates are scored on those video
+    tokens: the encoder is most of a forward at SynthVid's sizes.
+    """
     rows = [i for i, c in enumerate(choices) if c]
+    index = torch.tensor(rows, device=frames.device)
+    picked = None if scores is None else scores[index.to(scores.device)]
+    features = base_model(model).encode_video(frames[index], picked)  # [R, Qv, D]
 
     def score(pairs: list[tuple[int, str]]) -> np.ndarray:
-        index = torch.tensor([rows[clip] for clip, _ in pairs], device=frames.device)
-        picked = None if scores is None else scores[index.to(scores.device)]
-        return caption_log_likelihood(model, processor, [text for _, text in pairs], frames[index], picked)
+        clips = torch.tensor([clip for clip, _ in pairs], device=features.device)
+        texts = [text for _, text in pairs]
+        return caption_log_likelihood(model, processor, texts, None, None, video_features=features[clips])
 
     table = choice_log_likelihoods(score, [choices[i] for i in rows], batch_size=cfg.eval.batch_size)
     out: list[np.ndarray | None] = [None] * len(choices)

@@ -42,8 +42,9 @@ def caption_log_likelihood(
     model: torch.nn.Module,
     processor: object,
     captions: Sequence[str],
-    pixel_values: torch.Tensor,
+    pixel_values: torch.Tensor | None,
     frame_scores: torch.Tensor | None,
+    video_features: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Summed log-probability of each caption given its video, as the model was trained to caption.
 
@@ -51,18 +52,23 @@ def caption_log_likelihood(
 
     Args:
         captions: P caption strings.
-        pixel_values: float [P, K, 3, H, W] the paired videos' selected frames (model dtype/device).
+        pixel_values: float [P, K, 3, H, W] the paired videos' selected frames (model dtype/device),
+            or None with ``video_features``.
         frame_scores: float [P, K, S] their selector scores (temporal adapters) or None.
+        video_features: float [P, Qv, D] the videos already encoded (`encode_video`), which skips
+            the encoder: several captions of one video need it once.
     Returns:
         float64 [P] log p(caption | video), summed over the caption's tokens (and eos).
     """
+    video = pixel_values if video_features is None else video_features
     tokens = processor.pad([processor.training_example(c) for c in captions])
-    tokens = {name: t.to(pixel_values.device) for name, t in tokens.items()}
+    tokens = {name: t.to(video.device) for name, t in tokens.items()}
     logits = model(
         pixel_values=pixel_values,
         input_ids=tokens["input_ids"],
         attention_mask=tokens["attention_mask"],
         frame_scores=frame_scores,
+        video_features=video_features,
     ).logits.float()
     labels = tokens["labels"][:, 1:]  # position t predicts token t + 1
     logp = F.log_softmax(logits[:, :-1], dim=-1)
