@@ -89,7 +89,7 @@ SV_ROOT := outputs/synthvid-quick
 SV_EXPERIMENT := synthvid-quick
 SV_TRACKING := sqlite:///$(SV_ROOT)/mlflow.db
 SV_QUICK_SET := assets_dir=$(SV_ROOT)/assets tracking.artifact_location=$(SV_ROOT)/mlartifacts
-SV_PRETRAIN_ARGS := train.steps=10 data.synthvid.num_train=32 output_dir=$(SV_ROOT)/pretrain tracking.uri=$(SV_TRACKING) tracking.experiment=synthvid-quick-pretrain $(SV_QUICK_SET)
+SV_PRETRAIN_ARGS := train.steps=10 data.synthvid.num_train=32 data.synthvid.num_eval=16 eval.num_samples=16 output_dir=$(SV_ROOT)/pretrain tracking.uri=$(SV_TRACKING) tracking.experiment=synthvid-quick-pretrain $(SV_QUICK_SET)
 SV_SWEEP_ARGS := --seeds 1 --tracking-uri $(SV_TRACKING) --set train.steps=3 train.eval_every=0 eval.num_samples=12 data.synthvid.num_train=32 data.synthvid.num_eval=12 model.name_or_path=$(SV_ROOT)/pretrain/adapter $(SV_QUICK_SET)
 SV_OBSERVABILITY_ARGS := --num 4 --n 32 --k 2 4
 SV_RESULTS := $(SV_ROOT)/results
