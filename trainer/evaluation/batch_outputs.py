@@ -90,6 +90,7 @@ def batch_outputs(
         out.predictions = processor.decode(generated)
     if cfg.eval.forced_choice:
         out.choices = [choice_set(meta) if has_ground_truth(meta) else [] for meta in batch_metas(batch)]
+    rows = [i for i, c in enumerate(out.choices) if c]  # the clips with a choice set
     for view in views:
         frames, scores = frame_view(view, selected.frames, selected.scores, batch.keys)
         if "retrieval" in tasks:
@@ -98,13 +99,16 @@ def batch_outputs(
             # The gates of the latest forward over the B ordered clips, before the choice scoring's
             # forwards over (clip, candidate) pairs replace them.
             out.gates = _gates(model, n)
-        if any(out.choices):
-            out.choice_scores[view] = _choice_scores(model, processor, frames, scores, out.choices, cfg)
-    if any(out.choices):
-        # Every clip's candidates, each pair scored as in the views: every rank runs the same number
-        # of forwards (ZeRO-3 gathers parameters in each), so nothing is shared across clips.
+        if rows:
+            features = _encode_rows(model, frames, scores, rows)
+            out.choice_scores[view] = _choice_scores(model, processor, features, out.choices, rows, cfg)
+    if rows:
+        # The blank video is the same for every clip: encoded once. Its (clip, candidate) pairs are
+        # still scored per clip, so that every rank runs the same number of forwards (ZeRO-3
+        # gathers parameters in each).
         frames, scores = frame_view(BLANK, selected.frames, selected.scores, batch.keys)
-        out.choice_priors = _choice_scores(model, processor, frames, scores, out.choices, cfg)
+        features = _encode_rows(model, frames, scores, [0]).expand(len(rows), -1, -1)
+        out.choice_priors = _choice_scores(model, processor, features, out.choices, rows, cfg)
     if "retrieval" in tasks:
         out.texts = _embed_references(model, processor, batch.references, device)
     return out
@@ -115,23 +119,27 @@ def batch_metas(batch: VideoBatch) -> list[dict[str, Any]]:
     return batch.metas or [{} for _ in range(batch.batch_size)]
 
 
+def _encode_rows(model: Any, frames: torch.Tensor, scores: torch.Tensor | None, rows: list[int]) -> torch.Tensor:
+    """Video tokens float [R, Qv, D] of the clips ``rows`` of frames [B, K, 3, H, W] (`encode_video`)."""
+    index = torch.tensor(rows, device=frames.device)
+    picked = None if scores is None else scores[index.to(scores.device)]
+    return base_model(model).encode_video(frames[index], picked)
+
+
 def _choice_scores(
     model: Any,
     processor: Any,
-    frames: torch.Tensor,
-    scores: torch.Tensor | None,
+    features: torch.Tensor,
     choices: list[list[str]],
+    rows: list[int],
     cfg: RunConfig,
 ) -> list[np.ndarray | None]:
-    """Per clip float64 [M] log p(candidate | frames), None for clips without a choice set.
+    """Per clip float64 [M] log p(candidate | video), None for clips without a choice set.
 
-    Each clip is encoded once (`encode_video`) and its M candidates are scored on those video
-    tokens: the encoder is most of a forward at SynthVid's sizes.
+    ``features`` [R, Qv, D] are the video tokens of the clips ``rows`` (those with a choice set):
+    each clip is encoded once and its M candidates are scored on those tokens, since the encoder
+    is most of a forward at SynthVid's sizes.
     """
-    rows = [i for i, c in enumerate(choices) if c]
-    index = torch.tensor(rows, device=frames.device)
-    picked = None if scores is None else scores[index.to(scores.device)]
-    features = base_model(model).encode_video(frames[index], picked)  # [R, Qv, D]
 
     def score(pairs: list[tuple[int, str]]) -> np.ndarray:
         clips = torch.tensor([clip for clip, _ in pairs], device=features.device)
