@@ -2,8 +2,8 @@
 
 Every caption is a function of what the pixels show (shape, colour, count, direction, order), so a
 tiny model can learn it quickly and a falling loss means the whole video-to-text path works. The
-captions follow one grammar (data/synthvid_grammar.py), which also reads them back and builds the
-forced-choice sets of evaluation.
+captions follow one grammar (data/synthvid_grammar.py), which also reads them back;
+data/synthvid_choices.py builds the forced-choice sets of evaluation.
 
 Tasks (each isolates one ability; events last EVENT_LENGTH of the clip, 4-6 frames at 32 frames):
     pretrain   appearance and motion: "a red circle moves from left to right", "two green
@@ -81,6 +81,8 @@ __all__ = [
     "caption_corpus",
     "generate_clip",
     "main",
+    "order_sequences",
+    "retrieval_sequences",
     "write_synthvid",
 ]
 
@@ -228,14 +230,33 @@ def _event_paths(
     return centres
 
 
-def _order_directions(rng: np.random.Generator, num_events: int) -> list[str]:
-    """Event directions of an order clip: no direction twice in a row, and first != last, so that
-    the reversed order is another caption (a palindrome's order cannot be asked about)."""
-    sequences = [
+def order_sequences(num_events: int) -> list[tuple[str, ...]]:
+    """Every direction sequence an order clip of `num_events` events can show, in a fixed order: no
+    direction twice in a row, and first != last, so that the reversed order is another caption (a
+    palindrome's order cannot be asked about). Order clips draw one uniformly."""
+    return [
         seq
         for seq in itertools.product(DIRECTIONS, repeat=num_events)
         if all(a != b for a, b in itertools.pairwise(seq)) and seq[0] != seq[-1]
     ]
+
+
+def retrieval_sequences(variant: str) -> list[tuple[str, ...]]:
+    """Every direction pair a retrieval clip of `variant` can show; each is equally likely.
+
+    An anchor is any two different directions, and so is its reversal ("order"). The "direction"
+    negative always ends on two perpendicular directions: reversing one leg of a perpendicular pair
+    keeps it perpendicular, and an opposite pair (up, down) is turned by 90 degrees instead.
+    """
+    pairs = order_sequences(2)
+    if variant == "direction":
+        return [(a, b) for a, b in pairs if b != OPPOSITE[a]]
+    return pairs
+
+
+def _order_directions(rng: np.random.Generator, num_events: int) -> list[str]:
+    """Event directions of an order clip: one of order_sequences(num_events), uniformly."""
+    sequences = order_sequences(num_events)
     return list(sequences[int(rng.integers(len(sequences)))])
 
 

@@ -12,11 +12,9 @@ events (2 or 3 phrases joined by "and then") are said of one object only, and ne
 direction twice in a row: the grammar is exactly `caption_corpus()`, the captions the tasks of
 `data.synthvid` produce (and the tiny tokenizer is trained on).
 
-`parse_caption` reads a caption back into `CaptionFacts` (None for any text outside the grammar),
-`facts_of` reads them from a sample's ground truth, and `choice_set` builds the closed set of
-CHOICE_SET_SIZE captions a forced-choice evaluation picks from: the true caption first, then
-distractors that differ from it only in what the clip's task tests, so chance is CHOICE_CHANCE for
-every task.
+`parse_caption` reads a caption back into `CaptionFacts` (None for any text outside the grammar)
+and `facts_of` reads them from a sample's ground truth. The forced-choice sets of CHOICE_SET_SIZE
+captions (chance CHOICE_CHANCE) are built from these by `data.synthvid_choices`.
 """
 
 from __future__ import annotations
@@ -183,78 +181,3 @@ def caption_corpus() -> list[str]:
 
 
 VOCABULARY: list[str] = sorted({word for sentence in caption_corpus() for word in sentence.split()})
-
-
-def _next(words: tuple[str, ...], word: str) -> str:
-    """The word after `word` in `words`, wrapping: a deterministic "other" value."""
-    return words[(words.index(word) + 1) % len(words)]
-
-
-def _replacement(current: str, avoid: set[str]) -> str:
-    """Another direction for an event: its opposite when allowed (the hardest negative: the same
-    path backwards), else the first direction name not in `avoid` (its neighbours, itself)."""
-    if OPPOSITE[current] not in avoid:
-        return OPPOSITE[current]
-    return next(d for d in DIRECTION_PHRASES if d not in avoid)
-
-
-def _event_distractors(directions: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Order reversed, first event's direction changed, last event's direction changed.
-
-    With no direction twice in a row and first != last, the three are distinct from each other
-    and from the truth. A palindrome (up, left, up; no task draws one) has no order distractor:
-    its middle event changes instead.
-    """
-    first, last = list(directions), list(directions)
-    first[0] = _replacement(directions[0], {directions[0], directions[1]})
-    last[-1] = _replacement(directions[-1], {directions[-1], directions[-2]})
-    reverse = directions[::-1]
-    if reverse == directions:
-        middle = list(directions)
-        middle[1] = next(d for d in DIRECTION_PHRASES if d not in directions)
-        reverse = tuple(middle)
-    return [reverse, tuple(first), tuple(last)]
-
-
-def choice_set(truth: dict[str, Any]) -> list[str]:
-    """The closed set of CHOICE_SET_SIZE distinct captions for a forced choice on one clip.
-
-    The true caption comes first; the distractors differ from it only in what the clip's task tests:
-
-    - one direction (pretrain, sparse): the other three directions, in DIRECTION_PHRASES order;
-    - events (order, retrieval): order reversed, first event's direction changed, last event's
-      direction changed (to the opposite direction where that repeats no neighbour);
-    - appearance (dense): colour changed, shape changed, count changed; (shift, which tests
-      colour/shape combinations): colour changed, shape changed, both changed. A changed colour /
-      shape / count is the next one in COLOR_WORDS / SHAPES / COUNT_WORDS, wrapping.
-
-    Deterministic, and every caption is in the grammar (parse_caption reads it back).
-    """
-    facts = facts_of(truth)
-    true_caption = caption(facts)  # raises ValueError for facts outside the grammar
-    color, shape = _next(COLOR_WORDS, facts.color), _next(SHAPES, facts.shape)
-    if len(facts.directions) == 1:
-        variants = [
-            CaptionFacts(facts.count, facts.color, facts.shape, (d,))
-            for d in DIRECTION_PHRASES
-            if d != facts.directions[0]
-        ]
-    elif facts.directions:
-        variants = [
-            CaptionFacts(facts.count, facts.color, facts.shape, seq)
-            for seq in _event_distractors(facts.directions)
-        ]
-    else:
-        third = (
-            CaptionFacts(facts.count, color, shape)
-            if truth.get("task") == "shift"
-            else CaptionFacts(_next(tuple(COUNT_WORDS), facts.count), facts.color, facts.shape)
-        )
-        variants = [
-            CaptionFacts(facts.count, color, facts.shape),
-            CaptionFacts(facts.count, facts.color, shape),
-            third,
-        ]
-    choices = [true_caption, *(caption(v) for v in variants)]
-    assert len(set(choices)) == CHOICE_SET_SIZE, choices  # by construction; see _event_distractors
-    return choices

@@ -261,7 +261,7 @@ class EvalConfig:
     # in time and "repeated" (one frame K times); their figures are logged as eval/<view>/<metric>.
     controls: list[str] = field(default_factory=lambda: ["shuffled", "repeated"])
     # Clips with SynthVid ground truth: choose among the closed set of candidate captions
-    # (data.synthvid_grammar.choice_set) by log p(caption | video) - log p(caption | blank video),
+    # (data.synthvid_choices.choice_set) by log p(caption | video) - log p(caption | blank video),
     # eval/choice_acc_pct (chance 25%); eval/choice_raw_acc_pct without the prior subtracted.
     forced_choice: bool = True
     # METEOR among the caption metrics (its Java scorer takes seconds to load on every evaluation).

@@ -6,7 +6,7 @@ Per batch of B clips with K kept frames each (``selected.frames`` [B, K, 3, H, W
 - "retrieval": the video embedding of every frame view (`frame_views`: ordered and the controls)
   and one text embedding per reference;
 - forced choice (clips with SynthVid ground truth): log p(caption | frames) of each candidate of
-  the clip's closed choice set (`data.synthvid_grammar.choice_set`), for every frame view, and
+  the clip's closed choice set (`data.synthvid_choices.choice_set`), for every frame view, and
   under the blank video (`frame_views.BLANK`: the captions' prior, which forced choice subtracts);
 - the temporal gates of the ordered forward (temporal adapters).
 
@@ -25,7 +25,7 @@ import torch
 
 from data.batch import VideoBatch
 from data.frame_selector import SelectedFrames
-from data.synthvid_grammar import choice_set
+from data.synthvid_choices import choice_set
 from models.retrieval_head import caption_tokens
 from trainer.config import RunConfig
 from trainer.evaluation.forced_choice import choice_log_likelihoods

@@ -1,7 +1,7 @@
 """Forced choice: which of M candidate captions does the model find likeliest for a clip?
 
-Each clip comes with M captions, one true and M − 1 that differ from it in one controlled way
-(SynthVid: the order of two events swapped, one direction reversed). The model chooses the
+Each clip comes with M captions, one true and M − 1 that differ from it only in what the task tests
+(SynthVid: `data.synthvid_choices`, drawn so that chance is exactly 1 / M). The model chooses the
 caption with the highest score; accuracy over clips against chance 1 / M says whether the
 captioner tells the difference, independent of how well it generates.
 
