@@ -15,8 +15,8 @@ with everything the task does not test held fixed, without replacement.
     shift       count and the (shape, colour) pair     the split's pairs (HELD_OUT at eval / test)
 
 Hand-picked "hard" distractors (the order reversed, one direction flipped) are not exchangeable:
-over SynthVid's direction sequences a fixed preference ("up first") scored anywhere from 8% to 36%
-against them. Retrieval groups keep those hard negatives for the within-group test
+on 3000 generated `order` clips, fixed preferences that never look at a clip scored 15-27% against
+them (tests/data/test_synthvid_choices.py holds such scorers to 25 +- 4%). Retrieval groups keep those hard negatives for the within-group test
 (trainer/evaluation/set_scores.py); forced choice asks the closed-set question with a known
 chance. Whether a shift model falls back to a training combination is read from its generations
 (attribute and pair accuracy): its eval clips only show held-out pairs, so only those are drawn.
@@ -43,6 +43,7 @@ from data.synthvid_grammar import (
     SHAPES,
     CaptionFacts,
     caption,
+    event_sequences,
     facts_of,
 )
 
@@ -63,11 +64,7 @@ def _sequences(truth: dict[str, Any], length: int) -> list[tuple[str, ...]]:
         return retrieval_sequences(str(truth.get("variant", "anchor")))
     if truth.get("task") == "order":
         return order_sequences(length)
-    return [
-        seq
-        for seq in itertools.product(DIRECTION_PHRASES, repeat=length)
-        if all(a != b for a, b in itertools.pairwise(seq))
-    ]
+    return [seq for seq in event_sequences() if len(seq) == length]
 
 
 def candidate_facts(truth: dict[str, Any]) -> list[CaptionFacts]:

@@ -149,7 +149,7 @@ def parse_caption(text: str) -> CaptionFacts | None:
     return facts if _grammar_error(facts) is None else None
 
 
-def _event_sequences() -> list[tuple[str, ...]]:
+def event_sequences() -> list[tuple[str, ...]]:
     """Every sequence of 2..MAX_EVENTS directions without the same direction twice in a row."""
     return [
         seq
@@ -171,7 +171,7 @@ def caption_corpus() -> list[str]:
     ]
     events = [
         caption(CaptionFacts(1, color, shape, seq))
-        for shape, color, seq in itertools.product(SHAPES, COLOR_WORDS, _event_sequences())
+        for shape, color, seq in itertools.product(SHAPES, COLOR_WORDS, event_sequences())
     ]
     appearance = [
         caption(CaptionFacts(count, color, shape))
