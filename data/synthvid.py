@@ -59,6 +59,7 @@ from data.synthvid_grammar import (
     CaptionFacts,
     caption,
     caption_corpus,
+    event_sequences,
 )
 from data.video_io import encode_mp4
 
@@ -234,11 +235,7 @@ def order_sequences(num_events: int) -> list[tuple[str, ...]]:
     """Every direction sequence an order clip of `num_events` events can show, in a fixed order: no
     direction twice in a row, and first != last, so that the reversed order is another caption (a
     palindrome's order cannot be asked about). Order clips draw one uniformly."""
-    return [
-        seq
-        for seq in itertools.product(DIRECTIONS, repeat=num_events)
-        if all(a != b for a, b in itertools.pairwise(seq)) and seq[0] != seq[-1]
-    ]
+    return [seq for seq in event_sequences() if len(seq) == num_events and seq[0] != seq[-1]]
 
 
 def retrieval_sequences(variant: str) -> list[tuple[str, ...]]:

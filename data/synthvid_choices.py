@@ -95,7 +95,7 @@ def choice_set(truth: dict[str, Any]) -> list[str]:
         ValueError: the truth's facts are outside the grammar.
     """
     true_caption = caption(facts_of(truth))  # raises ValueError for facts outside the grammar
-    others = [c for c in dict.fromkeys(caption(f) for f in candidate_facts(truth)) if c != true_caption]
+    others = [c for c in map(caption, candidate_facts(truth)) if c != true_caption]  # distinct facts
     need = CHOICE_SET_SIZE - 1
     if len(others) < need:
         raise ValueError(f"only {len(others)} other captions for {true_caption!r}; a choice set needs {need}")
