@@ -123,15 +123,26 @@ def rank_series(runs: pd.DataFrame, rank_key: str, quality: str) -> pd.DataFrame
     """The runs of the largest set of configurations that differ only in ``rank_key`` (>= 2 ranks).
 
     Configurations are compared through their full logged config (``cfg.*`` columns) with the rank
-    key left out, and any param holding it (``adapter.ranks`` for ``adapter.ranks.llm``).
+    key left out, and any param holding it (``adapter.ranks`` for ``adapter.ranks.llm``), and any
+    column that differs between the runs of one configuration (``label``): a value derived from the
+    seed, such as the path of the SynthVid shards a data seed wrote, would otherwise put every seed
+    in a series of its own.
     """
     data = runs.dropna(subset=[quality]).copy()
     data["rank"] = [_config_value(row, rank_key) for _, row in data.iterrows()]
     data = data.dropna(subset=["rank"])
     if data.empty:
         return None
+    per_seed = {
+        c for c in data if c.startswith("cfg.") and data.groupby("label")[c].nunique(dropna=False).max() > 1
+    }
     rest = [
-        c for c in data if c.startswith("cfg.") and c[4:] != rank_key and not rank_key.startswith(c[4:] + ".")
+        c
+        for c in data
+        if c.startswith("cfg.")
+        and c not in per_seed
+        and c[4:] != rank_key
+        and not rank_key.startswith(c[4:] + ".")
     ]
     data["_rest"] = data[rest].map(str).agg("|".join, axis=1) if rest else ""
     best = max(data.groupby("_rest"), key=lambda kv: (kv[1]["rank"].nunique(), len(kv[1])))[1]

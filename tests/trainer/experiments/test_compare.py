@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from trainer.experiments import compare as cmp
 from trainer.experiments import results_readme
-from trainer.experiments.compare_laws import fit_rank_law, power_law
+from trainer.experiments.compare_laws import fit_rank_law, power_law, rank_series
 from trainer.experiments.compare_plots import pareto_front
 from trainer.experiments.compare_runs import load_runs
 
@@ -126,6 +126,27 @@ def test_pareto_front_mask():
     quality = np.array([0.5, 0.7, 0.9, 0.6, 0.5])
     # (2, 0.6) is beaten by (2, 0.7); the two identical cheapest points do not beat each other.
     assert pareto_front(cost, quality).tolist() == [True, True, True, False, True]
+
+
+def test_rank_series_keeps_every_seed_when_a_setting_follows_the_data_seed():
+    # SynthVid logs the shards each data seed wrote (data.train_shards): a path per seed, the same
+    # configuration. Grouping on it gave one run per rank per series (3 points, a zero-width band).
+    rows = [
+        {
+            "label": f"rank-r={r}",
+            "seed": seed,
+            "eval/q": 20.0 + r / 8 + seed,
+            "cfg.adapter.r": str(r),
+            "cfg.adapter.method": "qlora",
+            "cfg.data.train_shards": f"assets/order-train-{seed}",
+        }
+        for r in (8, 16, 32)
+        for seed in range(5)
+    ]
+    rows.append({**rows[0], "label": "lora-r=8", "cfg.adapter.method": "lora"})
+    series = rank_series(pd.DataFrame(rows), "adapter.r", "eval/q")
+    assert len(series) == 15 and set(series["label"]) == {"rank-r=8", "rank-r=16", "rank-r=32"}
+    assert sorted(series["rank"].unique()) == [8.0, 16.0, 32.0]
 
 
 def test_two_ranks_fall_back_to_a_log_linear_fit():
