@@ -26,6 +26,7 @@ class SweepRun:
     params: dict[str, str]  # the swept keys of this combination → YAML text
     axis_labels: dict[str, str]
     config_id: str
+    train_steps: int  # its train.steps: how long it runs, for the order runs are launched in
 
     def tags(self, experiment: str) -> dict[str, str]:
         return {
@@ -83,11 +84,14 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
                     seed=seed,
                     groups=[group.name],
                     overrides=overrides,
-                    params={k: v for k, v in {**group.overrides, **params}.items() if k not in spec.seed_keys},
+                    params={
+                        k: v for k, v in {**group.overrides, **params}.items() if k not in spec.seed_keys
+                    },
                     axis_labels={
                         a.name: v.label for a, v in zip(group.axes, combo, strict=True) if not a.is_key
                     },
                     config_id=identity,
+                    train_steps=int(flat["train.steps"]),
                 )
                 runs.append(run)
                 by_config[(identity, seed)] = run

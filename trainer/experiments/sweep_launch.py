@@ -1,5 +1,5 @@
-"""Launching: the runs of a sweep one after the other (or in a few parts side by side), each in a
-forked child or a subprocess.
+"""Launching: the runs of a sweep one after the other (or a few side by side, taking the next run
+from a shared queue, longest first), each in a forked child or a subprocess.
 
 Finished runs are skipped and failed ones recorded (see ``trainer.experiments.sweep``); a stop
 signal (SIGTERM, SIGUSR1) is passed to the running child and ends the sweep after it.
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,13 @@ def _fork(job: Any, log_path: Path) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def run_sweep(runs: list[SweepRun], settings: Settings) -> list[dict[str, Any]]:
-    """Run ``runs`` one after the other; a stop signal is passed to the running child and ends the sweep."""
+def run_sweep(runs: list[SweepRun], settings: Settings, queue: Path | None = None) -> list[dict[str, Any]]:
+    """Run ``runs`` one after the other; a stop signal is passed to the running child and ends the sweep.
+
+    With ``queue`` (a file holding the position of the next run, see `run_in_parts`), each run is
+    taken from the queue instead: processes that share it never run the same one, and none idles
+    while runs are left.
+    """
     if settings.launcher == "fork":
         import train  # noqa: F401  heavy imports once, inherited by every forked run
 
@@ -208,14 +214,14 @@ def run_sweep(runs: list[SweepRun], settings: Settings) -> list[dict[str, Any]]:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     results = []
     try:
-        for i, run in enumerate(runs):
+        for position, run in _taken(runs, queue) if queue is not None else enumerate(runs):
             start = time.perf_counter()
             status = execute(run, settings)
             seconds = time.perf_counter() - start
             results.append(
                 {"index": run.index, "name": run.name, "status": status, "seconds": round(seconds, 1)}
             )
-            print(f"[{i + 1}/{len(runs)}] {run.name}: {status} in {seconds:.1f} s", flush=True)
+            print(f"[{position + 1}/{len(runs)}] {run.name}: {status} in {seconds:.1f} s", flush=True)
             if stop["requested"] or status == "PREEMPTED":
                 print("stop requested: the sweep ends here; run it again to continue", flush=True)
                 break
@@ -226,10 +232,26 @@ def run_sweep(runs: list[SweepRun], settings: Settings) -> list[dict[str, Any]]:
     return results
 
 
+def _taken(runs: list[SweepRun], queue: Path) -> Iterator[tuple[int, SweepRun]]:
+    """(position, run) for each run this process takes from ``queue``, until none is left."""
+    while True:
+        with queue.open("r+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            position = int(handle.read())
+            handle.seek(0)
+            handle.write(str(position + 1))
+            handle.truncate()
+        if position >= len(runs):
+            return
+        yield position, runs[position]
+
+
 def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[dict[str, Any]]:
-    """``run_sweep`` over ``jobs`` interleaved parts of ``runs`` at once, each part in a forked
-    process of its own (on a small machine several single-threaded runs side by side use the cores
-    better than one run's threads do). A stop signal is passed to every part."""
+    """``run_sweep`` in ``jobs`` forked processes side by side (on a small machine several
+    single-threaded runs use the cores better than one run's threads do), each taking its next run
+    from one queue, longest first (``train.steps``). Long runs first leave the short ones to even out
+    the ends: in the SynthVid sweep split into fixed halves, with the 400-step curve runs last, one
+    process ran alone for the last 109 s. A stop signal is passed to every part."""
     if jobs <= 1:
         return run_sweep(runs, settings)
     if settings.launcher == "fork":
@@ -239,15 +261,20 @@ def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[di
     prepare_store(settings)  # parts that open a new sqlite store at once race on its schema
     folder = settings.out_root / settings.experiment
     folder.mkdir(parents=True, exist_ok=True)
+    longest_first = sorted(
+        runs, key=lambda run: -run.train_steps
+    )  # stable: the sweep's order within a length
+    queue = folder / f".queue-{os.getpid()}"
+    queue.write_text("0")
 
-    def part_job(part: int, result_file: Path) -> int:
-        result_file.write_text(json.dumps(run_sweep(runs[part::jobs], settings)))
+    def part_job(result_file: Path) -> int:
+        result_file.write_text(json.dumps(run_sweep(longest_first, settings, queue)))
         return 0
 
     parts = {}
     for part in range(jobs):
         result_file = folder / f".part{part}-{os.getpid()}.json"
-        parts[_spawn(lambda p=part, f=result_file: part_job(p, f))] = result_file
+        parts[_spawn(lambda f=result_file: part_job(f))] = result_file
 
     def forward(signum: int, frame: Any) -> None:
         for pid in parts:
@@ -260,6 +287,7 @@ def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[di
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        queue.unlink(missing_ok=True)
     results = []
     for result_file in parts.values():
         if result_file.is_file():

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import DEMO_DATA, REPO, asset_overrides, training_env
 from trainer.config import ConfigError
-from trainer.experiments import sweep
+from trainer.experiments import sweep, sweep_launch
 from trainer.experiments.sweep_grid import SweepRun, expand
 from trainer.experiments.sweep_launch import Settings
 from trainer.experiments.sweep_slurm import prepare_store
@@ -268,3 +269,34 @@ def test_prepared_sqlite_store_takes_array_tasks_starting_at_once(tmp_path):
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
     runs = MlflowClient(uri).search_runs([exp_id])
     assert sorted(r.info.run_name for r in runs) == ["task0", "task1", "task2"]
+
+
+def test_parts_share_one_queue_longest_first(tmp_path, monkeypatch):
+    """--jobs 2: every run once, the two longest started first, one in each part (the interleaved
+    halves of before started r0 and r1), and every run still reported in the sweep's order."""
+    steps = [100, 400, 100, 100, 400, 100, 100, 100]
+    runs = [
+        SweepRun(i, f"r{i}-{n}", f"r{i}", 0, ["g"], [], {}, {}, f"id{i}", train_steps=n)
+        for i, n in enumerate(steps)
+    ]
+    started = tmp_path / "started.txt"
+
+    def fake_execute(run: SweepRun, settings: Settings) -> str:
+        with started.open("a") as log:
+            log.write(f"{run.name} {os.getpid()}\n")
+        time.sleep(run.train_steps / 1000)
+        return "FINISHED"
+
+    monkeypatch.setattr(sweep_launch, "execute", fake_execute)
+    settings = Settings(
+        "queue", DEMO, tmp_path / "sweeps", f"sqlite:///{tmp_path}/mlflow.db", launcher="subprocess"
+    )
+    results = sweep_launch.run_in_parts(runs, settings, jobs=2)
+    lines = [line.split() for line in started.read_text().splitlines()]
+    assert sorted(name for name, _ in lines) == sorted(r.name for r in runs)  # each exactly once
+    assert {name for name, _ in lines[:2]} == {"r1-400", "r4-400"}  # the two long ones first
+    pids = {pid for _, pid in lines[:2]}
+    assert len(pids) == 2  # one in each part
+    assert [r["index"] for r in results] == list(range(len(runs)))
+    assert all(r["status"] == "FINISHED" for r in results)
+    assert not list((tmp_path / "sweeps" / "queue").glob(".queue-*"))
