@@ -62,3 +62,13 @@ def test_results_files_and_readme_section(quick):
     readme = (quick / "README.md").read_text()
     section = readme[readme.index("<!-- results:start -->") : readme.index("<!-- results:end -->")]
     assert "**The claims**" in section and "Temporal-aware QLoRA" in section
+
+
+def test_the_sweep_data_is_written_beside_the_pretraining(quick):
+    """synthvid-inputs writes every run's SynthVid shards before the sweep: no run writes its own."""
+    log = (quick / "make.log").read_text()
+    assert "SynthVid shard folders written for" in log
+    run_logs = list((quick / "sweeps" / "synthvid-quick").glob("*/sweep.log"))
+    assert run_logs
+    writers = [p.parent.name for p in run_logs if "data.train_shards is null: writing" in p.read_text()]
+    assert not writers, f"runs that wrote their own training shards: {writers}"

@@ -51,15 +51,18 @@ class Asset:
     build: Callable[[Path], Any]
 
 
-def resolve_assets(cfg: RunConfig, splits: tuple[str, ...] = ("train", "eval", "test")) -> list[Asset]:
+def resolve_assets(
+    cfg: RunConfig, splits: tuple[str, ...] = ("train", "eval", "test"), base_model: bool = True
+) -> list[Asset]:
     """Check the base model and the shards of `splits` that ``cfg`` names, put the generated assets'
     paths in place of its null ones (``cfg`` is changed in place, as the run then records it), and
-    return the assets still to generate.
+    return the assets still to generate. ``base_model=False`` leaves the model out: the data of runs
+    whose base is still being trained (`trainer.experiments.sweep --prepare-data`).
 
     Raises:
         ConfigError: a named path is missing, or a path is null with nothing to generate in its place.
     """
-    pending = [_base_model(cfg), *(_shards(cfg, split) for split in splits)]
+    pending = [_base_model(cfg) if base_model else None, *(_shards(cfg, split) for split in splits)]
     return [a for a in pending if a is not None and not a.path.exists()]
 
 

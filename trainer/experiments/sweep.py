@@ -28,8 +28,9 @@ runs), ``sweep_launch`` (running them in sequence), ``sweep_slurm`` (the array j
 (the command line).
 
 ``--set`` overrides every run, the groups' own settings included (``--set train.steps=3`` makes a
-quick check of a whole sweep file). ``--jobs N`` runs N interleaved parts of the sweep side by side,
-each in its own process.
+quick check of a whole sweep file). ``--jobs N`` runs N runs side by side, each of N processes
+taking the next run from one queue, longest first. ``--prepare-data`` only writes the SynthVid
+shards the runs would generate, so that it can run while their base model is being pretrained.
 
 Launchers (``--launcher``):
     fork       (default) each run is ``train.main`` in a child forked from this process, which has
@@ -50,7 +51,7 @@ from pathlib import Path
 
 from trainer.config import ConfigError, load_config
 from trainer.experiments.sweep_grid import expand
-from trainer.experiments.sweep_launch import Settings, run_in_parts, train_command
+from trainer.experiments.sweep_launch import Settings, prepare_data, run_in_parts, train_command
 from trainer.experiments.sweep_slurm import prepare_store, submit_array
 from trainer.experiments.sweep_spec import SweepSpec, grid_group, load_sweep_file, seed_list
 
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", type=int, help="run only combination INDEX (a SLURM array task)")
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs side by side (each single-threaded is best on few cores)"
+    )
+    parser.add_argument(
+        "--prepare-data",
+        action="store_true",
+        help="write the SynthVid shards the runs generate (their base model may not exist yet), run nothing",
     )
     parser.add_argument("--count", action="store_true", help="print the number of runs and exit")
     parser.add_argument("--dry-run", action="store_true", help="list the runs (and commands), run nothing")
@@ -146,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"--index {args.index} is out of range: the sweep has {len(runs)} runs (0-{len(runs) - 1})"
             )
         runs = [runs[args.index]]
+    if args.prepare_data:
+        written = prepare_data(runs, settings)
+        print(f"{written} SynthVid shard folders written for {len(runs)} runs")
+        return 0
     if args.dry_run:
         for run in runs:
             print(

@@ -246,6 +246,30 @@ def _taken(runs: list[SweepRun], queue: Path) -> Iterator[tuple[int, SweepRun]]:
         yield position, runs[position]
 
 
+def launch_order(runs: list[SweepRun]) -> list[SweepRun]:
+    """The order `run_in_parts` starts runs in: longest (``train.steps``) first, the sweep's order
+    within one length."""
+    return sorted(runs, key=lambda run: -run.train_steps)
+
+
+def prepare_data(runs: list[SweepRun], settings: Settings) -> int:
+    """Write the SynthVid shards ``runs`` will generate, in the order they will need them; the
+    number of shard folders written. Their base model need not exist yet: ``make experiments`` runs
+    this beside the pretraining, on the core its one thread leaves (each data seed's 512 clips
+    cost the first run that needs them ~22 s of x264 on 2 cores)."""
+    from tqdm import tqdm
+
+    from trainer.assets import generate, resolve_assets
+    from trainer.config import load_config
+
+    written = 0
+    for run in tqdm(launch_order(runs), desc="sweep data", unit="run"):
+        pending = resolve_assets(load_config(settings.config, run_overrides(run, settings)), base_model=False)
+        generate(pending)
+        written += len(pending)
+    return written
+
+
 def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[dict[str, Any]]:
     """``run_sweep`` in ``jobs`` forked processes side by side (on a small machine several
     single-threaded runs use the cores better than one run's threads do), each taking its next run
@@ -261,9 +285,7 @@ def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[di
     prepare_store(settings)  # parts that open a new sqlite store at once race on its schema
     folder = settings.out_root / settings.experiment
     folder.mkdir(parents=True, exist_ok=True)
-    longest_first = sorted(
-        runs, key=lambda run: -run.train_steps
-    )  # stable: the sweep's order within a length
+    longest_first = launch_order(runs)
     queue = folder / f".queue-{os.getpid()}"
     queue.write_text("0")
 
