@@ -113,7 +113,8 @@ $(SV_ROOT)/pretrain/adapter/config.json: | $(STAMP)
 	rm -rf $(SV_ROOT)/sweeps
 	$(PY) train.py --config configs/synthvid/pretrain.yaml $(SV_PRETRAIN_ARGS)
 
-# What needs no base model, beside the pretraining (make -j2 below): its one thread and its data
+# What needs no base model, beside the pretraining (make -j2 below; -o: this make has brought the
+# set-up stamp up to date, or was told to take it as current): its one thread and its data
 # worker leave most of the second core idle, and the sweep's SynthVid shards (25 folders of 512
 # training clips) otherwise cost its first run of each task and seed ~22 s of video encoding.
 synthvid-inputs: | $(STAMP)
@@ -122,7 +123,7 @@ synthvid-inputs: | $(STAMP)
 
 # The sweep's failed runs are listed (and recorded in MLflow); the comparison of the others goes on.
 experiments: $(STAMP)
-	$(MAKE) --no-print-directory -j2 $(SV_ROOT)/pretrain/adapter/config.json synthvid-inputs
+	$(MAKE) --no-print-directory -j2 -o $(STAMP) $(SV_ROOT)/pretrain/adapter/config.json synthvid-inputs
 	-$(PY) -m trainer.experiments.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps --jobs 2 $(SV_SWEEP_ARGS)
 	$(PY) -m trainer.experiments.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task --sweep configs/synthvid/experiments.yaml
 	$(if $(QUICK),cp README.md $(SV_README))
