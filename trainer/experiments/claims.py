@@ -12,6 +12,8 @@ The sweep file declares, before any run (configs/synthvid/experiments.yaml)::
         controls:                           must hold as well (each its own 95% CI)
           - {treatment: methods-order-temporal_qlora, metric: choice_acc_pct,
              baseline_metric: shuffled/choice_acc_pct}
+        positive_control:                   can the benchmark show such an effect at all?
+          {baseline: methods-order-frozen, treatment: methods-order-full}
 
 A comparison pairs two configurations (or two figures of one configuration) over the seeds both
 ran and the clips both scored: per-clip outcomes come from each run's ``eval/per_clip_step<N>.json``
@@ -20,6 +22,11 @@ the crossed seed × clip bootstrap (`statistics.paired_bootstrap`); the claims' 
 Holm-adjusted together; a claim is "supported" when its primary comparison is significant in the
 declared direction (adjusted p < 0.05) and every control's CI excludes 0 on that side, "refuted"
 when the primary is significant the other way, else "not supported".
+
+A positive control is a difference the benchmark must show whatever the method under test does
+(the most capable method against the zero-shot base on the claim's task; every event visible
+against none). It does not change a verdict; a "not supported" whose positive control does not hold
+says so in its reason, since then the benchmark could not have shown the claim either way.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class Claim:
     statement: str
     primary: Comparison
     controls: tuple[Comparison, ...] = ()
+    positive_control: Comparison | None = None
 
 
 @dataclass
@@ -84,6 +92,11 @@ def load_comparison_spec(path: str | Path) -> ComparisonSpec:
         where = f"{path}: claims.{name}"
         if not isinstance(body, dict) or "primary" not in body:
             raise ConfigError(f"{where} needs a primary comparison")
+        unknown = sorted(set(body) - {"statement", "primary", "controls", "positive_control"})
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown keys {unknown}; valid: ['controls', 'positive_control', 'primary', 'statement']"
+            )
         claims.append(
             Claim(
                 name=str(name),
@@ -92,6 +105,11 @@ def load_comparison_spec(path: str | Path) -> ComparisonSpec:
                 controls=tuple(
                     _comparison(c, metric, f"{where}.controls[{i}]")
                     for i, c in enumerate(body.get("controls") or [])
+                ),
+                positive_control=(
+                    _comparison(body["positive_control"], metric, where + ".positive_control")
+                    if body.get("positive_control") is not None
+                    else None
                 ),
             )
         )
@@ -185,6 +203,7 @@ def decide(table: pd.DataFrame, claims: list[Claim]) -> list[dict[str, Any]]:
         try:
             primary = paired_difference(table, claim.primary)
             controls = [paired_difference(table, c) for c in claim.controls]
+            positive = claim.positive_control and paired_difference(table, claim.positive_control)
         except ValueError as err:
             results.append({**entry, "verdict": "not decided", "reason": str(err)})
             continue
@@ -193,6 +212,12 @@ def decide(table: pd.DataFrame, claims: list[Claim]) -> list[dict[str, Any]]:
             {"comparison": c.describe(), **d.to_dict(), "holds": _excludes_zero(d, c.direction)}
             for c, d in zip(claim.controls, controls, strict=True)
         ]
+        if positive:
+            entry["positive_control"] = {
+                "comparison": claim.positive_control.describe(),
+                **positive.to_dict(),
+                "holds": _excludes_zero(positive, claim.positive_control.direction),
+            }
         entry["direction"] = claim.primary.direction
         p_values[claim.name] = primary.p_value
         results.append(entry)
@@ -208,6 +233,10 @@ def decide(table: pd.DataFrame, claims: list[Claim]) -> list[dict[str, Any]]:
             entry["reason"] = "a control does not hold: " + ", ".join(
                 c["comparison"] for c in entry["controls"] if not c["holds"]
             )
+        positive = entry.get("positive_control")
+        if outcome == "not supported" and positive and not positive["holds"]:
+            why = f"the positive control does not hold ({positive['comparison']}): the benchmark could not have shown it"
+            entry["reason"] = "; ".join(filter(None, [entry.get("reason"), why]))
         entry["verdict"] = outcome
     return results
 
@@ -251,26 +280,28 @@ def markdown_deltas(deltas: pd.DataFrame, metric: str) -> str:
 
 
 def markdown_claims(results: list[dict[str, Any]]) -> str:
-    """Each claim: primary comparison, Δ with CI, Holm-adjusted p, controls and verdict."""
+    """Each claim: primary comparison, Δ with CI, Holm-adjusted p, controls, positive control and verdict."""
     lines = [
-        "| claim | primary comparison | Δ (points) | 95% CI | p (Holm) | controls | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | primary comparison | Δ (points) | 95% CI | p (Holm) | controls | positive control | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "primary" not in r:
-            lines.append(f"| {r['statement']} | – | – | – | – | – | **{r['verdict']}**: {r['reason']} |")
+            lines.append(f"| {r['statement']} | – | – | – | – | – | – | **{r['verdict']}**: {r['reason']} |")
             continue
         p = r["primary"]
-        controls = "; ".join(
-            f"{c['comparison']}: {c['delta']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
-            f"{'' if c['holds'] else ' (does not hold)'}"
-            for c in r["controls"]
-        )
+        controls = "; ".join(_control_text(c) for c in r["controls"])
+        positive = _control_text(r["positive_control"]) if "positive_control" in r else "–"
         lines.append(
             f"| {r['statement']} | {p['comparison']} | {p['delta']:+.2f} | [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] | "
-            f"{p['p_adjusted']:.3g} | {controls or '–'} | **{r['verdict']}** |"
+            f"{p['p_adjusted']:.3g} | {controls or '–'} | {positive} | **{r['verdict']}** |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _control_text(c: dict[str, Any]) -> str:
+    held = "" if c["holds"] else " (does not hold)"
+    return f"{c['comparison']}: {c['delta']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]{held}"
 
 
 def summary_of(results: list[dict[str, Any]]) -> dict[str, Any]:

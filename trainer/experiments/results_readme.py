@@ -42,7 +42,8 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
             "**The claims** (pre-registered in the sweep file: one primary comparison each, paired over "
             "the same eval clips and seeds; Δ in percentage points with a 95% CI from a crossed seed × "
             "clip bootstrap; p Holm-adjusted over the claims; a claim is supported only if its controls "
-            "hold too):",
+            "hold too; its positive control, a difference the benchmark must show whatever the method "
+            "under test does, says whether it could have been shown at all):",
             "",
             (comparison_dir / "claims.md").read_text().rstrip(),
             "",

@@ -15,7 +15,14 @@ from mlflow.tracking import MlflowClient
 from trainer.config import ConfigError
 from trainer.experiments import compare as cmp
 from trainer.experiments import results_readme
-from trainer.experiments.claims import Claim, Comparison, decide, load_comparison_spec, paired_difference
+from trainer.experiments.claims import (
+    Claim,
+    Comparison,
+    decide,
+    load_comparison_spec,
+    markdown_claims,
+    paired_difference,
+)
 
 CLIPS = [f"{i:04d}" for i in range(120)]
 # Per configuration, the probability that a clip's forced choice is right, ordered and shuffled.
@@ -48,7 +55,9 @@ def long_table() -> pd.DataFrame:
 
 
 def claim(name: str, treatment: str, control: bool = True) -> Claim:
-    controls = (Comparison(treatment, treatment, "choice_acc_pct", "shuffled/choice_acc_pct"),) if control else ()
+    controls = (
+        (Comparison(treatment, treatment, "choice_acc_pct", "shuffled/choice_acc_pct"),) if control else ()
+    )
     return Claim(name, f"{treatment} beats base", Comparison(treatment, "base", "choice_acc_pct"), controls)
 
 
@@ -76,6 +85,40 @@ def test_verdicts_follow_the_primary_and_the_controls():
         assert p["p_adjusted"] >= p["p_value"]
 
 
+def test_a_failed_positive_control_qualifies_not_supported_and_changes_no_verdict():
+    learnable = Comparison("better", "base", "choice_acc_pct")  # the benchmark can show an effect
+    flat = Comparison("base", "base", "choice_acc_pct", "shuffled/choice_acc_pct")  # it cannot
+    claims = [
+        Claim(
+            "blind",
+            "base beats itself",
+            Comparison("base", "base", "choice_acc_pct"),
+            (),
+            flat,
+        ),
+        Claim(
+            "sighted",
+            "appearance is temporal",
+            claim("x", "appearance").primary,
+            claim("x", "appearance").controls,
+            learnable,
+        ),
+        Claim("lucky", "better beats base", Comparison("better", "base", "choice_acc_pct"), (), flat),
+    ]
+    results = {r["claim"]: r for r in decide(long_table(), claims)}
+    blind = results["blind"]
+    assert blind["verdict"] == "not supported" and not blind["positive_control"]["holds"]
+    assert "positive control does not hold" in blind["reason"]
+    sighted = results["sighted"]
+    assert sighted["positive_control"]["holds"] and sighted["positive_control"]["delta"] == pytest.approx(
+        30, abs=8
+    )
+    assert sighted["verdict"] == "not supported" and "positive control" not in sighted["reason"]
+    assert results["lucky"]["verdict"] == "supported"  # the positive control never changes a verdict
+    table = markdown_claims(list(results.values()))
+    assert "positive control" in table.splitlines()[0] and "(does not hold)" in table
+
+
 def test_paired_difference_uses_only_what_both_have():
     table = long_table()
     table = table[~((table["config"] == "better") & (table["seed"] == 2))]
@@ -93,6 +136,17 @@ def test_sweep_file_sections_are_checked(tmp_path):
     path.write_text(yaml.safe_dump(body))
     spec = load_comparison_spec(path)
     assert spec.claims[0].primary == Comparison("better", "base", "choice_acc_pct")
+    assert spec.claims[0].positive_control is None
+    body["claims"]["t"]["positive_control"] = {"baseline": "base", "treatment": "better"}
+    path.write_text(yaml.safe_dump(body))
+    assert load_comparison_spec(path).claims[0].positive_control == Comparison(
+        "better", "base", "choice_acc_pct"
+    )
+    body["claims"]["t"]["positive_contol"] = body["claims"]["t"].pop("positive_control")
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError, match="positive_contol"):
+        load_comparison_spec(path)
+    del body["claims"]["t"]["positive_contol"]
     body["claims"]["t"]["primary"]["direction"] = "up"
     path.write_text(yaml.safe_dump(body))
     with pytest.raises(ConfigError, match="direction"):
@@ -138,7 +192,12 @@ def compared_claims(mlflow_server, tmp_path_factory):
     )
     out = root / "out"
     result = cmp.compare(
-        mlflow_server.uri, experiment, out, log_to_mlflow=False, split_by="data.synthvid.task", sweep_file=sweep
+        mlflow_server.uri,
+        experiment,
+        out,
+        log_to_mlflow=False,
+        split_by="data.synthvid.task",
+        sweep_file=sweep,
     )
     return result, out
 
