@@ -118,6 +118,22 @@ def test_checkpoint_and_adapter_reload(demo_run):
         assert torch.equal(value, saved[name]), name
 
 
+def test_adapter_carries_a_filled_model_card(demo_run):
+    """peft's blank template is replaced by a card the Hub's parser reads, with the final scores."""
+    from huggingface_hub import ModelCard
+
+    _, _, summary = demo_run
+    card = ModelCard.load(Path(summary["adapter"]) / "README.md")
+    assert "[More Information Needed]" not in card.text
+    data = card.data
+    run_config = json.loads((Path(summary["adapter"]) / "run_config.json").read_text())
+    assert data.library_name == "peft" and "qlora" in data.tags
+    assert data.base_model == run_config["model"]["name_or_path"]
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results["cider"] == pytest.approx(summary["eval"]["cider"])
+    assert summary["run_id"] in card.text and "load_adapter" in card.text
+
+
 def test_resume_continues_from_the_checkpoint(demo_run, mlflow_server, demo_assets):
     tmp, _, first = demo_run
     launch(demo_assets, tmp, mlflow_server.uri, f"train.steps={STEPS + 4}", "eval.num_samples=0")

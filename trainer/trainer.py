@@ -40,6 +40,7 @@ from trainer.evaluation.eval_pass import evaluate as run_evaluation
 from trainer.evaluation.eval_pass import log_eval_result
 from trainer.flops import count_flops, flops_metrics, peak_tflops
 from trainer.metrics import TrainingMetrics, peak_memory
+from trainer.model_card import write_model_card
 from trainer.preemption import PreemptionHandler
 from trainer.rng_state import rng_state, seed_everything, set_rng_state
 from trainer.run_setup import (
@@ -100,6 +101,8 @@ class Trainer:
         self.mlflow_run_id: str | None = None
 
         self.eval_scores: dict[str, float] = {}
+        self.eval_chance: dict[str, float] = {}  # eval/<metric> → its chance level, where known
+        self.eval_step: int | None = None
         self.run_throughput: dict[str, float] = {}
         self.flops_per_step: int | None = None
         self.preempted = False
@@ -359,8 +362,22 @@ class Trainer:
                 checkpoint.export_adapter(
                     self.engine.module, self.processor, self.adapter_dir, self.cfg.to_dict(), run_info
                 )
+                self._write_model_card(run_info)
         barrier()
         return path
+
+    def _write_model_card(self, run_info: dict[str, Any]) -> None:
+        write_model_card(
+            self.adapter_dir,
+            self.cfg.to_dict(),
+            run_info,
+            eval_scores=self.eval_scores,
+            eval_chance=self.eval_chance,
+            eval_step=self.eval_step,
+            trainable_params=self.trainable_params,
+            total_params=self.total_params,
+            allocation=self.adapter_allocation,
+        )
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -379,6 +396,8 @@ class Trainer:
         )
         if result is not None:
             self.eval_scores = log_eval_result(self.tracker, result, self.step)
+            self.eval_chance = {f"eval/{k}": v for k, v in result.chance.items()}
+            self.eval_step = self.step
         barrier()
         return self.eval_scores
 
@@ -439,6 +458,10 @@ class Trainer:
         if not self.dist.is_main:
             return None
         summary = self.summary()
+        run_info = self.adapter_dir / "run_info.json"
+        # The card saved with the adapter, now with the final evaluation's scores.
+        if status == "FINISHED" and self.eval_scores and run_info.is_file():
+            self._write_model_card(json.loads(run_info.read_text()))
         path = self.output_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         self.tracker.log_artifact(path)
