@@ -45,6 +45,7 @@ Launchers (``--launcher``):
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -122,6 +123,11 @@ def _split_override(item: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow's telemetry looks up its server's address from a background thread. A run forked while
+    # that thread holds glibc's resolver lock inherits the lock held and hangs at its first lookup
+    # (torch's TCPStore names its socket with getnameinfo): two SynthVid runs hung that way for 20
+    # minutes. Without internet the lookup is wasted anyway; a user's explicit setting is kept.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     argv = list(sys.argv[1:] if argv is None else argv)
     sbatch_args: list[str] | None = None
     if "--slurm" in argv:  # everything after --slurm goes to sbatch

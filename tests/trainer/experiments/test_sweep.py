@@ -300,3 +300,15 @@ def test_parts_share_one_queue_longest_first(tmp_path, monkeypatch):
     assert [r["index"] for r in results] == list(range(len(runs)))
     assert all(r["status"] == "FINISHED" for r in results)
     assert not list((tmp_path / "sweeps" / "queue").glob(".queue-*"))
+
+
+def test_sweep_turns_mlflow_telemetry_off_unless_the_user_chose(monkeypatch):
+    """Its background address lookup, caught by a fork, hangs the forked run (see sweep.main)."""
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    assert sweep.main(["--config", DEMO, "--grid", "adapter.r=8", "--count"]) == 0
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true" and is_telemetry_disabled()
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    sweep.main(["--config", DEMO, "--grid", "adapter.r=8", "--count"])
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
