@@ -12,6 +12,9 @@ import pandas as pd
 
 from trainer.experiments.compare_runs import as_number
 
+# The exponent c of the power law is searched in this range.
+C_BOUNDS = (1e-3, 10.0)
+
 
 def power_law(r: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     """q(r) = a - b * r**(-c): quality that saturates at ``a`` as the rank grows."""
@@ -19,8 +22,8 @@ def power_law(r: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
 
 
 def fit_rank_law(ranks: np.ndarray, quality: np.ndarray) -> dict[str, Any]:
-    """Fit ``q(r) = a - b r^-c`` (scipy curve_fit) or, with < 3 distinct ranks or no convergence,
-    ``q = a + b ln r`` (least squares). ranks, quality: float [P] (one point per run)."""
+    """Fit ``q(r) = a - b r^-c`` (scipy curve_fit) or, with < 3 distinct ranks, no convergence or
+    c at a bound of its range, ``q = a + b ln r`` (least squares). ranks, quality: float [P] (one point per run)."""
     from scipy.optimize import curve_fit
 
     ranks, quality = np.asarray(ranks, float), np.asarray(quality, float)
@@ -33,9 +36,13 @@ def fit_rank_law(ranks: np.ndarray, quality: np.ndarray) -> dict[str, Any]:
                 ranks,
                 quality,
                 p0=(quality.max() + spread, spread, 0.5),
-                bounds=([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 10.0]),
+                bounds=([-np.inf, -np.inf, C_BOUNDS[0]], [np.inf, np.inf, C_BOUNDS[1]]),
                 maxfev=20000,
             )
+            if not C_BOUNDS[0] * 1.01 < c < C_BOUNDS[1] * 0.99:
+                # At a bound the exponent is not identified (flat or non-monotone quality): a = 24.8,
+                # b = -5.9e8, c = 10 on SynthVid's flat rank series. The log-linear law says it plainly.
+                raise ValueError(f"c = {c:.3g} at its bound {C_BOUNDS}: the power law is not identified")
             predicted = power_law(ranks, a, b, c)
             stderr = np.sqrt(np.clip(np.diag(cov), 0, None)).tolist() if np.all(np.isfinite(cov)) else None
             return {

@@ -149,6 +149,15 @@ def test_rank_series_keeps_every_seed_when_a_setting_follows_the_data_seed():
     assert sorted(series["rank"].unique()) == [8.0, 16.0, 32.0]
 
 
+def test_an_exponent_at_its_bound_falls_back_to_a_log_linear_fit():
+    # Quality that dips at the middle rank (as SynthVid's order: 25.4, 24.6, 25.1): no a - b r^-c
+    # fits it, and curve_fit runs c to its bound.
+    ranks = np.repeat([8.0, 16.0, 32.0], 5)
+    quality = np.repeat([25.4, 24.6, 25.1], 5) + np.tile([-1.0, -0.5, 0.0, 0.5, 1.0], 3)
+    fit = fit_rank_law(ranks, quality)
+    assert fit["law"] == "a + b * ln(r)" and "not identified" in fit["power_law_error"]
+
+
 def test_two_ranks_fall_back_to_a_log_linear_fit():
     fit = fit_rank_law(np.array([8.0, 8.0, 32.0, 32.0]), np.array([0.5, 0.5, 0.7, 0.7]))
     assert fit["law"] == "a + b * ln(r)"
