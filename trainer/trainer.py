@@ -354,23 +354,23 @@ class Trainer:
         # Under ZeRO-3 each rank holds a slice of every parameter: gather the adapter to export it.
         with deepspeed.zero.GatheredParameters(trainable, enabled=zero_stage(self.ds_config) == 3):
             if self.dist.is_main:
-                run_info = {
-                    "mlflow_run_id": self.tracker.run_id,
-                    "tracking_uri": self.tracker.tracking_uri,
-                    "step": self.step,
-                }
                 checkpoint.export_adapter(
-                    self.engine.module, self.processor, self.adapter_dir, self.cfg.to_dict(), run_info
+                    self.engine.module, self.processor, self.adapter_dir, self.cfg.to_dict(), self._run_info()
                 )
-                self._write_model_card(run_info)
+                self._write_model_card()
         barrier()
         return path
 
-    def _write_model_card(self, run_info: dict[str, Any]) -> None:
+    def _run_info(self) -> dict[str, Any]:
+        """What the adapter folder's run_info.json (and its model card) name: the MLflow run and the step."""
+        tracker = self.tracker
+        return {"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "step": self.step}
+
+    def _write_model_card(self) -> None:
         write_model_card(
             self.adapter_dir,
             self.cfg.to_dict(),
-            run_info,
+            self._run_info(),
             eval_scores=self.eval_scores,
             eval_chance=self.eval_chance,
             eval_step=self.eval_step,
@@ -458,10 +458,9 @@ class Trainer:
         if not self.dist.is_main:
             return None
         summary = self.summary()
-        run_info = self.adapter_dir / "run_info.json"
-        # The card saved with the adapter, now with the final evaluation's scores.
-        if status == "FINISHED" and self.eval_scores and run_info.is_file():
-            self._write_model_card(json.loads(run_info.read_text()))
+        # The card saved with the adapter (run_info.json is written with it), now with the final scores.
+        if status == "FINISHED" and self.eval_scores and (self.adapter_dir / "run_info.json").is_file():
+            self._write_model_card()
         path = self.output_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         self.tracker.log_artifact(path)
