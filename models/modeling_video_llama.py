@@ -16,6 +16,8 @@ Architecture (Zhang et al., 2023, "Video-LLaMA"), built from transformers blocks
       ▼ causal LLM (any AutoModelForCausalLM)       logits [B, L, V]
 """
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,21 @@ VISION_MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "clip_vision_model": CLIPVisionModel,
     "siglip_vision_model": SiglipVisionModel,
 }
+
+
+@contextlib.contextmanager
+def _eager_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Run ``model`` (and only it) with eager attention inside the block, then restore its own.
+
+    Eager is the implementation that returns attention probabilities; the others (sdpa, flash)
+    fuse them away. The switch is transformers' `set_attn_implementation` on that sub-model's config.
+    """
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 class VideoLlamaPreTrainedModel(PreTrainedModel):
@@ -165,13 +182,13 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
                 "(size of the frame position embedding)"
             )
 
-    def get_video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode videos into LLM-space video tokens.
+    def _frame_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The video Q-Former's encoder input: every frame's query tokens plus its position embedding.
 
         Args:
             pixel_values: float [B, K, 3, H, W], normalised frames, K <= max_frames.
         Returns:
-            float [B, Qv, D] in the dtype of `video_projection` (D = LLM hidden size).
+            float [B, K*Q, Dq], frame-major: position k*Q + j is frame query j of frame k.
         """
         self._check_frames(pixel_values)
         b, k = pixel_values.shape[:2]
@@ -188,13 +205,54 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         frame_pos = self.frame_position_embedding(positions)  # [K, Dq]
         # Temporal order enters only here: the ViT and frame Q-Former see frames independently.
         frame_tokens = frame_tokens + frame_pos[None, :, None, :].to(frame_tokens.dtype)
-        frame_tokens = frame_tokens.reshape(b, k * q, dq)  # [B, K*Q, Dq]
+        return frame_tokens.reshape(b, k * q, dq)  # [B, K*Q, Dq]
 
-        video_queries = self.video_query_tokens.expand(b, -1, -1)  # [B, Qv, Dq]
+    def get_video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode videos into LLM-space video tokens.
+
+        Args:
+            pixel_values: float [B, K, 3, H, W], normalised frames, K <= max_frames.
+        Returns:
+            float [B, Qv, D] in the dtype of `video_projection` (D = LLM hidden size).
+        """
+        frame_tokens = self._frame_tokens(pixel_values)  # [B, K*Q, Dq]
+        video_queries = self.video_query_tokens.expand(frame_tokens.shape[0], -1, -1)  # [B, Qv, Dq]
         video_tokens = self.video_qformer(
             query_embeds=video_queries, encoder_hidden_states=frame_tokens
         ).last_hidden_state  # [B, Qv, Dq]
         return self.video_projection(video_tokens.to(self.video_projection.weight.dtype))  # [B, Qv, D]
+
+    @torch.no_grad()
+    def video_frame_attention(
+        self, pixel_values: torch.Tensor, frame_scores: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Which frames each video query reads: the video Q-Former's cross-attention, per frame.
+
+        An inspection of the video branch (the evaluation report), not part of any forward: it runs
+        the branch once more, with the video Q-Former's attention set to eager for this call only,
+        because sdpa computes no attention probabilities to return. Each encoder position of the
+        video Q-Former is one (frame k, frame query j) token, so a video query's attention on frame k
+        is the sum of its probabilities over that frame's Q tokens; heads are averaged. Call it in
+        eval mode: in training mode the probabilities carry attention dropout.
+
+        Args:
+            pixel_values: float [B, K, 3, H, W].
+            frame_scores: float [B, K, S] or None, visible to temporal adapters as in `encode_video`.
+        Returns:
+            float32 [B, Lc, Qv, K], Lc = the video Q-Former's cross-attention layers; each row
+            (b, layer, query) is a distribution over the K frames.
+        """
+        with self._frame_scores_visible(pixel_values, frame_scores):
+            frame_tokens = self._frame_tokens(pixel_values)  # [B, K*Q, Dq]
+            b, k = pixel_values.shape[:2]
+            video_queries = self.video_query_tokens.expand(b, -1, -1)  # [B, Qv, Dq]
+            with _eager_attention(self.video_qformer):
+                out = self.video_qformer(
+                    query_embeds=video_queries, encoder_hidden_states=frame_tokens, output_attentions=True
+                )
+        probs = torch.stack(out.cross_attentions, dim=1).float()  # [B, Lc, H, Qv, K*Q]
+        per_frame = probs.unflatten(-1, (k, -1)).sum(dim=-1)  # [B, Lc, H, Qv, K]
+        return per_frame.mean(dim=2)  # [B, Lc, Qv, K]
 
     def _merge_video_tokens(self, input_ids: torch.Tensor, video_features: torch.Tensor) -> torch.Tensor:
         """Embed `input_ids` [B, L] and write the video tokens [B, Qv, D] over the `<video>` slots.
@@ -232,6 +290,14 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         Returns:
             float [B, Qv, D_llm].
         """
+        with self._frame_scores_visible(pixel_values, frame_scores):
+            return self.get_video_features(pixel_values)
+
+    @contextlib.contextmanager
+    def _frame_scores_visible(
+        self, pixel_values: torch.Tensor, frame_scores: torch.Tensor | None
+    ) -> Iterator[None]:
+        """`current_frame_scores` = frame_scores [B, K, S] (checked against pixel_values) while inside."""
         if frame_scores is not None and tuple(frame_scores.shape[:2]) != tuple(pixel_values.shape[:2]):
             raise ValueError(
                 f"frame_scores shape {tuple(frame_scores.shape)} does not match pixel_values [B, K] "
@@ -239,7 +305,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             )
         self.current_frame_scores = frame_scores
         try:
-            return self.get_video_features(pixel_values)
+            yield
         finally:
             self.current_frame_scores = None
 
