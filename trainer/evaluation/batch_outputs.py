@@ -8,7 +8,9 @@ Per batch of B clips with K kept frames each (``selected.frames`` [B, K, 3, H, W
 - forced choice (clips with SynthVid ground truth): log p(caption | frames) of each candidate of
   the clip's closed choice set (`data.synthvid_choices.choice_set`), for every frame view, and
   under the blank video (`frame_views.BLANK`: the captions' prior, which forced choice subtracts);
-- the temporal gates of the ordered forward (temporal adapters).
+- the temporal gates of the ordered forward (temporal adapters);
+- when asked (the clips the report draws), the video Q-Former's cross-attention over the ordered
+  frames (`VideoLlamaForConditionalGeneration.video_frame_attention`), one more video encoding.
 
 The views are computed here, while the batch's frames are on the device, so nothing K x 3 x H x W
 per clip has to be kept for later.
@@ -47,6 +49,8 @@ class BatchOutputs:
         choice_scores: view → per clip float64 [M] log-likelihoods, None without ground truth.
         choice_priors: per clip float64 [M] log p(candidate | blank video), None without ground truth.
         gates: per clip, gated layer name → its K gates ({} without temporal layers).
+        attention: per clip float32 [Lc, Qv, K] video-query attention over the kept frames, per
+            cross-attention layer of the video Q-Former; None unless asked for.
     """
 
     predictions: list[str]
@@ -56,6 +60,7 @@ class BatchOutputs:
     choice_scores: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
     choice_priors: list[np.ndarray | None] = field(default_factory=list)
     gates: list[dict[str, list[float]]] = field(default_factory=list)
+    attention: list[np.ndarray | None] = field(default_factory=list)
 
 
 def base_model(model: Any) -> Any:
@@ -71,11 +76,15 @@ def batch_outputs(
     tasks: tuple[str, ...],
     synced_ranks: bool,
     device: torch.device,
+    attention: bool = False,
 ) -> BatchOutputs:
-    """Everything evaluation keeps of one batch (see the module docstring)."""
+    """Everything evaluation keeps of one batch (see the module docstring); ``attention``: also
+    the video Q-Former's attention maps (for the report)."""
     n = batch.batch_size
     views = (ORDERED, *cfg.eval.controls)
-    out = BatchOutputs(predictions=[""] * n, texts=[None] * n, choices=[[] for _ in range(n)])
+    out = BatchOutputs(
+        predictions=[""] * n, texts=[None] * n, choices=[[] for _ in range(n)], attention=[None] * n
+    )
     if "caption" in tasks:
         prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
         generated = model.generate(
@@ -99,6 +108,9 @@ def batch_outputs(
             # The gates of the latest forward over the B ordered clips, before the choice scoring's
             # forwards over (clip, candidate) pairs replace them.
             out.gates = _gates(model, n)
+            if attention:
+                maps = base_model(model).video_frame_attention(frames, scores)  # [B, Lc, Qv, K]
+                out.attention = list(maps.cpu().numpy())
         if rows:
             features = _encode_rows(model, frames, scores, rows)
             out.choice_scores[view] = _choice_scores(model, processor, features, out.choices, rows, cfg)

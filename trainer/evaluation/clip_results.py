@@ -26,6 +26,8 @@ class ClipResult:
         choice_prior: float64 [M] log p(candidate | blank video), the prior forced choice subtracts;
             None without ground truth.
         frames: uint8 [N, 3, H, W] candidate frames, kept for the first clips only (the report).
+        attention: float32 [Lc, Qv, K] for those clips: each video query's attention over the K
+            kept frames per cross-attention layer of the video Q-Former (rows sum to 1), else None.
         pixels: float32 [K, 3, H, W] the model's input frames, kept when re-ranking needs them.
         frame_scores: float32 [K, S] their selector scores, kept with ``pixels``.
     """
@@ -42,6 +44,7 @@ class ClipResult:
     choice_scores: dict[str, np.ndarray] = field(default_factory=dict)
     choice_prior: np.ndarray | None = None
     frames: np.ndarray | None = None
+    attention: np.ndarray | None = None
     pixels: np.ndarray | None = None
     frame_scores: np.ndarray | None = None
 

@@ -66,7 +66,9 @@ def run_clips(
     """Run up to ``limit`` clips of this rank's part of ``shards`` through the model.
 
     ``tasks``: "caption" generates captions; "retrieval" embeds the video and its references (needs
-    the model's retrieval head). ``keep_frames``: keep the candidate frames of this many clips.
+    the model's retrieval head). ``keep_frames``: keep the candidate frames and the video Q-Former's
+    attention maps of this many clips (the report's); the maps cost one more video encoding for
+    the batches that hold those clips, nothing when ``keep_frames`` is 0.
     ``synced_ranks``: keep generating until every rank is done (needed when parameters are sharded
     across ranks, i.e. ZeRO-3; transformers' ``synced_gpus``). ``keep_pixels``: keep every clip's
     model-input frames (for re-ranking; K x 3 x H x W floats per clip).
@@ -87,14 +89,19 @@ def run_clips(
     num_batches = min(len(loader), math.ceil(limit / cfg.eval.batch_size))
     clips: dict[str, ClipResult] = {}
     bar = tqdm(total=num_batches, desc="eval", unit="batch", disable=not show_progress)
-    for batch in itertools.islice(loader, num_batches):
+    for index, batch in enumerate(itertools.islice(loader, num_batches)):
         batch = batch.to(device)
         selected = selector(batch.frames, dtype=dtype)
-        out = batch_outputs(model, processor, batch, selected, cfg, tasks, synced_ranks, device)
+        # Decided by the batch's position, the same on every rank: each forward is collective under ZeRO-3.
+        report_batch = index * cfg.eval.batch_size < keep_frames
+        out = batch_outputs(
+            model, processor, batch, selected, cfg, tasks, synced_ranks, device, attention=report_batch
+        )
         metas = batch_metas(batch)
         for i, (key, is_padding) in enumerate(zip(batch.keys, batch.is_padding.tolist(), strict=True)):
             if is_padding:  # a repeat that keeps ranks in step, not another clip
                 continue
+            in_report = len(clips) < keep_frames
             clips[key] = ClipResult(
                 prediction=out.predictions[i],
                 references=batch.references[i],
@@ -107,7 +114,8 @@ def run_clips(
                 choices=out.choices[i],
                 choice_scores={v: c[i] for v, c in out.choice_scores.items() if c[i] is not None},
                 choice_prior=out.choice_priors[i] if out.choice_priors else None,
-                frames=_frames(batch, i) if len(clips) < keep_frames else None,
+                frames=_frames(batch, i) if in_report else None,
+                attention=out.attention[i] if in_report else None,
                 pixels=selected.frames[i].float().cpu().numpy() if keep_pixels else None,
                 frame_scores=selected.scores[i].cpu().numpy() if keep_pixels else None,
             )

@@ -1,8 +1,9 @@
 """The qualitative evaluation report: one self-contained HTML page (images inlined as base64 PNG).
 
 Per clip: the candidate frame strip with the frames the selector kept outlined, the temporal
-gates as a heatmap (temporal adapters only), the generated caption against the references, and the
-top-5 videos its first reference retrieves (when the model has a retrieval head).
+gates as a heatmap (temporal adapters only) next to the video Q-Former's attention over the kept
+frames, the generated caption against the references, and the top-5 videos its first reference
+retrieves (when the model has a retrieval head).
 """
 
 from __future__ import annotations
@@ -74,12 +75,47 @@ def gate_heatmap(gates: Mapping[str, Sequence[float]]) -> Image.Image:
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
 
 
+def attention_heatmap(attention: np.ndarray, kept: Sequence[int]) -> Image.Image:
+    """Video-query attention float [Lc, Qv, K] as one queries × kept-frames panel per cross-attention layer.
+
+    Columns are labelled with the candidate indices of the kept frames (``kept``, K of them). One
+    panel per layer rather than their mean: Video-LLaMA's video Q-Former cross-attends in each of
+    its (two) layers, the first from the learned queries, the next after they have read the frames
+    once, and a mean would blur a layer that picks frames into one that spreads evenly. All panels
+    share one colour scale from 0 to the largest share, so the layers compare at a glance.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.asarray(attention, dtype=np.float32)
+    if grid.ndim != 3 or grid.shape[-1] != len(kept):
+        raise ValueError(
+            f"attention must be [layers, queries, {len(kept)} kept frames], got shape {grid.shape}"
+        )
+    layers, queries, k = grid.shape
+    fig = Figure(figsize=(1.0 + layers * (0.4 + 0.25 * k), 0.9 + 0.08 * queries), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(1, layers, squeeze=False)[0]
+    top = float(grid.max())
+    for layer, ax in enumerate(axes):
+        image = ax.imshow(grid[layer], vmin=0.0, vmax=top, cmap="magma", aspect="auto")
+        ax.set_title(f"layer {layer}", fontsize=7)
+        ax.set_xticks(range(k), [str(int(i)) for i in kept], fontsize=6)
+        ax.set_xlabel("kept frame (candidate index)", fontsize=6)
+        ax.set_yticks([])
+    axes[0].set_ylabel(f"{queries} video queries", fontsize=7)
+    fig.colorbar(image, ax=list(axes)).set_label("attention", fontsize=7)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 .clip { border-top: 1px solid #ccc; padding: 0.8em 0; }
 .scores td, .scores th { padding: 0.1em 0.8em; text-align: right; }
 .pred { font-weight: bold; } .ok { color: #1a7f37; } .miss { color: #b42318; }
 img { image-rendering: pixelated; }
+.maps { display: flex; gap: 1.5em; align-items: flex-start; }
 """
 
 
@@ -106,9 +142,18 @@ def render_report(
         parts.append(
             f"<p>candidate frames (kept: {clip.selected})<br><img alt='frames' src='data:image/png;base64,{strip}'></p>"
         )
+        maps = []
         if clip.gates:
             heat = _png(gate_heatmap(clip.gates))
-            parts.append(f"<p>temporal gates<br><img alt='gates' src='data:image/png;base64,{heat}'></p>")
+            maps.append(f"<p>temporal gates<br><img alt='gates' src='data:image/png;base64,{heat}'></p>")
+        if clip.attention is not None:
+            heat = _png(attention_heatmap(clip.attention, clip.selected))
+            maps.append(
+                f"<p>video Q-Former attention over the kept frames (uniform: 1/{len(clip.selected)})<br>"
+                f"<img alt='attention' src='data:image/png;base64,{heat}'></p>"
+            )
+        if maps:
+            parts.append(f"<div class='maps'>{''.join(maps)}</div>")
         prediction = esc(clip.prediction) if clip.prediction else "<i>(empty)</i>"
         refs = "".join(f"<li>{esc(r)}</li>" for r in clip.references)
         parts.append(

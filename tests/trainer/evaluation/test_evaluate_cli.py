@@ -68,7 +68,8 @@ def test_evaluate_writes_json_report_and_mlflow_metrics(trained, mlflow_server):
     report = (out / "ev/report.html").read_text()
     assert report.count("<div class='clip'>") == 2
     assert "temporal gates" in report and "retrieval top-5" in report
-    assert report.count("data:image/png;base64,") == 4  # frame strip + gate heatmap per clip
+    assert report.count("<img alt='attention'") == 2
+    assert report.count("data:image/png;base64,") == 6  # frame strip + gate and attention heatmaps per clip
 
     # Logged into the training run (its id is recorded in the adapter folder), next to the
     # in-training evaluation of the same adapter on the same clips: the figures must agree.
