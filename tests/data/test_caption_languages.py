@@ -26,10 +26,8 @@ def _mp4(path, seed: int) -> None:
         f.write(encode_mp4(frames, fps=8))
 
 
-@pytest.fixture(scope="module")
-def vatex_shards(tmp_path_factory):
-    """Two VATEX clips: one with English and Chinese references, one whose chCap is empty."""
-    root = tmp_path_factory.mktemp("vatex")
+def make_vatex_shards(root) -> str:
+    """Shards of two VATEX clips: one with English and Chinese references, one whose chCap is empty."""
     for seed, key in enumerate(EN):
         _mp4(root / "videos" / f"{key}.mp4", seed)
     entries = [{"videoID": k, "enCap": EN[k], "chCap": ZH[k]} for k in EN]
@@ -38,7 +36,12 @@ def vatex_shards(tmp_path_factory):
     make_shards(
         "vatex", str(root / "vatex_training_v1.0.json"), str(root / "videos"), str(out), progress=False
     )
-    return out
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def vatex_shards(tmp_path_factory):
+    return make_vatex_shards(tmp_path_factory.mktemp("vatex"))
 
 
 def _jsons(out) -> dict[str, dict]:
