@@ -38,10 +38,13 @@ def check_language_key(cfg: RunConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
-def check_caption_language(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> None:
-    """With ``data.caption_language`` set: the first samples of the train (and eval) shards have
-    references in it, and ``tokenizer`` writes them with few ``<unk>`` tokens. Remote shards
-    (URLs, ``pipe:``) are not read here: their samples are still skipped one by one.
+def check_caption_language(
+    cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, splits: tuple[str, ...] = ("train", "eval")
+) -> None:
+    """With ``data.caption_language`` set: the first samples of each split's shards
+    (``data.<split>_shards``; eval only when ``eval.num_samples`` > 0) have references in it, and
+    ``tokenizer`` writes those of the first split with few ``<unk>`` tokens. Remote shards (URLs,
+    ``pipe:``) are not read here: their samples are still skipped one by one.
 
     Raises:
         ConfigError: no sample read holds the language, or the tokenizer cannot write it.
@@ -49,10 +52,11 @@ def check_caption_language(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -
     language = cfg.data.caption_language
     if language is None:
         return
-    splits = [("train", cfg.data.train_shards)]
-    if cfg.eval.num_samples > 0 and cfg.data.eval_shards is not None:
-        splits.append(("eval", cfg.data.eval_shards))
-    for split, shards in splits:
+    tokenizer_checked = False
+    for split in splits:
+        shards = getattr(cfg.data, f"{split}_shards")
+        if shards is None or (split == "eval" and cfg.eval.num_samples <= 0):
+            continue
         url = expand_shards(shards)[0]
         if "://" in url or url.startswith("pipe:"):
             continue
@@ -64,8 +68,9 @@ def check_caption_language(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -
                 f"(data.{split}_shards) has {language!r} references; their json's {CAPTIONS_BY_LANGUAGE} "
                 f"holds {found}. Pick one of those languages, or null for the default references."
             )
-        if split == "train":
+        if not tokenizer_checked:
             _check_tokenizer(tokenizer, language, refs, cfg.model.name_or_path)
+            tokenizer_checked = True
 
 
 def unknown_share(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> float:

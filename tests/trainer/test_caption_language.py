@@ -41,6 +41,10 @@ def test_a_language_the_shards_lack_stops_the_run(shards):
     with pytest.raises(ConfigError, match=r"none of the first 2 samples .* \{'en': 2, 'zh': 1\}"):
         check_caption_language(_cfg(shards, "fr"), tokenizer)
     check_caption_language(_cfg(shards, "en"), tokenizer)
+    # The evaluation CLI checks only the split it scores.
+    cfg = load_config(None, [f"data.test_shards={shards}", "data.caption_language=fr"])
+    with pytest.raises(ConfigError, match=r"\(data.test_shards\) has 'fr' references"):
+        check_caption_language(cfg, tokenizer, splits=("test",))
 
 
 def test_a_tokenizer_without_the_language_stops_the_run(shards):
