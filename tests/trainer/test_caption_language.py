@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from data.frame_selector import FrameSelector
 from data.pipeline import build_dataset
@@ -13,6 +14,7 @@ from models.tokenizer import build_tokenizer
 from tests.data.test_caption_languages import EN, ZH, make_vatex_shards
 from trainer.caption_language import check_caption_language, check_language_key, unknown_share
 from trainer.config import ConfigError, load_config
+from trainer.model_card import write_model_card
 
 ZH_CAPTION = ZH["Ab_c-1_000000_000001"][0]
 ENGLISH_ONLY = [c for refs in EN.values() for c in refs]
@@ -97,3 +99,23 @@ def test_qlora_trains_on_the_chinese_references(shards, tmp_path):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_the_model_card_names_the_caption_language(tmp_path):
+    def card(*overrides):
+        cfg = load_config("configs/demo.yaml", ["model.quantization=nf4", *overrides]).to_dict()
+        path = write_model_card(
+            tmp_path,
+            cfg,
+            {},
+            eval_scores={},
+            eval_chance={},
+            eval_step=None,
+            trainable_params=1,
+            total_params=2,
+        )
+        return ModelCard.load(path)
+
+    chinese = card("data.caption_language=zh")
+    assert chinese.data.language == "zh" and "| caption language | `zh`" in chinese.text
+    assert card().data.language is None
