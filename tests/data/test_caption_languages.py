@@ -11,6 +11,7 @@ import webdataset as wds
 from data.languages import check_language_code, references_in
 from data.make_shards import make_shards
 from data.pipeline import build_dataset
+from data.samples import BadSampleCounter, DecodeSample
 from data.sources.common import Clip
 from data.video_io import encode_mp4
 
@@ -92,3 +93,24 @@ def test_language_codes_are_checked():
     assert check_language_code("zh", "x") == "zh"
     assert references_in({"captions_by_language": {"zh": [" ", 3]}}, "zh") is None
     assert references_in({"captions_by_language": ["zh"]}, "zh") is None
+
+
+@pytest.mark.parametrize(
+    "json_bytes",
+    [
+        None,  # no json at all
+        b"\xff not utf-8",
+        b"{broken",
+        b'["not", "a", "mapping"]',
+        json.dumps({"captions": ["a man"], "captions_by_language": {"zh": "一个男人"}}).encode(),
+        json.dumps({"captions_by_language": {"zh": ["", "  "], "en": ["a man"]}}).encode(),
+    ],
+)
+def test_a_sample_without_usable_references_in_the_language_is_counted_not_decoded(json_bytes):
+    bad = BadSampleCounter()
+    decode = DecodeSample(2, (16, 16), None, bad, caption_language="zh")
+    sample = {"__key__": "k", "__url__": "u.tar", "mp4": b"not a video", "txt": b"a man"}
+    if json_bytes is not None:
+        sample["json"] = json_bytes
+    assert decode(sample) is None
+    assert bad.drain() == {"missing_language": 1}  # the mp4 was never decoded (it would be decode_error)
