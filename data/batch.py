@@ -22,12 +22,14 @@ class VideoBatch:
         input_ids: long [B, L] right-padded token ids, or None without a text_fn (evaluation).
         attention_mask: long [B, L], 1 on tokens, 0 on padding, or None.
         labels: long [B, L], -100 on padding (and wherever text_fn put -100), or None.
-        captions: the B captions trained on (each sample's first reference).
+        captions: the B captions trained on (each sample's first reference, in the pipeline's
+            caption_language when it has one).
         keys: the B sample keys.
         bad_samples: reason → count of samples the producing worker skipped since its previous batch.
         metas: the B samples' json metadata (ground truth for SynthVid), {} where absent.
         references: for each of the B samples every reference caption (json ``captions``, else
-            [caption]), for caption metrics.
+            [caption]; the json's ``captions_by_language`` entry under a caption_language), for
+            caption metrics.
         is_padding: bool [B], True on rows that repeat an earlier batch so that every rank yields
             the same number of batches (exact mode); leave them out of evaluation.
         worker, stream_pos, worker_batches: which DataLoader worker made the batch, how many samples

@@ -13,7 +13,10 @@ missing, unreadable, or that has no caption is not written but listed in its sha
 (``failed``: key, reason, detail). A shard may therefore hold fewer samples than the others.
 
 Per sample: ``{key}.mp4``, ``{key}.txt`` (the first reference caption) and ``{key}.json`` with
-``captions`` (all references), ``source``, ``source_id``, ``frames`` and the data set's fields.
+``captions`` (all references of the default language, English), ``captions_by_language`` (ISO
+639-1 code → references, every language the source has, the default one included; left out where
+the source cannot tell the language: folder sidecars), ``source``, ``source_id``, ``frames`` and
+the data set's fields.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from data.languages import CAPTIONS_BY_LANGUAGE
 from data.shards import ShardSink, shard_name, stats_path
 from data.sources import SOURCES, Clip
 from data.video_io import VideoDecodeError, probe_video, transcode
@@ -93,6 +97,8 @@ def write_shard(
                 continue
             meta = {k: v for k, v in clip.meta.items() if k != "caption_error"}
             meta.update(captions=clip.captions, source=source, source_id=clip.source_id, frames=frames)
+            if clip.language is not None:
+                meta[CAPTIONS_BY_LANGUAGE] = clip.captions_by_language()
             if clip.start is not None or clip.end is not None:
                 meta["clip_window"] = [clip.start, clip.end]
             sink.write(clip.key, mp4, clip.captions[0], meta)

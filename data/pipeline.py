@@ -53,6 +53,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.utils import make_seed
 
 from data.batch import Collate, VideoBatch
+from data.languages import check_language_code
 from data.samples import BadSampleCounter, DecodeSample, TextFn
 from data.shards import assign_shards, shard_sample_count
 
@@ -273,6 +274,7 @@ def build_dataset(
     partial_batches: bool = True,
     sample_fps: float | None = None,
     start_state: StreamState | dict[str, Any] | None = None,
+    caption_language: str | None = None,
 ) -> VideoDataPipeline:
     """Build the streaming dataset; iterate it through `build_loader` (or directly, one process).
 
@@ -294,12 +296,17 @@ def build_dataset(
             every sample to come out; without it up to B-1 samples per worker are left out).
         sample_fps: decode frames at this rate centred in the clip instead of uniformly.
         start_state: a `StreamState` (or its state_dict) from a checkpoint: continue that stream.
+        caption_language: ISO 639-1 code: captions and references from the json's
+            ``captions_by_language`` (`data.languages`); samples without it are skipped and counted
+            (``missing_language``). None: the ``txt`` caption and the json's ``captions``.
 
     Returns:
         An IterableDataset of `VideoBatch` (frames uint8 [B, N, 3, H, W]).
     """
     if resampled and epoch_samples is None:
         raise ValueError("resampled=True draws shards without end: set epoch_samples")
+    if caption_language is not None:
+        check_language_code(caption_language, "caption_language")  # before any shard is listed
     urls = expand_shards(shards)
     counts = None
     if not resampled:
@@ -318,7 +325,7 @@ def build_dataset(
     return VideoDataPipeline(
         urls,
         counts,
-        decode=DecodeSample(num_frames, frame_size, text_fn, bad, sample_fps),
+        decode=DecodeSample(num_frames, frame_size, text_fn, bad, sample_fps, caption_language),
         collate=Collate(pad_token_id, bad),
         bad=bad,
         batch_size=batch_size,

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from data.languages import CAPTIONS_BY_LANGUAGE, check_language_code, references_in, sample_languages
 from data.video_io import VideoDecodeError, decode_frames
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ class BadSampleCounter:
         return counts
 
 
+def _meta(sample: dict[str, Any]) -> dict[str, Any]:
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = {}  # informative only for the default language; a broken one is no reason to lose the clip
+    return meta if isinstance(meta, dict) else {}
+
+
 def _references(meta: dict[str, Any], caption: str) -> list[str]:
     refs = meta.get("captions")
     if isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs):
@@ -58,6 +67,11 @@ class DecodeSample:
 
     Returns None (the sample is dropped by `wds.map`) for unusable samples, after counting them.
     Checks the cheap caption first so broken samples cost no video decoding.
+
+    ``caption_language`` None: the caption is the ``txt`` and the references the json's ``captions``
+    (the default language). An ISO 639-1 code: both come from the json's ``captions_by_language``
+    entry for it (the caption trained on is its first reference); a sample without it is skipped
+    as ``missing_language``.
     """
 
     def __init__(
@@ -67,41 +81,54 @@ class DecodeSample:
         text_fn: TextFn | None,
         bad: BadSampleCounter,
         sample_fps: float | None = None,
+        caption_language: str | None = None,
     ):
         self.num_frames = num_frames
         self.frame_size = tuple(frame_size)
         self.text_fn = text_fn
         self.bad = bad
         self.sample_fps = sample_fps
+        self.caption_language = (
+            None if caption_language is None else check_language_code(caption_language, "caption_language")
+        )
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any] | None:
         key, url = sample.get("__key__", "?"), sample.get("__url__", "?")
         if "mp4" not in sample:
             return self.bad.skip("missing_video", key, url)
-        if "txt" not in sample:
-            return self.bad.skip("missing_caption", key, url)
-        try:
-            caption = sample["txt"].decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            return self.bad.skip("bad_caption_encoding", key, url, str(exc))
-        if not caption:
-            return self.bad.skip("empty_caption", key, url)
+        meta = _meta(sample)
+        if self.caption_language is None:
+            if "txt" not in sample:
+                return self.bad.skip("missing_caption", key, url)
+            try:
+                caption = sample["txt"].decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                return self.bad.skip("bad_caption_encoding", key, url, str(exc))
+            if not caption:
+                return self.bad.skip("empty_caption", key, url)
+            references = _references(meta, caption)
+        else:
+            references = references_in(meta, self.caption_language)
+            if references is None:
+                has = sample_languages(meta)
+                return self.bad.skip(
+                    "missing_language",
+                    key,
+                    url,
+                    f"no {self.caption_language!r} references in its json ({CAPTIONS_BY_LANGUAGE}: "
+                    f"{has if has else 'absent'})",
+                )
+            caption = references[0]
         try:
             frames = decode_frames(
                 sample["mp4"], self.num_frames, self.frame_size, sample_fps=self.sample_fps
             )
         except VideoDecodeError as exc:
             return self.bad.skip("decode_error", key, url, str(exc))
-        try:
-            meta = json.loads(sample["json"]) if "json" in sample else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = {}  # the json is informative only; a broken one is no reason to lose the clip
-        if not isinstance(meta, dict):
-            meta = {}
         out = {
             "frames": frames,
             "caption": caption,
-            "references": _references(meta, caption),
+            "references": references,
             "key": key,
             "meta": meta,
             "pos": sample.get("__pos__", 0),

@@ -153,6 +153,10 @@ class DataConfig:
     # replacement when resampled).
     resampled: bool = False
     epoch_samples: int | None = None
+    # ISO 639-1 code ("zh"): train on and evaluate against the json's captions_by_language entry of
+    # that language (samples without it are skipped and counted). null: the shards' default
+    # references (the txt caption and the json's captions; English for every source here).
+    caption_language: str | None = None
 
 
 @dataclass

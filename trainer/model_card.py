@@ -86,6 +86,8 @@ def model_card(
         pipeline_tag=HUB_TASK,
         tags=["video-llama", "multimodal-qlora", method.name, "video-captioning"],
         model_name=f"Video-LLaMA {method.name} ({dataset})",
+        # The language the adapter captions in, where the run chose one (data.caption_language).
+        language=data.get("caption_language"),
         eval_results=[
             EvalResult(
                 task_type=HUB_TASK,
@@ -164,6 +166,8 @@ def _data_rows(data: dict[str, Any], selector: dict[str, Any]) -> list[tuple[str
         ("training shards", f"`{data.get('train_shards')}`"),
         ("eval shards", f"`{data.get('eval_shards')}`"),
     ]
+    if data.get("caption_language"):
+        rows.append(("caption language", f"`{data['caption_language']}` (json captions_by_language)"))
     if data.get("synthvid"):
         synthvid = data["synthvid"]
         rows.append(("SynthVid", ", ".join(f"{k} {v}" for k, v in synthvid.items())))

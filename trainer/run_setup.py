@@ -21,6 +21,7 @@ from data.pipeline import VideoDataPipeline, build_dataset
 from models.methods import adapter_method
 from models.processor import VideoLlamaProcessor
 from trainer.assets import Asset, resolve_assets
+from trainer.caption_language import check_language_key
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig
 from trainer.jit_ops import check_jit_locks
@@ -39,6 +40,8 @@ def before_process_group(
        resolved to generated assets; the missing ones are returned for rank 0 to write.
     4. A DeepSpeed JIT build's stale lock is named, not waited on: `init_distributed` loads the
        shm op next.
+    5. ``data.caption_language`` has the form of a language code (what the shards hold is checked
+       once the processor is loaded, `trainer.caption_language`).
     """
     threads = resolve_threads(
         cfg.train.num_threads, num_workers=cfg.data.num_workers, local_world_size=local_world_size()
@@ -47,6 +50,7 @@ def before_process_group(
     cfg.model.quantization = resolve_quantization(cfg)
     missing_assets = resolve_assets(cfg, splits)
     check_jit_locks(cfg.deepspeed.config)
+    check_language_key(cfg)
     return threads, missing_assets
 
 
@@ -68,6 +72,7 @@ def train_dataset(cfg: RunConfig, processor: VideoLlamaProcessor, **options: Any
         text_fn=processor.training_example,
         pad_token_id=processor.tokenizer.pad_token_id,
         sample_fps=cfg.data.sample_fps,
+        caption_language=cfg.data.caption_language,
         **options,
     )
 

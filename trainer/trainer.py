@@ -32,6 +32,7 @@ from models.retrieval_head import caption_tokens
 from models.temporal_lora import gate_summary
 from trainer import checkpoint
 from trainer.assets import generate
+from trainer.caption_language import check_caption_language
 from trainer.compat import check_compatibility
 from trainer.config import RunConfig, changed_settings
 from trainer.distributed import any_rank, barrier, init_distributed, resolve_dtype
@@ -121,6 +122,7 @@ class Trainer:
         # Same seed on every rank: the adapter's random init must be identical everywhere.
         seed_everything(cfg.seed)
         self.processor = VideoLlamaProcessor.from_pretrained(cfg.model.name_or_path)
+        check_caption_language(cfg, self.processor.tokenizer)  # before the model loads
         model = load_model(
             cfg.model.name_or_path,
             quantization=cfg.model.quantization,

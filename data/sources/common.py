@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.languages import check_language_code
+
 # Containers ffmpeg (and so PyAV) reads; anything that is not mp4 is re-encoded to mp4.
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".webm", ".mkv", ".avi", ".mov")
 
@@ -23,6 +25,10 @@ class Clip:
         source_id: the id the data set itself uses (kept in the json).
         start, end: the clip's window in the video, seconds (None: the whole video).
         meta: data-set fields worth keeping (category, url, timestamps, ...).
+        language: ISO 639-1 code of `captions` ("en" for every data set here); None where the
+            source cannot tell (folder sidecars): the json then has no ``captions_by_language``.
+        translations: the references in other languages, code → captions (VATEX: {"zh": [...]});
+            a language without captions is left out.
     """
 
     key: str
@@ -32,6 +38,21 @@ class Clip:
     start: float | None = None
     end: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    language: str | None = "en"
+    translations: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        codes = ([self.language] if self.language is not None else []) + list(self.translations)
+        for code in codes:
+            check_language_code(code, f"clip {self.key!r}")
+        if self.language is None and self.translations:
+            raise ValueError(f"clip {self.key!r}: translations need the language of its captions")
+
+    def captions_by_language(self) -> dict[str, list[str]]:
+        """Every language's references, the default one first; {} when the language is unknown."""
+        if self.language is None:
+            return {}
+        return {self.language: self.captions, **{k: v for k, v in self.translations.items() if v}}
 
 
 def clean_key(text: str) -> str:

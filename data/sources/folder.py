@@ -32,5 +32,7 @@ def read(annotations: str | None, videos: str, split: str | None = None, **_: ob
                         refs = clean_captions(f.read().splitlines())
                 except UnicodeDecodeError:
                     meta["caption_error"] = f"{sidecar} is not UTF-8"
-            clips.append(Clip(clean_key(rel), os.path.join(root, name), refs, rel, meta=meta))
+            # A sidecar's language is not known: no captions_by_language (data.caption_language
+            # cannot pick these clips).
+            clips.append(Clip(clean_key(rel), os.path.join(root, name), refs, rel, meta=meta, language=None))
     return clips

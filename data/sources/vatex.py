@@ -1,7 +1,10 @@
 """VATEX: ``vatex_training_v1.0.json`` / ``vatex_validation_v1.0.json`` / ``vatex_public_test_english_v1.1.json``.
 
 Each file is a list of {"videoID": "<youtube id>_<start>_<end>", "enCap": [10 English captions],
-"chCap": [...]}; the file is the split. Videos: ``<videos>/<videoID>.mp4`` (already cut), else the
+"chCap": [10 Chinese captions]}; the file is the split. The English captions are the clip's
+default references (``captions``); the Chinese ones are kept beside them under the language code
+"zh" (``captions_by_language`` in the sample json), when the file has them (the English-only
+public test file has none). A clip without English captions is not written (no_caption). Videos: ``<videos>/<videoID>.mp4`` (already cut), else the
 whole YouTube video ``<videos>/<youtube id>.mp4``, which is then cut to [start, end] seconds.
 """
 
@@ -31,10 +34,11 @@ def read(annotations: str, videos: str, split: str | None = None, **_: object) -
         if split:
             meta["split"] = split
         refs = clean_captions(entry.get("enCap", []))
+        languages = {"language": "en", "translations": {"zh": clean_captions(entry.get("chCap", []))}}
         cut = find_video(videos, [video_id])
         if cut is not None:
-            clips.append(Clip(clean_key(video_id), cut, refs, video_id, meta=meta))
+            clips.append(Clip(clean_key(video_id), cut, refs, video_id, meta=meta, **languages))
         else:
             full = find_video(videos, [ytid])
-            clips.append(Clip(clean_key(video_id), full, refs, video_id, start, end, meta))
+            clips.append(Clip(clean_key(video_id), full, refs, video_id, start, end, meta, **languages))
     return clips

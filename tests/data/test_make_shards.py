@@ -140,6 +140,8 @@ def test_vatex_cut_clips_and_full_videos(tmp_path):
     samples = _read(out)
     assert sorted(samples) == ["Ab_c-1_000000_000001", "Zz9_000001_000002"]
     assert samples["Ab_c-1_000000_000001"]["json"]["captions"] == ["one", "two"]
+    assert samples["Ab_c-1_000000_000001"]["json"]["captions_by_language"] == {"en": ["one", "two"], "zh": ["一"]}
+    assert samples["Zz9_000001_000002"]["json"]["captions_by_language"] == {"en": ["three"]}
     assert samples["Zz9_000001_000002"]["frames"] == 8 and samples["Zz9_000001_000002"]["txt"] == "three"
     assert samples["Zz9_000001_000002"]["json"]["youtube_id"] == "Zz9"
     assert _failed(out) == {"Missing_000003_000004": "video_not_found"}
@@ -240,6 +242,7 @@ def test_folder_with_sidecars_reencode_and_bad_files(tmp_path):
     samples = _read(out)
     assert list(samples) == ["a_one"]
     assert samples["a_one"]["json"]["captions"] == ["first caption", "second caption"]
+    assert "captions_by_language" not in samples["a_one"]["json"]  # a sidecar's language is unknown
     assert samples["a_one"]["frames"] == 4  # 1 s at 8 fps re-encoded at 4 fps
     assert _failed(out) == {"two": "no_caption", "broken": "unreadable_video", "latin": "no_caption"}
 

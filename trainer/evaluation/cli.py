@@ -28,6 +28,7 @@ from models.adapters import load_adapter
 from models.loading import load_model
 from models.processor import CONFIG_NAME, VideoLlamaProcessor
 from trainer.assets import generate
+from trainer.caption_language import check_caption_language
 from trainer.config import RunConfig, load_config
 from trainer.distributed import DistInfo, barrier, init_distributed, resolve_dtype
 from trainer.evaluation.clip_results import EvalResult
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     dtype = resolve_dtype(cfg.model.dtype, dist.device)
     torch.manual_seed(cfg.seed)
     model, processor = load_for_eval(cfg, adapter_dir, dist.device, dtype)
+    check_caption_language(cfg, processor.tokenizer, splits=(args.split,))
     selector = build_selector(cfg)
     result = evaluate(
         model,

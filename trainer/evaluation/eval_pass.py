@@ -79,6 +79,7 @@ def run_clips(
         frame_size=(cfg.data.frame_size, cfg.data.frame_size),
         batch_size=cfg.eval.batch_size,
         text_fn=None,
+        caption_language=cfg.data.caption_language,
     )
     was_training = model.training
     model.eval()
@@ -200,7 +201,7 @@ def evaluate(
     clips = {k: merged[k] for k in sorted(merged)[: cfg.eval.num_samples]}
     result = SetScores()
     if "caption" in tasks:
-        result.add(caption_set_scores(clips, cfg.eval.meteor))
+        result.add(caption_set_scores(clips, cfg.eval.meteor, cfg.data.caption_language))
     for view in (ORDERED, *cfg.eval.controls):
         result.add(choice_set_scores(clips, view), view_prefix(view))
         if "retrieval" in tasks:

@@ -37,10 +37,14 @@ def view_prefix(view: str) -> str:
     return "" if view == ORDERED else f"{view}/"
 
 
-def caption_set_scores(clips: dict[str, ClipResult], meteor: bool = True) -> SetScores:
-    """pycocoevalcap's figures over the set, and the structured ones where there is ground truth."""
+def caption_set_scores(
+    clips: dict[str, ClipResult], meteor: bool = True, language: str | None = None
+) -> SetScores:
+    """pycocoevalcap's figures over the set (tokenized as ``language`` needs, `score_captions`), and
+    the structured ones where there is ground truth."""
     predictions = {k: c.prediction for k, c in clips.items()}
-    out = SetScores(scores=score_captions(predictions, {k: c.references for k, c in clips.items()}, meteor))
+    references = {k: c.references for k, c in clips.items()}
+    out = SetScores(scores=score_captions(predictions, references, meteor, language))
     scores, chance, per_clip = structured_scores(predictions, {k: c.meta for k, c in clips.items()})
     out.add(SetScores(scores, chance, per_clip))
     return out
