@@ -272,6 +272,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "quantization": QUANTIZATION[first["variant"]],
         "weight_bytes": first["weight_bytes"],
         "peak_above_baseline_bytes": statistics.median_low(r["peak_above_baseline_bytes"] for r in runs),
+        # what captioning adds to the loaded model: KV cache, activations, dequantized NF4 weights
+        "generation_peak_bytes": statistics.median_low(
+            r["peak_bytes"] - r["generate_start_bytes"] for r in runs
+        ),
         "batch_s": batch_s,
         "latency_per_clip_s": batch_s / clips,
         "generated_tokens": tokens,
