@@ -342,7 +342,7 @@ def main() -> None:
         else:
             args.child_out.write_text(json.dumps(run_variant(args.child, args.root, sizes, device)))
         return
-    rounds = args.rounds or (1 if args.quick else ROUNDS[args.preset])
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else ROUNDS[args.preset])
     if rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {rounds}")
 
