@@ -71,7 +71,7 @@ clean:
 # (qlora <= 0.5 x lora). On a GPU: python -m benchmarks.<name> --device cuda. The 1b run in bf16
 # (the GPU's dtype) is left out: ~25 min on a CPU without native bf16 (--dtype bfloat16).
 BENCH := quant_memory frame_selection pipeline temporal_lora step_overhead train_memory \
-	"train_memory --preset 1b --methods lora,qlora,temporal_qlora,qlora8" scaling
+	"train_memory --preset 1b --methods lora,qlora,temporal_qlora,qlora8" scaling inference
 bench: $(STAMP)
 	@for b in $(BENCH); do \
 		echo "== benchmarks.$$b --device cpu"; start=$$(date +%s); \

@@ -104,6 +104,21 @@ class PeakMemory:
         return {"current": _status_kib("VmRSS") * 1024, "peak": _status_kib("VmHWM") * 1024}
 
 
+def materialize_weights(model: torch.nn.Module) -> None:
+    """Give every 16/32-bit weight its own memory. `from_pretrained` maps the safetensors file and
+    keeps weights that need no conversion as views of the mapping; on CPU those pages count in RSS
+    only once touched, and the kernel may drop them again under memory pressure, so a 16-bit model
+    would look smaller than it is (shared/PLATFORM.md). A copy is ordinary memory that RSS counts.
+
+    Quantized weights (NF4 / int8 storage) were made in memory by the quantizer and are left alone:
+    bitsandbytes keeps other references to them (an int8 weight's ``CB``), and copying the data
+    would leave those on the old storage and hold the weight twice."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dtype.is_floating_point:
+                tensor.data = tensor.data.clone()
+
+
 def measure_description(device: torch.device) -> str:
     """What `PeakMemory` figures on `device` are, for a result's config."""
     if torch.device(device).type == "cuda":

@@ -60,6 +60,9 @@ GOALS = (
     Goal("frame_selection", "selector_over_decode/hybrid", "frame selector time / decode time, per frame", at_most=0.05),
     Goal("frame_selection", "event_recall/hybrid", "events with a selected frame, hybrid K=4 of N=32", at_least=0.95),
     Goal("threads", "default_over_best", "demo step time, default threads / best of 1 and 2 per process", at_most=1.05),
+    Goal("inference", "merged_over_unmerged_latency", "captioning latency, LoRA merged / unmerged, tiny preset", at_most=1.0),
+    Goal("inference_1b", "merged_over_unmerged_latency", "the same, ~1B preset", at_most=1.0),
+    Goal("inference_1b", "nf4_over_bf16_peak", "captioning peak memory, NF4 base / bf16 base (+ LoRA), ~1B preset", at_most=0.5),
 )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ memory) cannot inflate another's peak. A child:
 2. loads the checkpoint in the method's declared weight format (`models.methods`: 16-bit/fp32 for
    full and lora, NF4 + double quant for the qlora methods, int8 for qlora8) and sets up the method
    with `models.adapters.apply_adapter`; the weights are copied out of the memory-mapped
-   checkpoint (`_materialize`) so that they count in full;
+   checkpoint (`benchmarks.memory.materialize_weights`) so that they count in full;
 3. wraps it with `deepspeed.initialize` and ``ds_configs/zero2.json`` (ZeRO-2, no offload), the
    config filled by the trainer's own `trainer.ds_config.load_ds_config`: the trainer's path, so the
    step's memory includes what a real step holds — AdamW's two fp32 moments (8 B per trained
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness import parse_args, write_result
-from benchmarks.memory import measure_description
+from benchmarks.memory import materialize_weights, measure_description
 
 # The methods compared (`models.methods` names); each is loaded in its declared weight format.
 VARIANTS = ("full", "lora", "qlora", "temporal_qlora", "qlora8")
@@ -149,7 +149,7 @@ def run_child(args: argparse.Namespace) -> None:
     processor = VideoLlamaProcessor.from_pretrained(args.checkpoint)
     model = load_model(args.checkpoint, quantization=quantization, compute_dtype=dtype, device=device)
     model = apply_adapter(model, method, r=RANK, alpha=ALPHA).train()
-    _materialize(model)
+    materialize_weights(model)
     trainable, total = trainable_parameter_count(model)
     weight_bytes = model.get_memory_footprint()
     cfg = RunConfig()
@@ -190,21 +190,6 @@ def run_child(args: argparse.Namespace) -> None:
     if "peak_reserved" in step:
         figures["step_peak_reserved_bytes"] = step["peak_reserved"]
     args.child_out.write_text(json.dumps(figures))
-
-
-def _materialize(model: torch.nn.Module) -> None:
-    """Give every 16/32-bit weight its own memory. `from_pretrained` maps the safetensors file and
-    keeps weights that need no conversion as views of the mapping; on CPU those pages count in RSS
-    only once touched, and the kernel may drop them again under memory pressure, so a 16-bit model
-    would look smaller than it is (shared/PLATFORM.md). A copy is ordinary memory that RSS counts.
-
-    Quantized weights (NF4 / int8 storage) were made in memory by the quantizer and are left alone:
-    bitsandbytes keeps other references to them (an int8 weight's ``CB``), and copying the data
-    would leave those on the old storage and hold the weight twice."""
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.dtype.is_floating_point:
-                tensor.data = tensor.data.clone()
 
 
 def _does_not_fit(variant: str, checkpoint: Path, device: torch.device) -> str | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import train_memory
+from benchmarks.memory import materialize_weights
 from benchmarks.workload import write_checkpoint
 
 
@@ -49,7 +50,7 @@ def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) 
         checkpoint, quantization="int8", compute_dtype=torch.float32, device=torch.device("cpu")
     )
     before = {name: p.untyped_storage().data_ptr() for name, p in model.named_parameters()}
-    train_memory._materialize(model)
+    materialize_weights(model)
     int8 = [(n, p) for n, p in model.named_parameters() if getattr(p, "CB", None) is not None]
     assert int8 and all(p.CB.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for _, p in int8)
     floats = [(n, p) for n, p in model.named_parameters() if p.dtype.is_floating_point]

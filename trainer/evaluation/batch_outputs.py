@@ -86,15 +86,8 @@ def batch_outputs(
         predictions=[""] * n, texts=[None] * n, choices=[[] for _ in range(n)], attention=[None] * n
     )
     if "caption" in tasks:
-        prompt = {k: v.to(device) for k, v in processor.generation_inputs(n).items()}
-        generated = model.generate(
-            pixel_values=selected.frames,
-            frame_scores=selected.scores,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            num_beams=cfg.eval.num_beams,
-            do_sample=False,
-            synced_gpus=synced_ranks,
-            **prompt,
+        generated = generate_caption_ids(
+            model, processor, selected, cfg.eval.max_new_tokens, cfg.eval.num_beams, synced_ranks, device
         )
         out.predictions = processor.decode(generated)
     if cfg.eval.forced_choice:
@@ -124,6 +117,33 @@ def batch_outputs(
     if "retrieval" in tasks:
         out.texts = _embed_references(model, processor, batch.references, device)
     return out
+
+
+def generate_caption_ids(
+    model: Any,
+    processor: Any,
+    selected: SelectedFrames,
+    max_new_tokens: int,
+    num_beams: int,
+    synced_ranks: bool,
+    device: torch.device,
+    min_new_tokens: int | None = None,
+) -> torch.LongTensor:
+    """Caption token ids long [B, T] (T <= max_new_tokens, pad after eos) of B clips' selected frames
+    (``selected.frames`` [B, K, 3, H, W], ``selected.scores`` [B, K, S]), greedy or beam search from
+    the processor's prompt. ``min_new_tokens``: eos is held back until that many tokens are out (a
+    benchmark sets it to ``max_new_tokens``, so every run generates the same number of tokens)."""
+    prompt = {k: v.to(device) for k, v in processor.generation_inputs(selected.frames.shape[0]).items()}
+    return model.generate(
+        pixel_values=selected.frames,
+        frame_scores=selected.scores,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        synced_gpus=synced_ranks,
+        **prompt,
+    )
 
 
 def batch_metas(batch: VideoBatch) -> list[dict[str, Any]]:
