@@ -9,6 +9,8 @@ On CPU the paged choices fall back to plain memory (bitsandbytes warns); their u
 from __future__ import annotations
 
 import contextlib
+import math
+import shutil
 
 import pytest
 import torch
@@ -185,3 +187,40 @@ def test_plain_adamw_keeps_the_json_optimizer():
 
     assert isinstance(base_optimizer(engine), DeepSpeedCPUAdam)
     assert engine.config["optimizer"]["type"] == "AdamW"
+
+
+@pytest.mark.e2e
+def test_train_py_with_paged_8bit_resumes_the_uninterrupted_run(demo_assets, tmp_path):
+    """The demo's QLoRA through train.py (one process, ZeRO-2): stopped at step 3 and resumed ==
+    never stopped, losses and adapter weights bit for bit, with bitsandbytes' paged 8-bit AdamW."""
+    from tests.conftest import run_training, train_command
+    from tests.trainer.test_runs import checkpoint_state, sqlite_uri
+
+    common = [
+        "train.optimizer=paged_adamw_8bit",
+        "deepspeed.config=ds_configs/zero2.json",
+        "train.steps=6",
+        "eval.num_samples=0",
+        "data.shuffle_buffer=16",
+        "train.keep_last=3",
+    ]
+    uri = sqlite_uri(tmp_path)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = run_training(
+        train_command(demo_assets, straight, uri, "train.save_every=3", "train.resume=none", *common),
+        tmp_path / "straight.log",
+    )
+    assert "Paged optimizers are not supported on CPU" in proc.stdout + proc.stderr
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints/global_step3", resumed / "checkpoints/global_step3")
+    (resumed / "checkpoints/latest").write_text("global_step3")
+    run_training(train_command(demo_assets, resumed, uri, *common), tmp_path / "resumed.log")
+
+    want, got = checkpoint_state(straight), checkpoint_state(resumed)
+    assert len(want["losses"]) == len(got["losses"]) == 6
+    assert all(math.isfinite(loss) for loss in want["losses"])
+    assert got["losses"] == want["losses"]
+    saved = torch.load(straight / "checkpoints/global_step6/mp_rank_00_model_states.pt", weights_only=False)
+    assert "optimizer" not in saved["ds_config"] and saved["ds_config"]["zero_allow_untested_optimizer"]
+    for name, value in want["module"].items():
+        assert torch.equal(got["module"][name], value), name
