@@ -248,3 +248,22 @@ def test_train_py_with_paged_8bit_resumes_the_uninterrupted_run(demo_assets, tmp
     assert "optimizer" not in saved["ds_config"] and saved["ds_config"]["zero_allow_untested_optimizer"]
     for name, value in want["module"].items():
         assert torch.equal(got["module"][name], value), name
+
+
+def test_resuming_with_another_optimizer_is_refused_naming_both(tmp_path):
+    engine = make_engine(run_config("adamw_8bit"))
+    train(engine, 1, 1)
+    state = {"step": 1, "config": {"train.optimizer": "adamw_8bit"}}
+    checkpoint.save_checkpoint(engine, tmp_path, 1, state, keep_last=1)
+    plain = make_engine(run_config("adamw"))
+    with pytest.raises(
+        ConfigError, match="trained with train.optimizer=adamw_8bit but this run has train.optimizer=adamw"
+    ):
+        checkpoint.load_checkpoint(plain, tmp_path, optimizer="adamw")
+    # The same optimizer loads; a checkpoint whose config predates the key counts as adamw.
+    assert checkpoint.load_checkpoint(engine, tmp_path, optimizer="adamw_8bit")["step"] == 1
+    checkpoint.save_checkpoint(plain, tmp_path, 2, {"step": 2, "config": {"train.lr": 0.01}}, keep_last=1)
+    with pytest.raises(
+        ConfigError, match="train.optimizer=adamw but this run has train.optimizer=paged_adamw"
+    ):
+        checkpoint.load_checkpoint(make_engine(run_config("paged_adamw")), tmp_path, optimizer="paged_adamw")
