@@ -3,7 +3,7 @@
 The names are those of the HF Trainer's ``optim``:
 
 - ``adamw``: the DeepSpeed JSON's ``optimizer`` section, as before (DeepSpeedCPUAdam with optimizer
-  offload, FusedAdam / torch AdamW otherwise);
+  offload, DeepSpeed's FusedAdam otherwise);
 - ``adamw_8bit``, ``paged_adamw``, ``paged_adamw_8bit``: ``bnb.optim.AdamW8bit`` / ``PagedAdamW`` /
   ``PagedAdamW8bit``, built here over the same parameter groups with the JSON's betas, eps, lr and
   weight decay, and handed to ``deepspeed.initialize`` as a client optimizer; the JSON's
@@ -17,7 +17,8 @@ back to non-paged optimizer behavior." and allocates plain tensors.
 
 Everything else works as with DeepSpeed's AdamW: the scheduler of the JSON is built by DeepSpeed on
 whichever optimizer it wraps, and the optimizer's ``state_dict`` (bitsandbytes packs its quantization
-state into it) is saved and loaded by DeepSpeed's checkpoints.
+state into it) is saved and loaded by DeepSpeed's checkpoints. Loaded state is ordinary device
+memory, not paged: bitsandbytes pages only the state it creates itself.
 """
 
 from __future__ import annotations
