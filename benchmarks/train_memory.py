@@ -36,11 +36,10 @@ the trainer's `trainer.optimizers.client_optimizer`), or ``offload``: DeepSpeed'
 the activations, so only a later step's forward and backward run with the state held. The peak is
 over all steps, the step time (wall, and CPU seconds of the process) the median of the steps after
 the first. Ratios are to ``adamw``: step peak, step time, step CPU time and the optimizer state's
-bytes. On CPU "paged" falls back to ordinary memory
-(bitsandbytes warns), and offload moves the state into the same memory, so there both differ from
-plain AdamW only by their code paths; on CUDA paged state is CUDA unified memory, which
-`torch.cuda.max_memory_allocated` does not count (the driver pages it out under pressure), and
-offloaded state is host memory.
+bytes. On CPU "paged" falls back to ordinary memory (bitsandbytes warns), and offload moves the
+state into the same memory, so there both differ from plain AdamW only by their code paths; on
+CUDA paged state is CUDA unified memory, which `torch.cuda.max_memory_allocated` does not count
+(the driver pages it out under pressure), and offloaded state is host memory.
 """
 
 from __future__ import annotations
@@ -106,8 +105,8 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"steps per variant; default 1 ({OPTIMIZER_STEPS} with --optimizers)",
     )
+    # Internal: run one method (with one optimizer) in this process and write its figures to --child-out.
     parser.add_argument("--child-optimizer", default="adamw", help=argparse.SUPPRESS)
-    # Internal: run one method in this process and write its figures to --child-out.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
 
