@@ -164,8 +164,12 @@ def measure_in_child(
         "--steps", str(getattr(args, "steps", 1)), "--child-optimizer", optimizer,
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
     ]  # fmt: skip
+    from trainer.distributed import PROCESS_GROUP_ENV
+
+    # A caller that has a process group of its own (a test session) must not hand it down.
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_ENV}
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(
