@@ -1,6 +1,9 @@
-"""Peak memory of one training step per method (full, lora, qlora, temporal_qlora, …), same model and batch.
+"""Peak memory of one training step per method (full, lora, qlora, temporal_qlora, …), same model and batch;
+with --optimizers, step peak, time and optimizer state per optimizer (AdamW, 8-bit, paged, offload).
 
     python -m benchmarks.train_memory --device cpu [--quick] [--preset tiny|1b] [--methods lora,qlora]
+    python -m benchmarks.train_memory --device cpu --preset 1b \
+        --optimizers adamw,adamw_8bit,paged_adamw_8bit,offload
 
 Each method runs in its own child process, so one method's allocations (and the allocator's cached
 memory) cannot inflate another's peak. A child:
@@ -24,6 +27,19 @@ Reported per method: the absolute peak (whole process, load included), the basel
 above the baseline (the figure the ratios use) and its parts that can be counted exactly (weights,
 trained parameters, optimizer state). On CPU all memory figures are RSS (see `benchmarks.memory`);
 on CUDA `torch.cuda.max_memory_allocated` / `_reserved`. The issue's goal: qlora <= 0.5 x lora at 1b.
+
+``--optimizers`` compares optimizers instead, for one method (``--methods``, default qlora): each
+name is a `train.optimizer` choice under ``ds_configs/zero2.json`` (the bitsandbytes ones built by
+the trainer's `trainer.optimizers.client_optimizer`), or ``offload``: DeepSpeed's AdamW under
+``ds_configs/zero2_offload.json`` (ZeRO-Offload, the demo's). Each runs ``--steps`` steps (default
+3): the optimizer state is created in the first step's ``engine.step()``, after backward has freed
+the activations, so only a later step's forward and backward run with the state held. The peak is
+over all steps, the step time (wall, and CPU seconds of the process) the median of the steps after
+the first. Ratios are to ``adamw``: step peak, step time, step CPU time and the optimizer state's
+bytes. On CPU "paged" falls back to ordinary memory (bitsandbytes warns), and offload moves the
+state into the same memory, so there both differ from plain AdamW only by their code paths; on
+CUDA paged state is CUDA unified memory, which `torch.cuda.max_memory_allocated` does not count
+(the driver pages it out under pressure), and offloaded state is host memory.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +72,15 @@ FULL_BYTES_PER_PARAM = 20
 BATCH = {"tiny": (2, 4), "1b": (1, 4)}
 DS_CONFIG = "ds_configs/zero2.json"
 RANK, ALPHA = 16, 32
+# --optimizers: name → (train.optimizer, DeepSpeed JSON); the ratios are to the first.
+OPTIMIZER_VARIANTS = {
+    "adamw": ("adamw", DS_CONFIG),
+    "adamw_8bit": ("adamw_8bit", DS_CONFIG),
+    "paged_adamw": ("paged_adamw", DS_CONFIG),
+    "paged_adamw_8bit": ("paged_adamw_8bit", DS_CONFIG),
+    "offload": ("adamw", "ds_configs/zero2_offload.json"),
+}
+OPTIMIZER_STEPS = 3
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +94,19 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=None, help="frames K per clip; default 4")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float32")
     parser.add_argument("--checkpoint", type=Path, default=None, help="use this saved base model")
-    # Internal: run one method in this process and write its figures to --child-out.
+    parser.add_argument(
+        "--optimizers",
+        default=None,
+        help=f"compare these optimizers (from {','.join(OPTIMIZER_VARIANTS)}; adamw required) for one method",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"steps per variant; default 1 ({OPTIMIZER_STEPS} with --optimizers)",
+    )
+    # Internal: run one method (with one optimizer) in this process and write its figures to --child-out.
+    parser.add_argument("--child-optimizer", default="adamw", help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -84,6 +122,19 @@ def available_variants(requested: str | None) -> list[str]:
     return names
 
 
+def available_optimizers(requested: str) -> list[str]:
+    """The `OPTIMIZER_VARIANTS` named in `requested` (adamw among them: the ratios are to it)."""
+    names = [n.strip() for n in requested.split(",") if n.strip()]
+    for name in names:
+        if name not in OPTIMIZER_VARIANTS:
+            raise SystemExit(
+                f"--optimizers: unknown optimizer {name!r}; known: {', '.join(OPTIMIZER_VARIANTS)}"
+            )
+    if "adamw" not in names:
+        raise SystemExit("--optimizers must include adamw: the ratios are to it")
+    return names
+
+
 def quantization_of(method: str) -> str:
     """The `models.loading` quantization `method` trains on: its declared default weight format."""
     from models.methods import adapter_method
@@ -91,30 +142,39 @@ def quantization_of(method: str) -> str:
     return adapter_method(method).weight_format
 
 
-def result_name(preset: str, dtype: str) -> str:
+def result_name(preset: str, dtype: str, optimizers: bool = False) -> str:
     """``train_memory`` for the tiny preset, ``train_memory_1b`` for 1b; a dtype other than auto is
-    added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one."""
-    name = "train_memory" if preset == "tiny" else f"train_memory_{preset}"
+    added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one.
+    The optimizer comparison is ``train_memory_optimizers`` (``train_memory_optimizers_1b``, …)."""
+    name = "train_memory_optimizers" if optimizers else "train_memory"
+    name = name if preset == "tiny" else f"{name}_{preset}"
     return name if dtype == "auto" else f"{name}_{dtype}"
 
 
 def measure_in_child(
-    args: argparse.Namespace, variant: str, checkpoint: Path, out_dir: Path
+    args: argparse.Namespace, variant: str, checkpoint: Path, out_dir: Path, optimizer: str = "adamw"
 ) -> dict[str, Any]:
-    """Run `variant` in a fresh Python process (this module with --child); returns its figures."""
-    out = out_dir / f"{variant}.json"
+    """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name) in a fresh Python process
+    (this module with --child); returns its figures."""
+    out = out_dir / f"{variant}-{optimizer}.json"
     cmd = [
         sys.executable, "-m", "benchmarks.train_memory",
         "--device", args.device, "--preset", args.preset, "--dtype", args.dtype,
         "--batch-size", str(args.batch_size), "--frames", str(args.frames),
+        "--steps", str(getattr(args, "steps", 1)), "--child-optimizer", optimizer,
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
     ]  # fmt: skip
+    from trainer.distributed import PROCESS_GROUP_ENV
+
+    # A caller that has a process group of its own (a test session) must not hand it down.
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_ENV}
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"train_memory child for {variant!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+            f"train_memory child for {variant!r} ({optimizer}) failed (exit {proc.returncode}):\n"
+            f"{proc.stderr[-4000:]}"
         )
     figures = json.loads(out.read_text())
     figures["process_s"] = time.perf_counter() - start
@@ -136,6 +196,7 @@ def run_child(args: argparse.Namespace) -> None:
     from trainer.config import RunConfig
     from trainer.distributed import init_distributed, resolve_dtype
     from trainer.ds_config import load_ds_config
+    from trainer.optimizers import check_optimizer, client_optimizer
 
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -153,11 +214,14 @@ def run_child(args: argparse.Namespace) -> None:
     trainable, total = trainable_parameter_count(model)
     weight_bytes = model.get_memory_footprint()
     cfg = RunConfig()
-    cfg.deepspeed.config = DS_CONFIG
+    cfg.train.optimizer, cfg.deepspeed.config = OPTIMIZER_VARIANTS[args.child_optimizer]
     cfg.train.micro_batch_size = args.batch_size
     ds_config = load_ds_config(cfg, dist.world_size, device, dtype)
+    check_optimizer(cfg, ds_config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, ds_config = client_optimizer(cfg.train, params, ds_config)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+        model=model, model_parameters=params, optimizer=optimizer, config=ds_config
     )
     batch = model_batch(
         processor, args.batch_size, args.frames, model.config.vision_config.image_size, device, dtype
@@ -166,13 +230,23 @@ def run_child(args: argparse.Namespace) -> None:
 
     meter.reset()
     start = meter.read()["current"]
-    loss = engine(**batch).loss
-    engine.backward(loss)
-    engine.step()
+    step_times, step_cpu_times = [], []
+    for _ in range(args.steps):
+        began, began_cpu = time.perf_counter(), time.process_time()
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_times.append(time.perf_counter() - began)
+        step_cpu_times.append(time.process_time() - began_cpu)
     step = meter.read()
 
     figures = {
         "method": method,
+        "optimizer": args.child_optimizer,
+        "deepspeed_config": cfg.deepspeed.config,
+        "optimizer_class": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
         "quantization": quantization,
         "dtype": str(dtype),
         "trainable_params": trainable,
@@ -186,6 +260,13 @@ def run_child(args: argparse.Namespace) -> None:
         "absolute_peak_bytes": max(setup["peak"], step["peak"]),
         "step_peak_above_baseline_bytes": step["peak"] - baseline,
         "loss": float(loss.detach()),
+        "steps": args.steps,
+        "step_times_s": step_times,
+        # the first step also creates the optimizer state (and, for offload, its host buffers)
+        "step_time_s": statistics.median(step_times[1:] or step_times),
+        # CPU seconds of this process's threads: steadier than wall time on a machine shared with other jobs
+        "step_cpu_times_s": step_cpu_times,
+        "step_cpu_s": statistics.median(step_cpu_times[1:] or step_cpu_times),
     }
     if "peak_reserved" in step:
         figures["step_peak_reserved_bytes"] = step["peak_reserved"]
@@ -233,10 +314,14 @@ def main() -> None:
     default_batch, default_frames = BATCH[args.preset]
     args.batch_size = args.batch_size or (1 if args.quick else default_batch)
     args.frames = args.frames or (2 if args.quick else default_frames)
+    args.steps = args.steps or (OPTIMIZER_STEPS if args.optimizers else 1)
     if args.child is not None:
         run_child(args)
         return
     device = torch.device(args.device)
+    if args.optimizers is not None:
+        compare_optimizers(args, device)
+        return
     variants = available_variants(args.methods)
     if "lora" not in variants:
         raise SystemExit("--methods must include lora: the ratios are to lora")
@@ -280,6 +365,68 @@ def main() -> None:
             "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
         },
         figures={**per_method, "skipped": skipped},
+        ratios=ratios,
+        out=args.out,
+    )
+
+
+def compare_optimizers(args: argparse.Namespace, device: torch.device) -> None:
+    """--optimizers: each optimizer for one method, in its own child process; ratios to adamw."""
+    optimizers = available_optimizers(args.optimizers)
+    methods = available_variants(args.methods or "qlora")
+    if len(methods) != 1:
+        raise SystemExit(f"--optimizers compares one method; --methods names {len(methods)}")
+    method = methods[0]
+    with tempfile.TemporaryDirectory(prefix="train_memory-") as tmp:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            from benchmarks.workload import write_checkpoint
+
+            checkpoint = write_checkpoint(args.preset, Path(tmp) / "base")
+        per_optimizer = {
+            name: measure_in_child(args, method, checkpoint, Path(tmp), name) for name in optimizers
+        }
+    adamw = per_optimizer["adamw"]
+    ratios = {}
+    for name, figures in per_optimizer.items():
+        if name == "adamw":
+            continue
+        for ratio, key in (
+            ("step_peak", "step_peak_above_baseline_bytes"),
+            ("step_time", "step_time_s"),
+            ("step_cpu_time", "step_cpu_s"),
+            ("optimizer_state", "optimizer_state_bytes"),
+        ):
+            ratios[f"{args.preset}/{name}_over_adamw_{ratio}"] = figures[key] / adamw[key]
+    write_result(
+        result_name(args.preset, args.dtype, optimizers=True),
+        device,
+        config={
+            "quick": args.quick,
+            "preset": args.preset,
+            "method": method,
+            "quantization": quantization_of(method),
+            "optimizers": {
+                name: dict(
+                    zip(("train.optimizer", "deepspeed.config"), OPTIMIZER_VARIANTS[name], strict=True)
+                )
+                for name in optimizers
+            },
+            "batch_size": args.batch_size,
+            "frames": args.frames,
+            "steps": args.steps,
+            "rank": RANK,
+            "alpha": ALPHA,
+            "dtype": args.dtype,
+            "memory_measure": measure_description(device),
+            "ratio_figures": "step_peak_above_baseline_bytes (over all steps), step_time_s and step_cpu_s "
+            "(medians after the first), optimizer_state_bytes",
+            "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
+            # 1/5/15-minute load averages at the end: step times from a machine busy with other jobs
+            # are not comparable, and this says whether it was
+            "load_average": os.getloadavg(),
+        },
+        figures=per_optimizer,
         ratios=ratios,
         out=args.out,
     )

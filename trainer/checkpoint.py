@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from models.adapters import save_adapter
+from trainer.config import ConfigError
 from trainer.distributed import barrier
 
 _TAG = re.compile(r"^global_step(\d+)$")
@@ -60,14 +61,22 @@ def latest_tag(root: str | Path) -> str | None:
     return tag if (Path(root) / tag).is_dir() else None
 
 
-def load_checkpoint(engine: Any, root: str | Path, tag: str | None = None) -> dict[str, Any]:
-    """Load ``tag`` (default: latest) into the engine; returns the trainer's client_state."""
+def load_checkpoint(
+    engine: Any, root: str | Path, tag: str | None = None, optimizer: str | None = None
+) -> dict[str, Any]:
+    """Load ``tag`` (default: latest) into the engine; returns the trainer's client_state.
+
+    ``optimizer``: the run's `train.optimizer`; a checkpoint whose stored run config names another
+    is refused (each keeps a state of its own layout, which the other cannot read)."""
     tag = tag or latest_tag(root)
     if tag is None:
         raise FileNotFoundError(
             f"no complete checkpoint under {root} (no 'latest' naming an existing folder)"
         )
-    _check_trainable_saved(engine, Path(root) / tag)
+    saved = _saved_states(Path(root) / tag)
+    _check_trainable_saved(engine, saved, Path(root) / tag)
+    if optimizer is not None:
+        _check_same_optimizer(saved, optimizer, Path(root) / tag)
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {Path(root) / tag}")
@@ -121,12 +130,31 @@ def replay_cpu_adam_bias_correction(optimizer: Any) -> int:
     return max(group_steps, default=0)
 
 
-def _check_trainable_saved(engine: Any, folder: Path) -> None:
-    """Non-strict loading would skip a missing tensor silently: name any trainable one absent."""
+def _saved_states(folder: Path) -> dict[str, Any]:
+    """The first model-states file of a checkpoint (module weights + client_state), memory-mapped."""
     files = sorted(folder.glob("mp_rank_*_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"{folder} holds no DeepSpeed model states (mp_rank_*_model_states.pt)")
-    saved = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)["module"]
+    return torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+
+
+def _check_same_optimizer(saved: dict[str, Any], optimizer: str, folder: Path) -> None:
+    config = saved.get("config")
+    if config is None:  # not a trainer checkpoint: nothing to compare with
+        return
+    # Checkpoints from before train.optimizer existed were all DeepSpeed's AdamW.
+    before = config.get("train.optimizer", "adamw")
+    if before != optimizer:
+        raise ConfigError(
+            f"checkpoint {folder} was trained with train.optimizer={before} but this run has "
+            f"train.optimizer={optimizer}: its optimizer state cannot be read by another optimizer; "
+            f"resume with train.optimizer={before}, or start afresh (train.resume=none)"
+        )
+
+
+def _check_trainable_saved(engine: Any, states: dict[str, Any], folder: Path) -> None:
+    """Non-strict loading would skip a missing tensor silently: name any trainable one absent."""
+    saved = states["module"]
     missing = [n for n, p in engine.module.named_parameters() if p.requires_grad and n not in saved]
     if missing:
         raise KeyError(f"checkpoint {folder} lacks {len(missing)} trainable tensors, e.g. {missing[:5]}")

@@ -16,6 +16,7 @@ from models.methods import METHODS
 from trainer.config import ConfigError, RunConfig
 from trainer.ds_config import zero_stage
 from trainer.evaluation.frame_views import CONTROLS
+from trainer.optimizers import check_optimizer
 
 # What model.quantization=auto becomes for each adapter.method: its declaration's weight format.
 METHOD_QUANTIZATION = {name: method.weight_format for name, method in METHODS.items()}
@@ -72,6 +73,7 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
     unknown_views = sorted(set(cfg.eval.controls) - set(CONTROLS))
     if unknown_views:
         raise ConfigError(f"eval.controls: unknown view(s) {unknown_views}; choose from {list(CONTROLS)} (or [])")
+    check_optimizer(cfg, ds)
     if stage == 3 and quant == "int8":
         raise ConfigError(
             "ZeRO-3 cannot partition bitsandbytes int8 weights (Int8Params keep their own layout): "

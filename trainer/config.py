@@ -186,6 +186,9 @@ class TrainConfig:
     vit_lr: float | None = None
     aligner_lr: float | None = None
     weight_decay: float = 0.0
+    # adamw (the DeepSpeed JSON's) | adamw_8bit | paged_adamw | paged_adamw_8bit (bitsandbytes, as a
+    # client optimizer; not with optimizer offload): trainer/optimizers.py.
+    optimizer: str = "adamw"
     # cosine | linear | constant, each after a linear warm-up of warmup_steps.
     schedule: str = "cosine"
     warmup_steps: int = 5

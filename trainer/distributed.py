@@ -17,6 +17,11 @@ import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+# The variables that place a process in a process group (set by the launchers, or for a world of
+# one by `init_distributed`): a child process that is to be a run of its own must not inherit them,
+# or it tries to join, or listen on, its parent's rendezvous.
+PROCESS_GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 @dataclass(frozen=True)
 class DistInfo:

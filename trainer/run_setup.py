@@ -25,6 +25,7 @@ from trainer.caption_language import check_language_key
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig
 from trainer.jit_ops import check_jit_locks
+from trainer.optimizers import client_optimizer
 from trainer.param_groups import learning_rate_groups, scaled_schedule
 from trainer.threads import ThreadSetting, apply_threads, local_world_size, resolve_threads
 
@@ -163,14 +164,19 @@ def calibration_batches(
 
 def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``deepspeed.initialize`` over the trainable parameters, in per-tower learning-rate groups when
-    the ViT / aligner have rates of their own. Returns (engine, the DeepSpeed config it got)."""
+    the ViT / aligner have rates of their own, with `train.optimizer`'s bitsandbytes optimizer as the
+    client optimizer when it names one. Returns (engine, the DeepSpeed config it got)."""
     train = cfg.train
     trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr)
     if trainable and isinstance(trainable[0], dict):
         ds_config = scaled_schedule(ds_config, [g["lr"] for g in trainable], train.lr)
+    optimizer = None
+    if trainable:
+        optimizer, ds_config = client_optimizer(train, trainable, ds_config)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=trainable or None,
+        optimizer=optimizer,
         # Nothing to train (frozen, the zero-shot baseline): an engine without optimizer, which
         # DeepSpeed refuses to build on an empty parameter list.
         config=ds_config if trainable else _without_optimizer(ds_config),

@@ -113,7 +113,9 @@ class Trainer:
 
         resume_from = checkpoint.resume_source(cfg.train.resume, self.checkpoint_dir)
         if resume_from is not None:
-            self._restore(checkpoint.load_checkpoint(self.engine, *resume_from))
+            self._restore(
+                checkpoint.load_checkpoint(self.engine, *resume_from, optimizer=self.cfg.train.optimizer)
+            )
         self.tracker = self._start_tracking() if self.dist.is_main else NullTracker()
 
     def _build_model(self) -> None:

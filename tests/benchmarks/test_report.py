@@ -161,6 +161,26 @@ def test_goals_table_marks_met_and_missed_per_device(tmp_path: Path, results: Pa
     assert "ours_vs_bare" not in goals  # no result for it: no row
 
 
+def test_optimizer_comparison_fills_its_goal_rows(tmp_path: Path, results: Path) -> None:
+    ratios = {
+        "1b/paged_adamw_8bit_over_adamw_optimizer_state": 0.2564,
+        "1b/paged_adamw_8bit_over_adamw_step_peak": 1.03,
+        "1b/offload_over_adamw_step_peak": 0.7,
+    }
+    name = "train_memory_optimizers_1b"
+    (results / f"{name}-cpu.json").write_text(json.dumps(_result(name, "cpu", ratios, {}, "2026-12-02")))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    report.update_readme(readme, results)
+    goals = readme.read_text().split("### Goals")[1].split("\n### ")[0]
+    rows = {ratio: next(line for line in goals.splitlines() if f"`{ratio}`" in line) for ratio in ratios}
+    assert " | ≤ 0.3 | 0.256 ✓ |" in rows["1b/paged_adamw_8bit_over_adamw_optimizer_state"]
+    assert " | ≤ 1 | 1.03 ✗ |" in rows["1b/paged_adamw_8bit_over_adamw_step_peak"]
+    assert " | ≤ 1 | 0.7 ✓ |" in rows["1b/offload_over_adamw_step_peak"]
+    # the table of the result itself says which script wrote it
+    assert "with --optimizers, step peak, time and optimizer state per optimizer" in readme.read_text()
+
+
 def _scaling_figures() -> dict:
     variants = ("selection/plain", "uniform/plain", "selection/checkpointing", "uniform/checkpointing")
     point = {v: {"step_s": 0.5 + i / 10, "peak_bytes": 2**20 * (8 + i)} for i, v in enumerate(variants)}

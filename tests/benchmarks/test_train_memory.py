@@ -55,3 +55,31 @@ def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) 
     assert int8 and all(p.CB.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for _, p in int8)
     floats = [(n, p) for n, p in model.named_parameters() if p.dtype.is_floating_point]
     assert floats and all(p.untyped_storage().data_ptr() != before[n] for n, p in floats)
+
+
+def test_child_measures_steps_with_a_bitsandbytes_8bit_optimizer(tmp_path: Path) -> None:
+    checkpoint = write_checkpoint("tiny", tmp_path / "base")
+    args = argparse.Namespace(device="cpu", preset="tiny", dtype="auto", batch_size=1, frames=2, steps=2)
+    figures = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path, "paged_adamw_8bit")
+
+    assert (
+        figures["optimizer_class"] == "PagedAdamW8bit"
+        and figures["deepspeed_config"] == "ds_configs/zero2.json"
+    )
+    assert figures["steps"] == 2 and len(figures["step_times_s"]) == len(figures["step_cpu_times_s"]) == 2
+    assert figures["step_time_s"] == figures["step_times_s"][1] > 0
+    # ZeRO-2 hands the optimizer one flat fp32 partition of the n trained parameters: two uint8
+    # moments (2 B), an fp32 absmax per 256-element block for each, and the two 256-entry fp32 code maps
+    n = figures["trainable_params"]
+    assert figures["optimizer_state_bytes"] == 2 * n + 2 * 4 * -(-n // 256) + 2 * 256 * 4
+    assert figures["loss"] > 0
+
+
+def test_optimizer_comparison_needs_known_names_and_adamw() -> None:
+    assert train_memory.available_optimizers("adamw, offload") == ["adamw", "offload"]
+    with pytest.raises(SystemExit, match=r"unknown optimizer 'lion'.*paged_adamw_8bit"):
+        train_memory.available_optimizers("adamw,lion")
+    with pytest.raises(SystemExit, match="must include adamw"):
+        train_memory.available_optimizers("adamw_8bit,offload")
+    assert train_memory.result_name("1b", "auto", optimizers=True) == "train_memory_optimizers_1b"
+    assert train_memory.result_name("tiny", "bfloat16", optimizers=True) == "train_memory_optimizers_bfloat16"
