@@ -24,6 +24,7 @@ from trainer.assets import Asset, resolve_assets
 from trainer.caption_language import check_language_key
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig
+from trainer.ds_config import size_buckets
 from trainer.jit_ops import check_jit_locks
 from trainer.optimizers import client_optimizer
 from trainer.param_groups import learning_rate_groups, scaled_schedule
@@ -170,6 +171,7 @@ def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple
     trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr)
     if trainable and isinstance(trainable[0], dict):
         ds_config = scaled_schedule(ds_config, [g["lr"] for g in trainable], train.lr)
+    ds_config = size_buckets(ds_config, sum(p.numel() for p in model.parameters() if p.requires_grad))
     optimizer = None
     if trainable:
         optimizer, ds_config = client_optimizer(train, trainable, ds_config)

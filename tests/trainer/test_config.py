@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainer.config import ConfigError, RunConfig, changed_settings, load_config, parse_override
-from trainer.ds_config import load_ds_config
+from trainer.ds_config import MAX_BUCKET_ELEMENTS, load_ds_config, size_buckets
 
 
 def write(tmp_path, text):
@@ -89,7 +89,20 @@ def test_ds_config_autos_filled_from_run_config(name):
     assert ds["optimizer"]["params"]["lr"] == cfg.train.lr
     assert ds["scheduler"]["params"]["total_num_steps"] == cfg.train.steps
     assert ds["bf16"]["enabled"] is False
-    assert "auto" not in json.dumps(ds)
+    # the bucket sizes are left to the engine builder, which knows what is trained
+    assert ds["zero_optimization"]["reduce_bucket_size"] == "auto"
+    assert "auto" not in json.dumps(size_buckets(ds, 1000))
+
+
+def test_buckets_sized_to_the_trained_parameters_up_to_the_cap():
+    ds = {"zero_optimization": {"reduce_bucket_size": "auto", "allgather_bucket_size": "auto"}}
+    small = size_buckets(ds, 14_698_496)["zero_optimization"]
+    assert small == {"reduce_bucket_size": 14_698_496, "allgather_bucket_size": 14_698_496}
+    assert size_buckets(ds, 8_257)["zero_optimization"]["reduce_bucket_size"] == 8_448  # 33 x 256
+    assert size_buckets(ds, 10**9)["zero_optimization"]["reduce_bucket_size"] == MAX_BUCKET_ELEMENTS
+    assert ds["zero_optimization"]["reduce_bucket_size"] == "auto"  # the input is not changed
+    written = {"zero_optimization": {"reduce_bucket_size": 123}}
+    assert size_buckets(written, 10**6)["zero_optimization"]["reduce_bucket_size"] == 123
 
 
 def test_ds_config_unfillable_auto_is_an_error(tmp_path):

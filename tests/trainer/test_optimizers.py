@@ -213,6 +213,14 @@ def test_plain_adamw_keeps_the_json_optimizer():
     assert engine.config["optimizer"]["type"] == "AdamW"
 
 
+def test_zero_buckets_hold_the_trained_parameters():
+    """The engine builder sizes ZeRO's "auto" buckets to the adapter, not DeepSpeed's 5e7 elements."""
+    engine = make_engine(run_config("adamw"))
+    trained = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
+    assert trained == 128 * 64 + 64 + 64 + 1  # 8,257: one bucket of 33 x 256 elements
+    assert engine.optimizer.reduce_bucket_size == engine.optimizer.allgather_bucket_size == 8_448
+
+
 @pytest.mark.e2e
 def test_train_py_with_paged_8bit_resumes_the_uninterrupted_run(demo_assets, tmp_path):
     """The demo's QLoRA through train.py (one process, ZeRO-2): stopped at step 3 and resumed ==
