@@ -185,9 +185,7 @@ def measure_in_child(
 
 def run_child(args: argparse.Namespace) -> None:
     """Steps 1-4 of the module docstring for one variant, in this process."""
-    # Imports first: they are the baseline's content.
-    import deepspeed
-
+    # Imports first (DeepSpeed with trainer.run_setup): they are the baseline's content.
     from benchmarks.memory import PeakMemory
     from benchmarks.workload import model_batch
     from models.adapters import apply_adapter, trainable_parameter_count
@@ -196,7 +194,8 @@ def run_child(args: argparse.Namespace) -> None:
     from trainer.config import RunConfig
     from trainer.distributed import init_distributed, resolve_dtype
     from trainer.ds_config import load_ds_config
-    from trainer.optimizers import check_optimizer, client_optimizer
+    from trainer.optimizers import check_optimizer
+    from trainer.run_setup import build_engine
 
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -218,11 +217,7 @@ def run_child(args: argparse.Namespace) -> None:
     cfg.train.micro_batch_size = args.batch_size
     ds_config = load_ds_config(cfg, dist.world_size, device, dtype)
     check_optimizer(cfg, ds_config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, ds_config = client_optimizer(cfg.train, params, ds_config)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=params, optimizer=optimizer, config=ds_config
-    )
+    engine, _ = build_engine(model, cfg, ds_config)
     batch = model_batch(
         processor, args.batch_size, args.frames, model.config.vision_config.image_size, device, dtype
     )
