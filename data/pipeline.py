@@ -60,7 +60,6 @@ from data.shards import assign_shards, shard_sample_count
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class StreamState:
     """Where a `VideoLoader` is in its sample stream; small, JSON-able, per rank.
@@ -275,6 +274,8 @@ def build_dataset(
     sample_fps: float | None = None,
     start_state: StreamState | dict[str, Any] | None = None,
     caption_language: str | None = None,
+    decoder: str = "decord",
+    decode_timeout_s: float | None = None,
 ) -> VideoDataPipeline:
     """Build the streaming dataset; iterate it through `build_loader` (or directly, one process).
 
@@ -299,6 +300,9 @@ def build_dataset(
         caption_language: ISO 639-1 code: captions and references from the json's
             ``captions_by_language`` (`data.languages`); samples without it are skipped and counted
             (``missing_language``). None: the ``txt`` caption and the json's ``captions``.
+        decoder: the video decoder (`data.decoders`: decord, pyav).
+        decode_timeout_s: seconds one sample's decode may take; a slower one is skipped and counted
+            (``decode_timeout``) and the worker goes on (`data.decode_guard`). None or 0: unbounded.
 
     Returns:
         An IterableDataset of `VideoBatch` (frames uint8 [B, N, 3, H, W]).
@@ -325,7 +329,9 @@ def build_dataset(
     return VideoDataPipeline(
         urls,
         counts,
-        decode=DecodeSample(num_frames, frame_size, text_fn, bad, sample_fps, caption_language),
+        decode=DecodeSample(
+            num_frames, frame_size, text_fn, bad, sample_fps, caption_language, decoder, decode_timeout_s
+        ),
         collate=Collate(pad_token_id, bad),
         bad=bad,
         batch_size=batch_size,
@@ -336,5 +342,3 @@ def build_dataset(
         partial_batches=partial_batches,
         start_state=start_state,
     )
-
-

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from data.decode_guard import DecodeTimeout, IsolatedDecoder
+from data.decoders import check_decoder
 from data.languages import CAPTIONS_BY_LANGUAGE, check_language_code, references_in, sample_languages
 from data.video_io import VideoDecodeError, decode_frames
 
@@ -72,6 +74,10 @@ class DecodeSample:
     (the default language). An ISO 639-1 code: both come from the json's ``captions_by_language``
     entry for it (the caption trained on is its first reference); a sample without it is skipped
     as ``missing_language``.
+
+    ``decoder`` names the backend (`data.decoders`). ``decode_timeout_s`` > 0 decodes in a child
+    process that is killed when a sample takes longer (`data.decode_guard`): the sample is skipped
+    as ``decode_timeout`` and the worker goes on; None or 0 decodes in the worker itself, unbounded.
     """
 
     def __init__(
@@ -82,7 +88,12 @@ class DecodeSample:
         bad: BadSampleCounter,
         sample_fps: float | None = None,
         caption_language: str | None = None,
+        decoder: str = "decord",
+        decode_timeout_s: float | None = None,
     ):
+        check_decoder(decoder)  # here, in the main process: a bad name fails before workers start
+        self.decoder = decoder
+        self.isolated = IsolatedDecoder(decode_timeout_s) if decode_timeout_s else None
         self.num_frames = num_frames
         self.frame_size = tuple(frame_size)
         self.text_fn = text_fn
@@ -119,10 +130,17 @@ class DecodeSample:
                     f"{has if has else 'absent'})",
                 )
             caption = references[0]
+        decode = self.isolated or decode_frames
         try:
-            frames = decode_frames(
-                sample["mp4"], self.num_frames, self.frame_size, sample_fps=self.sample_fps
+            frames = decode(
+                sample["mp4"],
+                self.num_frames,
+                self.frame_size,
+                sample_fps=self.sample_fps,
+                decoder=self.decoder,
             )
+        except DecodeTimeout as exc:
+            return self.bad.skip("decode_timeout", key, url, str(exc))
         except VideoDecodeError as exc:
             return self.bad.skip("decode_error", key, url, str(exc))
         out = {

@@ -1,4 +1,4 @@
-"""Encode numpy clips to H.264 mp4 bytes (PyAV) and decode mp4 bytes to frame tensors (decord).
+"""Encode numpy clips to H.264 mp4 bytes (PyAV) and decode mp4 bytes to frame tensors (`data.decoders`).
 
 Both directions work in memory: shards store mp4 bytes, and the pipeline decodes them straight
 from those bytes without touching the file system. `transcode` (PyAV) cuts, scales and resamples a
@@ -15,8 +15,9 @@ import av
 import decord
 import numpy as np
 import torch
-import torch.nn.functional as F
 from av.video.reformatter import Interpolation
+
+from data.decoders import get_decoder
 
 # decord lets ffmpeg print every "moov atom not found" to stderr; the pipeline already counts and
 # logs bad samples once, so the library's own log lines are noise.
@@ -90,67 +91,45 @@ def fps_indices(num_available: int, source_fps: float, num_frames: int, target_f
     return np.minimum(centres.astype(np.int64), num_available - 1)
 
 
+def frame_indices(
+    num_available: int, source_fps: float, num_frames: int, sample_fps: float | None
+) -> list[int]:
+    """The frames `decode_frames` returns: `uniform_indices` (sample_fps None) or `fps_indices`."""
+    if sample_fps is None:
+        return uniform_indices(num_available, num_frames).tolist()
+    return fps_indices(num_available, source_fps, num_frames, sample_fps).tolist()
+
+
 def decode_frames(
     mp4: bytes,
     num_frames: int,
     size: tuple[int, int],
     num_threads: int = 1,
     sample_fps: float | None = None,
+    decoder: str = "decord",
 ) -> torch.Tensor:
-    """Decode `num_frames` frames spread uniformly over the clip (or `sample_fps` apart), resized by decord.
+    """Decode `num_frames` frames spread uniformly over the clip (or `sample_fps` apart), resized.
 
     Args:
         mp4: the video file's bytes.
         num_frames: N, how many frames to return.
-        size: (H, W) of the returned frames; decord resizes while decoding (much cheaper than after).
+        size: (H, W) of the returned frames; the decoder resizes while decoding (much cheaper than after).
         num_threads: decoder threads; 1 by default because DataLoader workers already decode in
             parallel and more threads per worker would oversubscribe the cores.
         sample_fps: None: uniform over the whole clip; else frames at this rate centred in the clip
             (see `fps_indices`).
+        decoder: the backend (`data.decoders`: decord, pyav).
 
     Returns:
         uint8 [N, 3, H, W] RGB.
 
     Raises:
-        VideoDecodeError: empty, corrupt or frameless input (decord's own errors are wrapped).
+        VideoDecodeError: empty, corrupt or frameless input (the library's own errors are wrapped).
+        ValueError: num_frames < 1, or an unknown or uninstalled decoder.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if not mp4:
-        raise VideoDecodeError("empty video bytes")
-    height, width = size
-    try:
-        # decord copies the bytes out of the file object, so the BytesIO can be dropped afterwards.
-        reader = decord.VideoReader(io.BytesIO(mp4), width=width, height=height, num_threads=num_threads)
-        num_available = len(reader)
-    except Exception as exc:  # decord raises RuntimeError/DECORDError depending on the fault
-        raise VideoDecodeError(f"cannot open video ({len(mp4)} bytes): {exc}") from exc
-    if num_available == 0:
-        raise VideoDecodeError(f"video has zero frames ({len(mp4)} bytes)")
-    if sample_fps is None:
-        indices = uniform_indices(num_available, num_frames).tolist()
-    else:
-        indices = fps_indices(num_available, reader.get_avg_fps(), num_frames, sample_fps).tolist()
-    try:
-        array = reader.get_batch(indices).asnumpy()
-        if array.shape != (num_frames, height, width, 3):
-            raise RuntimeError(f"decord returned {array.shape}")
-        return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
-    except Exception:
-        pass
-    # decord 0.6.0 mis-strides a few output widths (of 4..400 px, measured: 4, 8, 12, 16, 24, 48, 72,
-    # every time, whatever the source): frames come back 4 or 6 "channels" wide or fail a size check.
-    # Widths that are multiples of 32 always work, so decode at the next one and let torch resize.
-    # Truly corrupt data (damaged mid-stream) fails again here and is reported.
-    safe_width = max(32, -(-width // 32) * 32)
-    try:
-        reader = decord.VideoReader(io.BytesIO(mp4), width=safe_width, height=height, num_threads=num_threads)
-        array = reader.get_batch(indices).asnumpy()
-    except Exception as exc:
-        raise VideoDecodeError(f"cannot decode video ({len(mp4)} bytes): {exc}") from exc
-    frames = torch.from_numpy(array).permute(0, 3, 1, 2).float()
-    frames = F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return frames.round_().clamp_(0, 255).to(torch.uint8)
+    return get_decoder(decoder)(mp4, num_frames, tuple(size), num_threads=num_threads, sample_fps=sample_fps)
 
 
 def probe_video(data: bytes) -> int:

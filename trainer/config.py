@@ -157,6 +157,11 @@ class DataConfig:
     # that language (samples without it are skipped and counted). null: the shards' default
     # references (the txt caption and the json's captions; English for every source here).
     caption_language: str | None = None
+    # Video decoder: decord (the default) | pyav (frame-exact, slower; data/decoders/).
+    decoder: str = "decord"
+    # Seconds one sample's decode may take; a slower one is skipped (counted as decode_timeout) and
+    # its worker goes on (data/decode_guard.py). null or 0: decode in the worker, unbounded.
+    decode_timeout_s: float | None = 30.0
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import deepspeed
 import torch
 
+from data.decoders import check_decoder
 from data.frame_selector import FrameSelector
 from data.loader import build_loader
 from data.pipeline import VideoDataPipeline, build_dataset
@@ -23,7 +24,7 @@ from models.processor import VideoLlamaProcessor
 from trainer.assets import Asset, resolve_assets
 from trainer.caption_language import check_language_key
 from trainer.compat import resolve_quantization
-from trainer.config import RunConfig
+from trainer.config import ConfigError, RunConfig
 from trainer.ds_config import size_buckets
 from trainer.jit_ops import check_jit_locks
 from trainer.optimizers import client_optimizer
@@ -44,6 +45,7 @@ def before_process_group(
        shm op next.
     5. ``data.caption_language`` has the form of a language code (what the shards hold is checked
        once the processor is loaded, `trainer.caption_language`).
+    6. ``data.decoder`` names a decoder that is installed, ``data.decode_timeout_s`` is not negative.
     """
     threads = resolve_threads(
         cfg.train.num_threads, num_workers=cfg.data.num_workers, local_world_size=local_world_size()
@@ -53,7 +55,20 @@ def before_process_group(
     missing_assets = resolve_assets(cfg, splits)
     check_jit_locks(cfg.deepspeed.config)
     check_language_key(cfg)
+    check_decoder_keys(cfg)
     return threads, missing_assets
+
+
+def check_decoder_keys(cfg: RunConfig) -> None:
+    """``data.decoder`` can be imported and ``data.decode_timeout_s`` is null or >= 0 (before anything loads)."""
+    try:
+        check_decoder(cfg.data.decoder)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.data.decode_timeout_s is not None and cfg.data.decode_timeout_s < 0:
+        raise ConfigError(
+            f"data.decode_timeout_s must be null, 0 (no limit) or > 0 seconds, got {cfg.data.decode_timeout_s}"
+        )
 
 
 def build_selector(cfg: RunConfig) -> FrameSelector:
@@ -75,6 +90,8 @@ def train_dataset(cfg: RunConfig, processor: VideoLlamaProcessor, **options: Any
         pad_token_id=processor.tokenizer.pad_token_id,
         sample_fps=cfg.data.sample_fps,
         caption_language=cfg.data.caption_language,
+        decoder=cfg.data.decoder,
+        decode_timeout_s=cfg.data.decode_timeout_s,
         **options,
     )
 

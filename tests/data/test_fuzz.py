@@ -4,8 +4,10 @@ import os
 import random
 
 import numpy as np
+import pytest
 import webdataset as wds
 
+from data.decoders import DECODERS
 from data.loader import build_loader
 from data.pipeline import build_dataset
 from data.video_io import encode_mp4
@@ -92,11 +94,20 @@ def _cut_shard(path, samples: int = 20) -> list[str]:
     return keys
 
 
-def test_random_corruption_is_counted_and_every_good_sample_comes_out(tmp_path):
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_random_corruption_is_counted_and_every_good_sample_comes_out(tmp_path, decoder):
+    """The same reasons for every decoder (`data.decoders`); the decode time limit is on, as in runs."""
     _, kinds = _corrupt_shards(tmp_path)
     cut_keys = _cut_shard(os.path.join(tmp_path, "00004.tar"))
     ds = build_dataset(
-        str(tmp_path), num_frames=2, frame_size=(32, 32), batch_size=4, text_fn=None, shuffle_buffer=16
+        str(tmp_path),
+        num_frames=2,
+        frame_size=(32, 32),
+        batch_size=4,
+        text_fn=None,
+        shuffle_buffer=16,
+        decoder=decoder,
+        decode_timeout_s=30,
     )
     batches = list(build_loader(ds, num_workers=2))  # bad samples meet DataLoader worker processes
     out = [k for b in batches for k, p in zip(b.keys, b.is_padding.tolist(), strict=True) if not p]

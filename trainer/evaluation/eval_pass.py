@@ -80,6 +80,8 @@ def run_clips(
         batch_size=cfg.eval.batch_size,
         text_fn=None,
         caption_language=cfg.data.caption_language,
+        decoder=cfg.data.decoder,
+        decode_timeout_s=cfg.data.decode_timeout_s,
     )
     was_training = model.training
     model.eval()
