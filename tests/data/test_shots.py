@@ -1,8 +1,9 @@
 import torch
 
 from data.frame_scores import frame_scores
-from data.frame_selector import FrameSelector, hybrid_value, temporal_nms
+from data.frame_selector import FrameSelector, hybrid_value, main, temporal_nms
 from data.shots import detect_cuts, shot_ids
+from data.video_io import encode_mp4
 
 
 def _textured_shots(n: int, cuts: list[int], size: int = 32) -> torch.Tensor:
@@ -88,3 +89,13 @@ def test_temporal_nms_within_shots_returns_k_distinct_sorted_frames():
         picks = temporal_nms(value, k, shots=shots)
         assert picks.shape == (64, k) and (picks[:, 1:] > picks[:, :-1]).all()
         assert picks[:, 0].ge(0).all() and picks[:, -1].lt(24).all()
+
+
+def test_cli_reports_and_draws_the_detected_shots(tmp_path, capsys):
+    frames = _textured_shots(48, [20, 26], size=32)[0].permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
+    video = tmp_path / "cuts.mp4"
+    video.write_bytes(encode_mp4(frames))
+    out = tmp_path / "sel.png"
+    main(f"--video {video} --k 3 --n 48 --policy hybrid --height 32 --out {out}".split())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "3 shots →" in capsys.readouterr().out
