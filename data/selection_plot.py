@@ -55,7 +55,7 @@ def plot_selection(
     args,
 ) -> None:
     """Write the CLI's PNG: candidate strip (picks in red), score curves over the detected shots
-    (alternately shaded, cuts dashed), the K chosen frames.
+    (alternately shaded, cuts dotted), the K chosen frames.
 
     Args:
         frames: uint8 [N, 3, H, W]; scores: float [N, 3]; indices: long [K]; hybrid: float [N];
@@ -88,7 +88,7 @@ def plot_selection(
     cuts = [i for i in range(1, n) if shots[i] != shots[i - 1]]
     for shot, (start, end) in enumerate(zip([0, *cuts], [*cuts, n], strict=True)):
         curves.axvspan(start - 0.5, end - 0.5, color="0.85" if shot % 2 else "0.95", lw=0)
-        curves.text((start + end - 1) / 2, 0.97, f"shot {shot}", ha="center", va="top", fontsize=7)
+        curves.text((start + end - 1) / 2, 0.97, str(shot), ha="center", va="top", fontsize=7)
     for i in cuts:
         curves.axvline(i - 0.5, color="0.3", ls=":", lw=1)
     curves.set_title(f"{len(cuts) + 1} shots detected (cuts dotted)", fontsize=9, loc="right")
