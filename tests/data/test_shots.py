@@ -3,6 +3,7 @@ import torch
 from data.frame_scores import frame_scores
 from data.frame_selector import FrameSelector, hybrid_value, main, temporal_nms
 from data.shots import detect_cuts, shot_ids
+from data.synthvid import generate_clip
 from data.video_io import encode_mp4
 
 
@@ -99,3 +100,14 @@ def test_cli_reports_and_draws_the_detected_shots(tmp_path, capsys):
     main(f"--video {video} --k 3 --n 48 --policy hybrid --height 32 --out {out}".split())
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 shots →" in capsys.readouterr().out
+
+
+def test_synthvid_clips_have_no_cut_so_hybrid_picks_as_plain_nms():
+    # SynthVid's events (a shape appears, moves, leaves) change the frame little: one shot per clip,
+    # which keeps hybrid's SynthVid figures (observability, event recall) what they were.
+    for task in ("sparse", "order"):
+        clips = [generate_clip(i, seed=3, task=task, size=32, num_frames=32)[0] for i in range(8)]
+        frames = torch.stack([torch.from_numpy(f).permute(0, 3, 1, 2) for f in clips])
+        scores = frame_scores(frames)
+        assert shot_ids(scores).eq(0).all()
+        assert torch.equal(FrameSelector(4, "hybrid").select(scores), temporal_nms(hybrid_value(scores), 4))
