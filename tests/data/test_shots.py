@@ -111,3 +111,12 @@ def test_synthvid_clips_have_no_cut_so_hybrid_picks_as_plain_nms():
         scores = frame_scores(frames)
         assert shot_ids(scores).eq(0).all()
         assert torch.equal(FrameSelector(4, "hybrid").select(scores), temporal_nms(hybrid_value(scores), 4))
+
+
+def test_with_fewer_frames_than_shots_every_pick_is_in_its_own_shot():
+    frames = _textured_shots(40, [8, 12, 30, 33]).expand(3, -1, -1, -1, -1).contiguous()  # 5 shots
+    scores = frame_scores(frames)
+    truth = shot_ids(scores)
+    for k in (2, 3, 4):
+        picked = FrameSelector(k, "hybrid").select(scores)
+        assert all(len(set(truth[b, picked[b]].tolist())) == k for b in range(3))
