@@ -62,6 +62,8 @@ GOALS = (
     Goal("pipeline", "pipeline_over_raw_decord", "streaming pipeline frames/s / raw decord's", at_least=0.9),
     Goal("frame_selection", "selector_over_decode/hybrid", "frame selector time / decode time, per frame", at_most=0.05),
     Goal("frame_selection", "event_recall/hybrid", "events with a selected frame, hybrid K=4 of N=32", at_least=0.95),
+    Goal("frame_selection", "real_shot_coverage_k1x/hybrid", "real-footage shots with a kept frame, hybrid K = #shots of N=64", at_least=0.90),
+    Goal("frame_selection", "real_shot_coverage_k1x/hybrid_over_pyscenedetect_defaults", "the same / PySceneDetect's (best of Content, Adaptive at their defaults)", at_least=1.0),
     Goal("threads", "default_over_best", "demo step time, default threads / best of 1 and 2 per process", at_most=1.05),
     Goal("inference", "merged_over_unmerged_latency", "captioning latency, LoRA merged / unmerged, tiny preset", at_most=1.0),
     Goal("inference_1b", "merged_over_unmerged_latency", "the same, ~1B preset", at_most=1.0),

@@ -17,13 +17,15 @@ Policies (each picks K of N frames with a temporal coverage rule; indices sorted
               first frame, which opens the first shot) first
     motion    greedy temporal NMS on the motion score: frames of moving segments first
     hybrid    greedy temporal NMS on a weighted sum of the three scores, each min-max normalized
-              per clip
+              per clip, within the shots `data.shots` detects: the suppression stops at a cut and
+              every shot gets a frame before any gets a second (on a clip of one shot: plain NMS)
 The NMS pickers add `coverage` x (distance to the nearest frame already picked) / N to the score,
 so flat stretches (no cut, no motion, an all-black clip) are filled by farthest-point sampling
 rather than clumped at the start. Random policies draw from a seeded generator: in eval mode the
 same generator state is used for every call, so they are deterministic.
 
-CLI (the candidate strip, the score curves and the chosen frames, as a PNG, `data.selection_plot`)::
+CLI (the candidate strip, the score curves over the detected shots and the chosen frames, as a
+PNG, `data.selection_plot`)::
 
     python -m data.frame_selector --video X.mp4 --k 8 --n 64 --policy hybrid --out sel.png
 """
@@ -39,6 +41,7 @@ import torch
 from batch_contract import ENTROPY, FRAME_SCORE_NAMES, MOTION, SCENE_CHANGE
 from data.frame_scores import frame_scores, normalize_per_clip
 from data.selection_plot import load_candidates, plot_selection
+from data.shots import shot_ids
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -124,7 +127,9 @@ def _best_per_segment(value: torch.Tensor, k: int) -> torch.Tensor:
     return masked.argmax(-1)
 
 
-def temporal_nms(value: torch.Tensor, k: int, coverage: float = DEFAULT_COVERAGE) -> torch.Tensor:
+def temporal_nms(
+    value: torch.Tensor, k: int, coverage: float = DEFAULT_COVERAGE, shots: torch.Tensor | None = None
+) -> torch.Tensor:
     """Greedy non-maximum suppression in time: float [B, N] → long [B, K] sorted, unique.
 
     Each of the K rounds picks the best frame still available, ranked by
@@ -132,19 +137,35 @@ def temporal_nms(value: torch.Tensor, k: int, coverage: float = DEFAULT_COVERAGE
     r = max(1, N // (2K)) to it unavailable. A pick removes at most 2r - 1 <= N/K - 1 frames, so
     K picks never run out of frames (K (N/K - 1) < N), and the picked frame itself is always
     removed, so the K picks are distinct.
+
+    With `shots` (long [B, N], the shot of each frame, `data.shots.shot_ids`) the suppression stops
+    at the shot's bounds, so a short shot next to a picked cut stays available, and every frame of
+    a shot without a pick yet ranks 1 + coverage higher, more than value (in [0, 1]) and the
+    coverage bonus can add: as long as K allows, each shot gets a frame before any gets a second,
+    the shots in the order of their best frames. A clip of one shot is picked exactly as without
+    `shots` (the first round adds the same to every frame).
     """
     b, n = value.shape
     radius = max(1, n // (2 * k))
     position = torch.arange(n, device=value.device)
     available = torch.ones(b, n, dtype=torch.bool, device=value.device)
     distance = torch.full((b, n), float(n), device=value.device)  # to the nearest pick so far
+    # 1 + coverage where the frame's shot has no pick yet, 0 once it has one
+    uncovered = torch.full((b, n), 1.0 + coverage, dtype=value.dtype, device=value.device)
     picks = []
     for _ in range(k):  # K rounds, a static count: unrolled by torch.compile, no loop over frames
-        priority = (value + coverage * distance / n).masked_fill(~available, float("-inf"))
-        pick = priority.argmax(1)  # [B], the first maximum on ties: deterministic
+        priority = value + coverage * distance / n
+        if shots is not None:
+            priority = priority + uncovered
+        pick = priority.masked_fill(~available, float("-inf")).argmax(1)  # [B], first maximum: deterministic
         picks.append(pick)
         gap = (position[None, :] - pick[:, None]).abs().float()  # [B, N]
-        available &= gap >= radius
+        if shots is None:
+            available &= gap >= radius
+        else:
+            same_shot = shots == shots.gather(1, pick[:, None])  # [B, N]
+            available &= (gap >= radius) | ~same_shot
+            uncovered = uncovered.masked_fill(same_shot, 0.0)
         distance = torch.minimum(distance, gap)
     return torch.stack(picks, dim=1).sort(dim=1).values
 
@@ -186,7 +207,7 @@ def _motion(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) 
 
 
 def _hybrid(scores: torch.Tensor, noise: torch.Tensor | None, args: PolicyArgs) -> torch.Tensor:
-    return temporal_nms(hybrid_value(scores, args.weights), args.k, args.coverage)
+    return temporal_nms(hybrid_value(scores, args.weights), args.k, args.coverage, shots=shot_ids(scores))
 
 
 POLICIES: dict[str, Policy] = {
@@ -327,8 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     selector = FrameSelector(args.k, args.policy, args.bits, weights=args.weights).eval()
     scores = frame_scores(frames[None], args.bits)
     indices = selector.select(scores)[0]
-    plot_selection(frames, scores[0], indices, hybrid_value(scores, selector.args.weights)[0], args)
-    print(f"{args.policy}: frames {indices.tolist()} of {len(frames)} → {args.out}")
+    shots = shot_ids(scores)[0]
+    plot_selection(frames, scores[0], indices, hybrid_value(scores, selector.args.weights)[0], shots, args)
+    print(
+        f"{args.policy}: frames {indices.tolist()} of {len(frames)}, {int(shots[-1]) + 1} shots → {args.out}"
+    )
 
 
 if __name__ == "__main__":

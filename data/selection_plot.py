@@ -47,12 +47,19 @@ def _strip(frames: torch.Tensor, chosen: torch.Tensor, columns: int, thumb_heigh
 
 
 def plot_selection(
-    frames: torch.Tensor, scores: torch.Tensor, indices: torch.Tensor, hybrid: torch.Tensor, args
+    frames: torch.Tensor,
+    scores: torch.Tensor,
+    indices: torch.Tensor,
+    hybrid: torch.Tensor,
+    shots: torch.Tensor,
+    args,
 ) -> None:
-    """Write the CLI's PNG: candidate strip (picks in red), score curves, the K chosen frames.
+    """Write the CLI's PNG: candidate strip (picks in red), score curves over the detected shots
+    (alternately shaded, cuts dotted), the K chosen frames.
 
     Args:
-        frames: uint8 [N, 3, H, W]; scores: float [N, 3]; indices: long [K]; hybrid: float [N].
+        frames: uint8 [N, 3, H, W]; scores: float [N, 3]; indices: long [K]; hybrid: float [N];
+        shots: long [N] the detected shot of each candidate (`data.shots.shot_ids`).
         args: the CLI namespace (video, policy, k, out).
     """
     import matplotlib
@@ -78,6 +85,13 @@ def plot_selection(
     top.axis("off")
 
     curves = fig.add_subplot(grid[1, :])
+    cuts = [i for i in range(1, n) if shots[i] != shots[i - 1]]
+    for shot, (start, end) in enumerate(zip([0, *cuts], [*cuts, n], strict=True)):
+        curves.axvspan(start - 0.5, end - 0.5, color="0.85" if shot % 2 else "0.95", lw=0)
+        curves.text((start + end - 1) / 2, 0.97, str(shot), ha="center", va="top", fontsize=7)
+    for i in cuts:
+        curves.axvline(i - 0.5, color="0.3", ls=":", lw=1)
+    curves.set_title(f"{len(cuts) + 1} shots detected (cuts dotted)", fontsize=9, loc="right")
     position = range(n)
     for channel, (name, colour) in enumerate(
         zip(FRAME_SCORE_NAMES, ("tab:blue", "tab:orange", "tab:green"), strict=True)
@@ -90,7 +104,7 @@ def plot_selection(
     curves.set_ylim(0, 1.02)
     curves.set_xlabel("candidate frame")
     curves.set_ylabel("score")
-    curves.legend(loc="upper right", fontsize=8, ncol=4)
+    curves.legend(loc="lower left", bbox_to_anchor=(0, 1), fontsize=8, ncol=4, frameon=False)
 
     for slot, i in enumerate(indices.tolist()):
         ax = fig.add_subplot(grid[2, slot])
