@@ -2,6 +2,7 @@
 with --optimizers, step peak, time and optimizer state per optimizer (AdamW, 8-bit, paged, offload).
 
     python -m benchmarks.train_memory --device cpu [--quick] [--preset tiny|1b] [--methods lora,qlora]
+        [--gradient-checkpointing]
     python -m benchmarks.train_memory --device cpu --preset 1b \
         --optimizers adamw,adamw_8bit,paged_adamw_8bit,offload
 
@@ -21,7 +22,13 @@ memory) cannot inflate another's peak. A child:
    buckets — rather than what a bare torch AdamW would hold. Offload is left out because it moves
    exactly the optimizer memory being compared to the host (on CPU: to the same memory);
 4. resets the peak (loading NF4 from a 16-bit checkpoint passes through the 16-bit weights, which is
-   a property of the checkpoint, not of the step) and runs one step: forward, backward, optimizer step.
+   a property of the checkpoint, not of the step) and runs ``--steps`` steps (default 3): forward,
+   backward, optimizer step. The peak is over all of them: from the second step on, forward and
+   backward run with the optimizer state held, as in every step of a real run.
+
+With ``--gradient-checkpointing`` every method recomputes the activations of every ViT / Q-Former /
+LLM layer in backward (``adapter.gradient_checkpointing``), and qlora runs once more without it, so
+that the JSON holds what checkpointing saves and what it costs in step time.
 
 Reported per method: the absolute peak (whole process, load included), the baseline, the step's peak
 above the baseline (the figure the ratios use) and its parts that can be counted exactly (weights,
@@ -80,7 +87,11 @@ OPTIMIZER_VARIANTS = {
     "paged_adamw_8bit": ("paged_adamw_8bit", DS_CONFIG),
     "offload": ("adamw", "ds_configs/zero2_offload.json"),
 }
-OPTIMIZER_STEPS = 3
+# Steps per child: the optimizer state is created in the first step's ``engine.step()``, after
+# backward has freed the activations, so only the later steps run forward and backward with it
+# held, as every step of a real run does (at the 1b preset in bf16 the QLoRA peak is 1.11x the
+# first step's). Peaks are over all steps, step times the median of the steps after the first.
+STEPS = 3
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
@@ -103,10 +114,17 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=None,
-        help=f"steps per variant; default 1 ({OPTIMIZER_STEPS} with --optimizers)",
+        help=f"steps per variant; default {STEPS}",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="every method with gradient checkpointing of every tower (adapter.gradient_checkpointing), "
+        "and qlora also without it, for the step time it costs",
     )
     # Internal: run one method (with one optimizer) in this process and write its figures to --child-out.
     parser.add_argument("--child-optimizer", default="adamw", help=argparse.SUPPRESS)
+    parser.add_argument("--child-checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -142,27 +160,35 @@ def quantization_of(method: str) -> str:
     return adapter_method(method).weight_format
 
 
-def result_name(preset: str, dtype: str, optimizers: bool = False) -> str:
+def result_name(preset: str, dtype: str, optimizers: bool = False, checkpointing: bool = False) -> str:
     """``train_memory`` for the tiny preset, ``train_memory_1b`` for 1b; a dtype other than auto is
-    added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one.
+    added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one, and
+    so is gradient checkpointing (``train_memory_1b_bfloat16_checkpointed``).
     The optimizer comparison is ``train_memory_optimizers`` (``train_memory_optimizers_1b``, …)."""
     name = "train_memory_optimizers" if optimizers else "train_memory"
     name = name if preset == "tiny" else f"{name}_{preset}"
-    return name if dtype == "auto" else f"{name}_{dtype}"
+    name = name if dtype == "auto" else f"{name}_{dtype}"
+    return f"{name}_checkpointed" if checkpointing else name
 
 
 def measure_in_child(
-    args: argparse.Namespace, variant: str, checkpoint: Path, out_dir: Path, optimizer: str = "adamw"
+    args: argparse.Namespace,
+    variant: str,
+    checkpoint: Path,
+    out_dir: Path,
+    optimizer: str = "adamw",
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
-    """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name) in a fresh Python process
-    (this module with --child); returns its figures."""
-    out = out_dir / f"{variant}-{optimizer}.json"
+    """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name), with or without gradient
+    checkpointing, in a fresh Python process (this module with --child); returns its figures."""
+    out = out_dir / f"{variant}-{optimizer}{'-checkpointed' if checkpointing else ''}.json"
     cmd = [
         sys.executable, "-m", "benchmarks.train_memory",
         "--device", args.device, "--preset", args.preset, "--dtype", args.dtype,
         "--batch-size", str(args.batch_size), "--frames", str(args.frames),
         "--steps", str(getattr(args, "steps", 1)), "--child-optimizer", optimizer,
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
+        *(["--child-checkpointing"] if checkpointing else []),
     ]  # fmt: skip
     from trainer.distributed import PROCESS_GROUP_ENV
 
@@ -208,7 +234,9 @@ def run_child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     processor = VideoLlamaProcessor.from_pretrained(args.checkpoint)
     model = load_model(args.checkpoint, quantization=quantization, compute_dtype=dtype, device=device)
-    model = apply_adapter(model, method, r=RANK, alpha=ALPHA).train()
+    model = apply_adapter(
+        model, method, r=RANK, alpha=ALPHA, gradient_checkpointing=args.child_checkpointing
+    ).train()
     materialize_weights(model)
     trainable, total = trainable_parameter_count(model)
     weight_bytes = model.get_memory_footprint()
@@ -239,6 +267,7 @@ def run_child(args: argparse.Namespace) -> None:
 
     figures = {
         "method": method,
+        "gradient_checkpointing": args.child_checkpointing,
         "optimizer": args.child_optimizer,
         "deepspeed_config": cfg.deepspeed.config,
         "optimizer_class": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
@@ -309,7 +338,7 @@ def main() -> None:
     default_batch, default_frames = BATCH[args.preset]
     args.batch_size = args.batch_size or (1 if args.quick else default_batch)
     args.frames = args.frames or (2 if args.quick else default_frames)
-    args.steps = args.steps or (OPTIMIZER_STEPS if args.optimizers else 1)
+    args.steps = args.steps or STEPS
     if args.child is not None:
         run_child(args)
         return
@@ -334,16 +363,26 @@ def main() -> None:
                 print(f"skipping {variant}: {reason}")
                 skipped[variant] = reason
                 continue
-            per_method[variant] = measure_in_child(args, variant, checkpoint, Path(tmp))
+            per_method[variant] = measure_in_child(
+                args, variant, checkpoint, Path(tmp), checkpointing=args.gradient_checkpointing
+            )
+        if args.gradient_checkpointing and "qlora" in per_method:
+            # what checkpointing costs in time: the same qlora step without it
+            per_method["qlora_not_checkpointed"] = measure_in_child(args, "qlora", checkpoint, Path(tmp))
 
-    lora = per_method["lora"]["step_peak_above_baseline_bytes"]
-    ratios = {
-        f"{args.preset}/{v}_over_lora_step_peak": f["step_peak_above_baseline_bytes"] / lora
-        for v, f in per_method.items()
-        if v != "lora"
-    }
+    lora = per_method["lora"]
+    ratios = {}
+    for variant, figures in per_method.items():
+        if variant in ("lora", "qlora_not_checkpointed"):
+            continue
+        for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
+            ratios[f"{args.preset}/{variant}_over_lora_{ratio}"] = figures[key] / lora[key]
+    if "qlora_not_checkpointed" in per_method:
+        plain, checkpointed = per_method["qlora_not_checkpointed"], per_method["qlora"]
+        for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
+            ratios[f"{args.preset}/qlora_checkpointed_over_not_{ratio}"] = checkpointed[key] / plain[key]
     write_result(
-        result_name(args.preset, args.dtype),
+        result_name(args.preset, args.dtype, checkpointing=args.gradient_checkpointing),
         device,
         config={
             "quick": args.quick,
@@ -354,10 +393,13 @@ def main() -> None:
             "rank": RANK,
             "alpha": ALPHA,
             "dtype": args.dtype,
+            "steps": args.steps,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "optimizer": f"deepspeed.initialize with {DS_CONFIG} (ZeRO-2 AdamW, no offload)",
             "memory_measure": measure_description(device),
-            "ratio_figure": "step_peak_above_baseline_bytes",
+            "ratio_figures": "step_peak_above_baseline_bytes (over all steps), step_cpu_s (median after the first)",
             "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": os.getloadavg(),
         },
         figures={**per_method, "skipped": skipped},
         ratios=ratios,

@@ -29,6 +29,19 @@ def test_child_measures_one_qlora_step(tmp_path: Path) -> None:
     assert figures["loss"] > 0
 
 
+def test_child_with_gradient_checkpointing_trains_the_same_steps(tmp_path: Path) -> None:
+    """Recomputing the activations in backward changes the memory, not the training: after two steps
+    (the second one's loss follows the first update) the losses match the plain run's."""
+    checkpoint = write_checkpoint("tiny", tmp_path / "base")
+    args = argparse.Namespace(device="cpu", preset="tiny", dtype="auto", batch_size=1, frames=2, steps=2)
+    plain = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path)
+    checkpointed = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path, checkpointing=True)
+
+    assert checkpointed["gradient_checkpointing"] and not plain["gradient_checkpointing"]
+    assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert checkpointed["trainable_params"] == plain["trainable_params"]
+
+
 def test_unknown_method_is_refused_with_the_known_ones() -> None:
     with pytest.raises(SystemExit, match=r"unknown method 'qlora9'.*lora"):
         train_memory.available_variants("lora,qlora9")
@@ -37,6 +50,7 @@ def test_unknown_method_is_refused_with_the_known_ones() -> None:
 def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
     names = {train_memory.result_name(p, d) for p in ("tiny", "1b") for d in ("auto", "bfloat16")}
     assert names == {"train_memory", "train_memory_1b", "train_memory_bfloat16", "train_memory_1b_bfloat16"}
+    assert train_memory.result_name("1b", "bfloat16", checkpointing=True) == "train_memory_1b_bfloat16_checkpointed"
 
 
 def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) -> None:
