@@ -167,7 +167,7 @@ def test_optimizer_comparison_fills_its_goal_rows(tmp_path: Path, results: Path)
         "1b/paged_adamw_8bit_over_adamw_step_peak": 1.03,
         "1b/offload_over_adamw_step_peak": 0.7,
     }
-    name = "train_memory_optimizers_1b"
+    name = "train_memory_optimizers_1b_bfloat16"
     (results / f"{name}-cpu.json").write_text(json.dumps(_result(name, "cpu", ratios, {}, "2026-12-02")))
     readme = tmp_path / "README.md"
     readme.write_text(README)
