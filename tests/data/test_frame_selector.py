@@ -13,23 +13,13 @@ from data.frame_selector import (
 )
 from data.synthvid import generate_clip
 from data.video_io import encode_mp4
+from tests.data.frames import textured_shots
 
 
 def _random_frames(b=2, n=12, h=16, w=16, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, n, 3, h, w), generator=g, dtype=torch.uint8)
 
-
-def _textured_shots(n: int, cuts: list[int], size: int = 32) -> torch.Tensor:
-    """uint8 [1, n, 3, size, size]: static textured shots, a hard cut (a new texture) at each cut."""
-    frames = torch.empty(1, n, 3, size, size, dtype=torch.uint8)
-    bounds = [0, *cuts, n]
-    for shot, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        g = torch.Generator().manual_seed(shot)
-        # Each shot uses a different part of the luma range, so its histogram differs from the last.
-        texture = torch.randint(0, 64, (3, size, size), generator=g) + 64 * (shot % 4)
-        frames[0, start:end] = texture.to(torch.uint8)
-    return frames
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
@@ -94,13 +84,13 @@ def test_entropy_prefers_the_frame_with_content_within_its_segment():
 
 
 def test_scene_picks_the_first_frame_of_every_shot():
-    frames = _textured_shots(24, cuts=[7, 15])
+    frames = textured_shots(24, cuts=[7, 15])
     assert FrameSelector(3, "scene")(frames).indices.tolist() == [[0, 7, 15]]
     assert FrameSelector(3, "uniform")(frames).indices.tolist() == [[4, 12, 20]]  # not the cut frames
 
 
 def test_motion_picks_the_moving_segment_that_uniform_misses():
-    frames = _textured_shots(32, cuts=[])
+    frames = textured_shots(32, cuts=[])
     positions = [2] * 17 + [8, 14, 20] + [20] * 12  # a square that moves in frames 17..19 only
     for t, x in enumerate(positions):
         frames[0, t, :, 10:18, x : x + 8] = 255
@@ -154,7 +144,7 @@ def test_random_keeps_one_frame_per_segment_and_headtail_half_per_half():
 
 
 def test_hybrid_weights_reduce_to_single_scores_and_are_validated():
-    frames = _textured_shots(40, cuts=[9, 23])
+    frames = textured_shots(40, cuts=[9, 23])
     frames[0, 30:34, :, 4:12, 4:12] = 255  # something appears late
     for weights, alone in (((0, 0, 1), "motion"), ((0, 1, 0), "scene")):
         hybrid = FrameSelector(4, "hybrid", weights=weights)(frames).indices

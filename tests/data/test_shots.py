@@ -5,17 +5,7 @@ from data.frame_selector import FrameSelector, hybrid_value, main, temporal_nms
 from data.shots import detect_cuts, shot_ids
 from data.synthvid import generate_clip
 from data.video_io import encode_mp4
-
-
-def _textured_shots(n: int, cuts: list[int], size: int = 32) -> torch.Tensor:
-    """uint8 [1, n, 3, size, size]: static textured shots, each in its own part of the luma range."""
-    frames = torch.empty(1, n, 3, size, size, dtype=torch.uint8)
-    bounds = [0, *cuts, n]
-    for shot, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        g = torch.Generator().manual_seed(shot)
-        texture = torch.randint(0, 64, (3, size, size), generator=g) + 64 * (shot % 4)
-        frames[0, start:end] = texture.to(torch.uint8)
-    return frames
+from tests.data.frames import textured_shots
 
 
 def _moving_square(frames: torch.Tensor, start: int, end: int) -> None:
@@ -27,14 +17,14 @@ def _moving_square(frames: torch.Tensor, start: int, end: int) -> None:
 
 def test_cuts_are_found_even_between_shots_of_one_or_two_frames():
     cuts = [1, 20, 22, 23, 30, 39]  # shots of 1 and 2 candidates, at the clip's ends too
-    frames = _textured_shots(40, cuts)
+    frames = textured_shots(40, cuts)
     found = detect_cuts(frame_scores(frames))[0]
     assert found.nonzero().flatten().tolist() == [0, *cuts]
     assert shot_ids(frame_scores(frames))[0].tolist() == [0] + [1] * 19 + [2, 2, 3] + [4] * 7 + [5] * 9 + [6]
 
 
 def test_motion_brightness_drift_and_synthvid_style_events_are_not_cuts():
-    frames = _textured_shots(32, [])
+    frames = textured_shots(32, [])
     _moving_square(frames, 8, 32)  # an object moving within the shot
     frames[0, 16:] = (frames[0, 16:].int() + 20).clamp(max=255).to(torch.uint8)  # a light change
     assert detect_cuts(frame_scores(frames))[0].nonzero().flatten().tolist() == [0]
@@ -54,7 +44,7 @@ def test_a_cut_far_above_a_busy_background_is_found_and_a_spike_of_the_same_size
 def test_hybrid_gives_every_short_shot_a_frame_where_plain_nms_does_not():
     # One long shot with a moving object, then short shots of 3 candidates: K = #shots.
     cuts = [40, 43, 46, 49, 52, 55]
-    frames = _textured_shots(64, cuts)
+    frames = textured_shots(64, cuts)
     _moving_square(frames, 0, 40)
     scores = frame_scores(frames)
     truth = shot_ids(scores)[0]
@@ -66,7 +56,7 @@ def test_hybrid_gives_every_short_shot_a_frame_where_plain_nms_does_not():
 
 
 def test_hybrid_on_a_clip_of_one_shot_is_plain_nms():
-    frames = _textured_shots(48, [])
+    frames = textured_shots(48, [])
     _moving_square(frames, 10, 30)
     scores = frame_scores(frames)
     assert shot_ids(scores).eq(0).all()
@@ -75,7 +65,7 @@ def test_hybrid_on_a_clip_of_one_shot_is_plain_nms():
 
 
 def test_after_every_shot_has_a_frame_the_rest_fill_by_coverage():
-    frames = _textured_shots(32, [4, 28])  # shots of 4, 24 and 4 candidates
+    frames = textured_shots(32, [4, 28])  # shots of 4, 24 and 4 candidates
     picked = FrameSelector(6, "hybrid")(frames).indices[0]
     truth = shot_ids(frame_scores(frames))[0]
     assert set(truth[picked].tolist()) == {0, 1, 2}
@@ -93,7 +83,7 @@ def test_temporal_nms_within_shots_returns_k_distinct_sorted_frames():
 
 
 def test_cli_reports_and_draws_the_detected_shots(tmp_path, capsys):
-    frames = _textured_shots(48, [20, 26], size=32)[0].permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
+    frames = textured_shots(48, [20, 26], size=32)[0].permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
     video = tmp_path / "cuts.mp4"
     video.write_bytes(encode_mp4(frames))
     out = tmp_path / "sel.png"
@@ -114,7 +104,7 @@ def test_synthvid_clips_have_no_cut_so_hybrid_picks_as_plain_nms():
 
 
 def test_with_fewer_frames_than_shots_every_pick_is_in_its_own_shot():
-    frames = _textured_shots(40, [8, 12, 30, 33]).expand(3, -1, -1, -1, -1).contiguous()  # 5 shots
+    frames = textured_shots(40, [8, 12, 30, 33]).expand(3, -1, -1, -1, -1).contiguous()  # 5 shots
     scores = frame_scores(frames)
     truth = shot_ids(scores)
     for k in (2, 3, 4):
