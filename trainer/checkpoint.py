@@ -28,6 +28,8 @@ from trainer.config import ConfigError
 from trainer.distributed import barrier
 
 _TAG = re.compile(r"^global_step(\d+)$")
+# What DeepSpeed names a rank's model states: ZeRO-3 prefixes the data-parallel rank (see below).
+_MODEL_STATES = re.compile(r"^(?:zero_pp_rank_(?P<dp>\d+)_)?mp_rank_(?P<mp>\d+)_model_states\.pt$")
 
 
 def save_checkpoint(
@@ -130,11 +132,30 @@ def replay_cpu_adam_bias_correction(optimizer: Any) -> int:
     return max(group_steps, default=0)
 
 
+def model_states_files(folder: str | Path) -> list[Path]:
+    """DeepSpeed's model-states files in a checkpoint folder, the first rank's first.
+
+    Each holds the client_state and the module's state_dict. Up to ZeRO-2 DeepSpeed writes one
+    ``mp_rank_XX_model_states.pt`` per model-parallel rank, with the full weights. ZeRO-3, which
+    partitions the weights, writes one ``zero_pp_rank_D_mp_rank_XX_model_states.pt`` per data-parallel
+    rank D (``DeepSpeedEngine._get_ckpt_name``); there a partitioned tensor is saved empty, its
+    values live in the fp32 partitions of the ``*_optim_states.pt`` files.
+    """
+    found = []
+    for path in Path(folder).iterdir():
+        if m := _MODEL_STATES.match(path.name):
+            found.append(((int(m["dp"] or 0), int(m["mp"])), path))
+    return [path for _, path in sorted(found)]
+
+
 def _saved_states(folder: Path) -> dict[str, Any]:
     """The first model-states file of a checkpoint (module weights + client_state), memory-mapped."""
-    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    files = model_states_files(folder)
     if not files:
-        raise FileNotFoundError(f"{folder} holds no DeepSpeed model states (mp_rank_*_model_states.pt)")
+        raise FileNotFoundError(
+            f"{folder} holds no DeepSpeed model states "
+            "(mp_rank_*_model_states.pt, or zero_pp_rank_*_mp_rank_*_model_states.pt under ZeRO-3)"
+        )
     return torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
 
 
