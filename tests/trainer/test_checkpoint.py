@@ -92,7 +92,7 @@ def test_missing_checkpoint_is_named(engine, tmp_path):
 # in the JSONs) elements, the smaller ones whole on every rank after the first forward: the
 # 128x1024 weight below is partitioned, the biases and the last layer are not, so a resume has to
 # restore both kinds.
-RESUME_STEPS, RESUME_AT = 6, 3
+RESUME_STEPS, RESUME_AT = 8, 5
 
 
 def resume_engine(ds_file, scramble=False):
