@@ -24,6 +24,7 @@ from trainer.assets import Asset, resolve_assets
 from trainer.caption_language import check_language_key
 from trainer.compat import resolve_quantization
 from trainer.config import RunConfig
+from trainer.ds_config import start_schedule
 from trainer.jit_ops import check_jit_locks
 from trainer.optimizers import client_optimizer
 from trainer.param_groups import learning_rate_groups, scaled_schedule
@@ -181,6 +182,7 @@ def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple
         # DeepSpeed refuses to build on an empty parameter list.
         config=ds_config if trainable else _without_optimizer(ds_config),
     )
+    start_schedule(engine.lr_scheduler)  # the first step trains at the schedule's first rate, not 0
     engine.train()
     return engine, ds_config
 
