@@ -240,6 +240,34 @@ def test_zero3_qlora_on_two_ranks(demo_assets, tmp_path):
     assert any(v.abs().sum() > 0 for v in lora_b)
 
 
+def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path):
+    """Two ranks, every trained tensor split between them: one zero_pp_rank_<r> file pair per rank.
+    Resumed at step 5, where a missing CPU FusedAdam replay would show (trainer/checkpoint.py)."""
+    ds_file = partitioning_everything(tmp_path, "zero3.json")
+    common = ["eval.num_samples=0", "train.log_every=1", "train.steps=7", f"deepspeed.config={ds_file}"]
+    uri = sqlite_uri(tmp_path)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    saving = ["train.save_every=5", "train.keep_last=2"]
+    straight_cmd = train_command(demo_assets, straight, uri, *saving, *common, ranks=2)
+    run_training(straight_cmd, tmp_path / "straight.log")
+    step5 = straight / "checkpoints/global_step5"
+    assert [p.name for p in model_states_files(step5)] == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+    ]
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step5, resumed / "checkpoints/global_step5")
+    (resumed / "checkpoints/latest").write_text("global_step5")
+    run_training(train_command(demo_assets, resumed, uri, *common, ranks=2), tmp_path / "resumed.log")
+
+    want, got = checkpoint_state(straight), checkpoint_state(resumed)
+    assert len(got["losses"]) == 7 and got["losses"] == want["losses"]
+    want_weights, got_weights = trained_weights(straight), trained_weights(resumed)
+    assert want_weights and want_weights.keys() == got_weights.keys()
+    for name, value in want_weights.items():
+        assert torch.equal(got_weights[name], value), name
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
