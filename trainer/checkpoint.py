@@ -28,6 +28,8 @@ from trainer.config import ConfigError
 from trainer.distributed import barrier
 
 _TAG = re.compile(r"^global_step(\d+)$")
+# What DeepSpeed names a rank's model states: ZeRO-3 prefixes the data-parallel rank (see below).
+_MODEL_STATES = re.compile(r"^(?:zero_pp_rank_(?P<dp>\d+)_)?mp_rank_(?P<mp>\d+)_model_states\.pt$")
 
 
 def save_checkpoint(
@@ -87,54 +89,103 @@ def load_checkpoint(
 def replay_cpu_adam_bias_correction(optimizer: Any) -> int:
     """Bring DeepSpeed's C++ CPU Adam to the state an uninterrupted run would have; returns the steps replayed.
 
-    The C++ optimizer (ZeRO-Offload's) keeps beta1^t and beta2^t for bias correction as running
-    products, multiplied by beta once per step, and recomputes them with pow() only when the step
-    sequence breaks, which is the first step of a freshly created optimizer after a resume. pow()
-    and the product differ in the last float bits, so without this the first update after a resume
-    differs from the uninterrupted run's by ~1 ulp and the runs drift apart. Replaying the step
-    sequence on one-element dummies rebuilds the same products (a few microseconds per step).
-    A no-op for every other optimizer (torch and fused Adam compute beta**t each step).
-    """
-    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    The C++ optimizer keeps beta1^t and beta2^t for bias correction as running products, multiplied
+    by beta once per step, and recomputes them with pow() only when the step sequence breaks, which
+    is the first step of a freshly created optimizer after a resume. pow() and the product differ in
+    the last float bits (for beta2 = 0.999 at steps 3, 6, 19, ...), so without this the first update
+    after a resume differs from the uninterrupted run's by ~1 ulp and the runs drift apart. Replaying
+    the step sequence on one-element dummies rebuilds the same products (a few microseconds per step).
 
-    while optimizer is not None and not isinstance(optimizer, DeepSpeedCPUAdam):
-        optimizer = getattr(optimizer, "optimizer", None)  # ZeRO wrappers hold the base optimizer
+    Two DeepSpeed optimizers run on that C++ code: ZeRO-Offload's DeepSpeedCPUAdam (one C++ optimizer
+    per instance) and, on the CPU accelerator, FusedAdam (DeepSpeed's AdamW without offload: one C++
+    optimizer per process and AdamW mode). A no-op for every other optimizer (torch Adam, FusedAdam's
+    CUDA kernel and bitsandbytes compute beta**t each step).
+    """
+    from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+    from deepspeed.ops.adam.fused_adam import multi_tensor_applier
+
+    wrapper = None
+    while optimizer is not None and not _keeps_running_products(optimizer, DeepSpeedCPUAdam, FusedAdam):
+        wrapper, optimizer = optimizer, getattr(optimizer, "optimizer", None)  # ZeRO wraps the base one
     if optimizer is None:
         return 0
-    group_steps = [
-        max(
-            (int(optimizer.state[p]["step"]) for p in g["params"] if "step" in optimizer.state.get(p, {})),
+    sequence = _steps_in_visit_order(wrapper, optimizer)
+    param, grad, exp_avg, exp_avg_sq = (torch.zeros(1) for _ in range(4))
+    last = max((steps for steps, _ in sequence), default=0)
+    for step in range(1, last + 1):
+        for steps, group in sequence:
+            if step > steps:
+                continue
+            beta1, beta2 = group["betas"]
+            if isinstance(optimizer, DeepSpeedCPUAdam):
+                optimizer.ds_opt_adam.adam_update(
+                    optimizer.opt_id, step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                    group["bias_correction"], param, grad, exp_avg, exp_avg_sq,
+                )  # fmt: skip
+            else:  # FusedAdam.step's call, on lists of one dummy each (grads, params, moments)
+                multi_tensor_applier(
+                    optimizer.multi_tensor_adam, optimizer._dummy_overflow_buf,
+                    [[grad], [param], [exp_avg], [exp_avg_sq]], group["lr"], beta1, beta2, group["eps"], step,
+                    optimizer.adam_w_mode, int(group["bias_correction"]), group["weight_decay"],
+                )  # fmt: skip
+    return last
+
+
+def _keeps_running_products(optimizer: Any, cpu_adam: type, fused_adam: type) -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    # FusedAdam is built from csrc/cpu/adam/fused_adam.cpp (the running products) only on the CPU
+    # accelerator; its CUDA kernel takes beta**step afresh.
+    cpu_fused = isinstance(optimizer, fused_adam) and get_accelerator().device_name() == "cpu"
+    return isinstance(optimizer, cpu_adam) or cpu_fused
+
+
+def _steps_in_visit_order(wrapper: Any, optimizer: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(steps taken, param group) of each update the optimizer's step makes, in the order it makes them.
+
+    ZeRO-1/2 and plain optimizers step every param group at once. ZeRO-3 empties the groups between
+    steps and steps one sub-group's flat fp32 partition at a time (``_optimizer_step``), so its
+    states are keyed by those partitions.
+    """
+
+    def steps(tensors: list[Any]) -> int:
+        return max(
+            (int(optimizer.state[t]["step"]) for t in tensors if "step" in optimizer.state.get(t, {})),
             default=0,
         )
-        for g in optimizer.param_groups
-    ]
-    param, grad, exp_avg, exp_avg_sq = (torch.zeros(1) for _ in range(4))
-    for step in range(1, max(group_steps, default=0) + 1):
-        for group, steps in zip(optimizer.param_groups, group_steps, strict=True):
-            if step <= steps:  # the order in which DeepSpeedCPUAdam.step visits the groups
-                beta1, beta2 = group["betas"]
-                optimizer.ds_opt_adam.adam_update(
-                    optimizer.opt_id,
-                    step,
-                    group["lr"],
-                    beta1,
-                    beta2,
-                    group["eps"],
-                    group["weight_decay"],
-                    group["bias_correction"],
-                    param,
-                    grad,
-                    exp_avg,
-                    exp_avg_sq,
-                )
-    return max(group_steps, default=0)
+
+    flat = getattr(wrapper, "fp32_partitioned_groups_flat", None)
+    if flat is not None:
+        return [
+            (steps([t]), optimizer.param_groups[wrapper.sub_group_to_group_id[i]]) for i, t in enumerate(flat)
+        ]
+    return [(steps(g["params"]), g) for g in optimizer.param_groups]
+
+
+def model_states_files(folder: str | Path) -> list[Path]:
+    """DeepSpeed's model-states files in a checkpoint folder, the first rank's first.
+
+    Each holds the client_state and the module's state_dict. Up to ZeRO-2 DeepSpeed writes one
+    ``mp_rank_XX_model_states.pt`` per model-parallel rank, with the full weights. ZeRO-3, which
+    partitions the weights, writes one ``zero_pp_rank_D_mp_rank_XX_model_states.pt`` per data-parallel
+    rank D (``DeepSpeedEngine._get_ckpt_name``); there a partitioned tensor is saved empty, its
+    values live in the fp32 partitions of the ``*_optim_states.pt`` files.
+    """
+    found = []
+    for path in Path(folder).iterdir():
+        if m := _MODEL_STATES.match(path.name):
+            found.append(((int(m["dp"] or 0), int(m["mp"])), path))
+    return [path for _, path in sorted(found)]
 
 
 def _saved_states(folder: Path) -> dict[str, Any]:
     """The first model-states file of a checkpoint (module weights + client_state), memory-mapped."""
-    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+    files = model_states_files(folder)
     if not files:
-        raise FileNotFoundError(f"{folder} holds no DeepSpeed model states (mp_rank_*_model_states.pt)")
+        raise FileNotFoundError(
+            f"{folder} holds no DeepSpeed model states "
+            "(mp_rank_*_model_states.pt, or zero_pp_rank_*_mp_rank_*_model_states.pt under ZeRO-3)"
+        )
     return torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
 
 

@@ -73,32 +73,58 @@ def size_buckets(ds: dict[str, Any], trainable_elements: int) -> dict[str, Any]:
 
 
 def scheduler_block(schedule: str, lr: float, steps: int, warmup: int, min_lr_ratio: float) -> dict[str, Any]:
-    """DeepSpeed's scheduler entry for ``train.schedule`` (all start with a linear warm-up).
+    """DeepSpeed's scheduler entry for ``train.schedule``: a linear warm-up, then the decay.
 
-    DeepSpeed's schedulers need at least one warm-up step; ``warmup=0`` becomes one step that
-    already starts at the full learning rate.
+    On an engine that `start_schedule` has started, step s (1-based) of a ``warmup``-step warm-up
+    trains at lr·s/warmup: the first step already trains; ``warmup`` 0 or 1 trains at the full rate
+    from step 1. ``constant`` and ``linear`` are at lr from step ``warmup`` on; ``linear`` then
+    decays towards 0 (lr/(steps+1-max(warmup, 2)) at the last step). ``cosine`` starts its decay at
+    step ``warmup`` (DeepSpeed's cosine takes its first decay iteration at progress
+    1/(steps+1-warmup): 0.99999·lr at 600 steps, warm-up 5) and ends at lr·min_lr_ratio on the last
+    step. transformers' get_*_schedule_with_warmup give step 1 lr 0 and the peak at step warmup+1.
+
+    How: DeepSpeed's iteration k is the rate after k steps of its ramp (iteration 0 is the ramp's
+    start, lr 0). `start_schedule` puts the scheduler at iteration 1 before the first step, so step s
+    trains at iteration s, and the decays get one step more so that the last step trains at their
+    end. DeepSpeed ramps over at least 2 iterations; a 0- or 1-step warm-up is its 2-iteration log
+    ramp, log(k+1)/log(2), which is 1 from iteration 1 on.
     """
-    start_ratio = 0.0 if warmup > 0 else 1.0
-    warmup = max(warmup, 1)
+    if warmup >= 2:
+        ramp: dict[str, Any] = {"warmup_num_steps": warmup, "warmup_type": "linear"}
+    else:
+        ramp = {"warmup_num_steps": 2, "warmup_type": "log"}
     if schedule == "cosine":
         params = {
-            "total_num_steps": steps,
-            "warmup_num_steps": warmup,
-            "warmup_min_ratio": start_ratio,
+            "total_num_steps": steps + 1,
+            **ramp,
+            "warmup_min_ratio": 0.0,
             "cos_min_ratio": min_lr_ratio,
         }
         return {"type": "WarmupCosineLR", "params": params}
-    warmup_params = {
-        "warmup_min_lr": lr * start_ratio,
-        "warmup_max_lr": lr,
-        "warmup_num_steps": warmup,
-        "warmup_type": "linear",
-    }
-    if schedule == "linear":  # decays to 0 at the last step
-        return {"type": "WarmupDecayLR", "params": {"total_num_steps": steps, **warmup_params}}
+    # WarmupDecayLR decays towards warmup_min_lr: the ramp starts where the decay ends, at 0.
+    warmup_params = {"warmup_min_lr": 0.0, "warmup_max_lr": lr, **ramp}
+    if schedule == "linear":
+        return {"type": "WarmupDecayLR", "params": {"total_num_steps": steps + 1, **warmup_params}}
     if schedule == "constant":
         return {"type": "WarmupLR", "params": warmup_params}
     raise ConfigError(f"train.schedule must be one of cosine, linear, constant; got {schedule!r}")
+
+
+# DeepSpeed's schedulers that `scheduler_block` writes (and a JSON may name): each sets the rate of
+# iteration last_batch_iteration, which is -1 until its first step.
+WARMUP_SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+
+
+def start_schedule(scheduler: Any) -> None:
+    """Put a fresh DeepSpeed warm-up scheduler at iteration 1, so that step s trains at iteration s.
+
+    DeepSpeed gives the first step the rate from before iteration 0 (WarmupCosineLR: 0 whatever
+    its warmup_min_ratio; WarmupLR / WarmupDecayLR: warmup_min_lr) and step s that of iteration
+    s-2, so the ramp's start was trained at twice, at lr 0 in `scheduler_block`'s schedules. A
+    resumed run then loads the checkpoint's iteration over this one. Other schedulers are left alone.
+    """
+    if type(scheduler).__name__ in WARMUP_SCHEDULERS and scheduler.last_batch_iteration == -1:
+        scheduler.step(1)
 
 
 def zero_stage(ds: dict[str, Any]) -> int:

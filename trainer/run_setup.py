@@ -25,7 +25,7 @@ from trainer.assets import Asset, resolve_assets
 from trainer.caption_language import check_language_key
 from trainer.compat import resolve_quantization
 from trainer.config import ConfigError, RunConfig
-from trainer.ds_config import size_buckets
+from trainer.ds_config import size_buckets, start_schedule
 from trainer.jit_ops import check_jit_locks
 from trainer.optimizers import client_optimizer
 from trainer.param_groups import learning_rate_groups, scaled_schedule
@@ -200,6 +200,7 @@ def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple
         # DeepSpeed refuses to build on an empty parameter list.
         config=ds_config if trainable else _without_optimizer(ds_config),
     )
+    start_schedule(engine.lr_scheduler)  # the first step trains at the schedule's first rate, not 0
     engine.train()
     return engine, ds_config
 

@@ -87,7 +87,8 @@ def test_ds_config_autos_filled_from_run_config(name):
     assert ds["train_batch_size"] == 12
     assert ds["train_micro_batch_size_per_gpu"] == 3
     assert ds["optimizer"]["params"]["lr"] == cfg.train.lr
-    assert ds["scheduler"]["params"]["total_num_steps"] == cfg.train.steps
+    # One iteration more: step s trains at iteration s, the last at the schedule's end (scheduler_block).
+    assert ds["scheduler"]["params"]["total_num_steps"] == cfg.train.steps + 1
     assert ds["bf16"]["enabled"] is False
     # the bucket sizes are left to the engine builder, which knows what is trained
     assert ds["zero_optimization"]["reduce_bucket_size"] == "auto"

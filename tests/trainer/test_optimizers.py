@@ -115,11 +115,11 @@ def adamw_lrs():
     return train(make_engine(run_config("adamw")), 1, STEPS)[1]
 
 
-# Every choice under ZeRO-2, and the paged 8-bit one under ZeRO-0 (no flat partition: one state per
-# tensor). ZeRO-3 is trained below but not resumed: trainer.checkpoint.load_checkpoint looks for
-# mp_rank_*_model_states.pt, and ZeRO-3 writes zero_pp_rank_*_mp_rank_*_model_states.pt.
+# Every choice under ZeRO-2, the paged 8-bit one under ZeRO-0 (no flat partition: one state per
+# tensor), and an 8-bit one under ZeRO-3 (its checkpoint files are named per data-parallel rank).
 CASES = [(name, "ds_configs/zero2.json") for name in BNB_CHOICES] + [
-    ("paged_adamw_8bit", "ds_configs/zero0.json")
+    ("paged_adamw_8bit", "ds_configs/zero0.json"),
+    ("adamw_8bit", "ds_configs/zero3.json"),
 ]
 
 

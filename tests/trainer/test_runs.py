@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_training, train_command, training_env
-from trainer.checkpoint import latest_tag
+from trainer.checkpoint import latest_tag, model_states_files
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,26 @@ def sqlite_uri(tmp: Path) -> str:
 def checkpoint_state(run_dir: Path) -> dict:
     tag = latest_tag(run_dir / "checkpoints")
     assert tag is not None
-    return torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False)
+    return torch.load(model_states_files(run_dir / "checkpoints" / tag)[0], weights_only=False)
+
+
+def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The latest checkpoint's trainable weights, consolidated by DeepSpeed's zero_to_fp32 (under
+    ZeRO-3 the model states hold partitioned tensors empty)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    root = run_dir / "checkpoints"
+    return get_fp32_state_dict_from_zero_checkpoint(root, latest_tag(root), exclude_frozen_parameters=True)
+
+
+def partitioning_everything(tmp: Path, zero3_json: str) -> Path:
+    """A ZeRO-3 JSON of ds_configs/ with stage3_param_persistence_threshold 0. Its 1e5 elements would
+    keep every LoRA tensor of the tiny preset whole on each rank; at 0 they are all partitioned."""
+    ds = json.loads((REPO / "ds_configs" / zero3_json).read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = tmp / f"partitioned_{zero3_json}"
+    path.write_text(json.dumps(ds))
+    return path
 
 
 class Training:
@@ -66,14 +85,20 @@ class Training:
         return rc
 
 
-def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path):
+@pytest.mark.parametrize("zero", ["zero2_offload", "zero3", "zero3_offload"])
+def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path, zero):
     """Stopped at step 5 and resumed == never stopped, bit for bit (one rank, CPU).
 
     The same batches, RNG, frame selector and optimizer state; the resumed process also counts
     FLOPs on its first step again (FlopCounterMode must not change the numbers), and DeepSpeed's
-    CPU Adam gets its running bias-correction products replayed (trainer/checkpoint.py).
+    CPU Adam gets its running bias-correction products replayed (trainer/checkpoint.py). Under
+    ZeRO-3 every trained tensor is partitioned, and the adapter saved is gathered from the partitions.
     """
+    ds_file = f"ds_configs/{zero}.json"
+    if "zero3" in zero:
+        ds_file = partitioning_everything(tmp_path, f"{zero}.json")
     common = ["eval.num_samples=0", "data.shuffle_buffer=16", "train.log_every=1", "train.keep_last=3"]
+    common.append(f"deepspeed.config={ds_file}")
     uri = sqlite_uri(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_training(
@@ -102,6 +127,24 @@ def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path):
     assert want["module"].keys() == got["module"].keys()
     for name, value in want["module"].items():
         assert torch.equal(got["module"][name], value), name
+    want_weights, got_weights = trained_weights(straight), trained_weights(resumed)
+    assert want_weights and want_weights.keys() == got_weights.keys() <= set(got["module"])
+    for name, value in want_weights.items():
+        assert torch.equal(got_weights[name], value), name
+    if "zero3" in zero:
+        partitioned = [name for name, value in got["module"].items() if value.numel() == 0]
+        assert sorted(partitioned) == sorted(got_weights)
+
+    # The adapter folder, loaded on a fresh base, holds the trained values (gathered under ZeRO-3).
+    from models.adapters import load_adapter
+    from models.loading import load_model
+
+    model = json.loads((resumed / "adapter/run_config.json").read_text())["model"]
+    path, quantization = model["name_or_path"], model["quantization"]
+    base = load_model(path, quantization=quantization, compute_dtype=torch.float32, device="cpu")
+    loaded = dict(load_adapter(base, resumed / "adapter").named_parameters())
+    for name, value in got_weights.items():
+        assert torch.equal(loaded[name], value), name
 
 
 def test_sigterm_checkpoints_stops_and_resumes(demo_assets, tmp_path):
@@ -195,6 +238,34 @@ def test_zero3_qlora_on_two_ranks(demo_assets, tmp_path):
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.numel() > 0 for v in adapter.values())
     assert any(v.abs().sum() > 0 for v in lora_b)
+
+
+def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path):
+    """Two ranks, every trained tensor split between them: one zero_pp_rank_<r> file pair per rank.
+    Resumed at step 5, where a missing CPU FusedAdam replay would show (trainer/checkpoint.py)."""
+    ds_file = partitioning_everything(tmp_path, "zero3.json")
+    common = ["eval.num_samples=0", "train.log_every=1", "train.steps=7", f"deepspeed.config={ds_file}"]
+    uri = sqlite_uri(tmp_path)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    saving = ["train.save_every=5", "train.keep_last=2"]
+    straight_cmd = train_command(demo_assets, straight, uri, *saving, *common, ranks=2)
+    run_training(straight_cmd, tmp_path / "straight.log")
+    step5 = straight / "checkpoints/global_step5"
+    assert [p.name for p in model_states_files(step5)] == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+    ]
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(step5, resumed / "checkpoints/global_step5")
+    (resumed / "checkpoints/latest").write_text("global_step5")
+    run_training(train_command(demo_assets, resumed, uri, *common, ranks=2), tmp_path / "resumed.log")
+
+    want, got = checkpoint_state(straight), checkpoint_state(resumed)
+    assert len(got["losses"]) == 7 and got["losses"] == want["losses"]
+    want_weights, got_weights = trained_weights(straight), trained_weights(resumed)
+    assert want_weights and want_weights.keys() == got_weights.keys()
+    for name, value in want_weights.items():
+        assert torch.equal(got_weights[name], value), name
 
 
 @pytest.mark.parametrize(
