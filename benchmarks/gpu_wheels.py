@@ -11,9 +11,10 @@ so the packages are split into sets, one set per call:
   kernels), deepspeed (an sdist only: the registry has no deepspeed wheel; it installs there with
   ``DS_BUILD_OPS=0 pip install --no-build-isolation``, pure Python, and the check trains with
   DeepSpeed's ``torch_adam`` so that no op is JIT-built), deepspeed's dependencies that the machine
-  lacks (hjson, pydantic and its own), and peft at our pin (the machine's version is not
-  recorded). transformers is not carried: 13 MB would push the set over the limit, and the code
-  runs with the machine's 5.17 (the CPU rehearsal was run against 5.17 too, see README);
+  lacks (hjson, pydantic and its own), peft at our pin (the machine's version is not recorded)
+  and transformers 5.23: `models.configuration_video_llama` declares its sub-configs with
+  ``SubConfigSpec``, which the machine's 5.17 lacks (the CPU rehearsal against 5.17 fails at that
+  import; against 5.23 with the machine's huggingface_hub 1.33 it passes). 13 MB of the 64 MiB;
 - ``decode``: decord, webdataset (with braceexpand) and PyAV (SynthVid's encoder, to write the
   shards there), for the pipeline's decode rate; a second call.
 
@@ -49,6 +50,7 @@ SETS: dict[str, tuple[str, ...]] = {
         "typing-inspection==0.4.5",
         "typing-extensions==4.16.0",
         "peft==0.21.2",
+        "transformers==5.23.0",
     ),
     "decode": ("decord==0.6.0", "webdataset==1.0.2", "braceexpand==0.1.7", "av==18.1.0"),
 }

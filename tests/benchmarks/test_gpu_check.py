@@ -120,3 +120,28 @@ def test_deepspeed_is_fetched_as_its_sdist_and_the_rest_as_py312_wheels(tmp_path
 
 def test_the_tree_size_counts_what_git_would_send() -> None:
     assert 100_000 < gpu_wheels.tree_bytes() < gpu_wheels.CALL_LIMIT_BYTES
+
+
+# The decode part runs in a call of its own, where only the decode wheel set was installed.
+_WITHOUT_TRAINING_LIBRARIES = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"deepspeed", "bitsandbytes", "transformers", "peft", "mlflow"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (not carried)")
+sys.meta_path.insert(0, Absent())
+from benchmarks import gpu_check
+sys.exit(gpu_check.main(sys.argv[1:]))
+"""
+
+
+def test_decode_part_needs_none_of_the_training_libraries(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRAINING_LIBRARIES, "--device", "cpu", "--small", "--out", str(tmp_path),
+         "--parts", "decode"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check_decode-cpu.json").read_text())
+    assert result["figures"]["decode"]["ok"] and result["ratios"]["decode_frames_per_s"] > 0
