@@ -144,6 +144,16 @@ def device_command(out: Path, name: str) -> str:
     return f"make gpu-check WHEELS={carry_path(out, name)} OUT_DIR=$OUT{parts}"
 
 
+def device_command_without_make(out: Path, name: str) -> str:
+    """What `device_command` runs, for a machine without make (the Makefile's gpu-check recipe)."""
+    parts = "" if name == "check" else f" --parts {name}"
+    return (
+        f"scripts/gpu-check-install {carry_path(out, name)} /tmp/gpu-check-site python3 && "
+        f"PYTHONPATH=/tmp/gpu-check-site PYTHONUNBUFFERED=1 timeout 560 python3 -m benchmarks.gpu_check "
+        f"--device cuda --out $OUT{parts}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -167,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"  device command, carry [{carry_path(args.out, size.name)!r}]:")
         print(f"    {device_command(args.out, size.name)}")
+        print(f"  or, without make: {device_command_without_make(args.out, size.name)}")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,26 @@ def test_decode_part_needs_none_of_the_training_libraries(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check_decode-cpu.json").read_text())
     assert result["figures"]["decode"]["ok"] and result["ratios"]["decode_frames_per_s"] > 0
+
+
+def test_make_gpu_check_on_the_gpu_machine_installs_then_runs_under_a_time_limit(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["make", "-n", "gpu-check", "WHEELS=.gpu-wheels/check", f"OUT_DIR={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    joined = proc.stdout.replace("\\\n", " ")  # the recipe's continuation lines
+    install, run = [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+    assert install == "scripts/gpu-check-install .gpu-wheels/check /tmp/gpu-check-site python3"
+    assert run.startswith(
+        "PYTHONPATH=/tmp/gpu-check-site PYTHONUNBUFFERED=1 timeout 560 python3 -m benchmarks.gpu_check"
+    )
+    assert f"--device cuda --out {tmp_path}" in run
+
+
+def test_install_script_refuses_an_empty_wheel_folder(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(REPO / "scripts/gpu-check-install"), str(tmp_path), str(tmp_path / "site")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"no wheels or sdists in {tmp_path} (run make gpu-wheels" in proc.stderr
