@@ -31,8 +31,9 @@ recorded with its error and the others still run. Parts:
 DeepSpeed trains with ``torch_adam`` (torch's AdamW): the GPU machine's deepspeed is installed from
 its sdist without prebuilt ops, and a JIT FusedAdam build would cost minutes of the loan.
 
-Writes ``<out>/gpu_check-<device>.json`` (the harness's format: ``figures`` per part, ``ratios``) and
-exits 1 with a summary line per failed part.
+Writes ``<out>/gpu_check-<device>.json`` (``gpu_check_decode-…`` for a decode-only call; the harness's
+format: ``figures`` per part, ``ratios``), after each part ``<out>/gpu_check-partial.json`` (what was
+measured should the call's time limit stop the rest), and exits 1 with a summary line per failed part.
 """
 
 from __future__ import annotations
@@ -257,12 +258,15 @@ def part_train(device: torch.device, dtype: torch.dtype, sizes: Sizes, tmp: Path
 
     init_distributed()
     checkpoint = _tiny_checkpoint(tmp)
-    figures = {
+    figures: dict[str, Any] = {
         name: _train_run(f"ds_configs/{name}.json", checkpoint, device, dtype, sizes.train_steps)
         for name in ("zero2", "zero3")
     }
-    checks = {}
-    for name, run in figures.items():
+    figures["backend"] = torch.distributed.get_backend()
+    # the collectives ZeRO's steps ran through: NCCL on a GPU, gloo on CPU
+    checks = {"process group backend": figures["backend"] == ("nccl" if device.type == "cuda" else "gloo")}
+    for name in ("zero2", "zero3"):
+        run = figures[name]
         checks[f"{name}: loss falls"] = run["losses"][-1] < run["losses"][0]
         checks[f"{name}: frames selected on the device"] = run["selected_frames_device"].startswith(
             device.type
