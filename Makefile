@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test test-fast lint clean bench experiments synthvid-inputs
+.PHONY: setup system-packages demo test test-fast lint clean bench experiments synthvid-inputs gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -130,3 +130,32 @@ experiments: $(STAMP)
 	$(PY) -m trainer.experiments.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task --sweep configs/synthvid/experiments.yaml
 	$(if $(QUICK),cp README.md $(SV_README))
 	$(PY) -m trainer.experiments.results_readme --comparison $(SV_RESULTS) --readme $(SV_README)
+
+# The prepared GPU check (benchmarks/gpu_check.py; README "Running the GPU check").
+# `make gpu-wheels` (here, with network): the packages the GPU machine lacks, as sets of at most
+# 64 MiB with the working tree, into .gpu-wheels/<set>/; it prints the device command of each set.
+# `make gpu-check` (there): installs WHEELS into a temporary site, offline, and runs every part in
+# one process tree (python3: the machine's own Python, which holds its torch); the JSON goes to
+# OUT_DIR (the device tool's $OUT when set). DEVICE=cpu: the same script at its smallest sizes with
+# .venv, nothing installed (tests/benchmarks/test_gpu_check.py runs it in the suite).
+GPU_WHEELS := .gpu-wheels
+WHEELS ?= $(GPU_WHEELS)/check
+DEVICE ?= cuda
+OUT_DIR ?= $(if $(OUT),$(OUT),outputs/gpu-check)
+GPU_SITE ?= /tmp/gpu-check-site
+GPU_PYTHON ?= python3
+# The device tool's one-call limit is 10 minutes: the parts' budget (none is begun after 480 s) and
+# a hard stop before the limit, so that what was measured still comes back.
+GPU_TIMEOUT_S ?= 560
+
+gpu-wheels: $(STAMP)
+	$(PY) -m benchmarks.gpu_wheels --out $(GPU_WHEELS)
+
+gpu-check:
+ifeq ($(DEVICE),cpu)
+	$(PY) -m benchmarks.gpu_check --device cpu --small --out $(OUT_DIR) $(if $(PARTS),--parts $(PARTS))
+else
+	scripts/gpu-check-install $(WHEELS) $(GPU_SITE) $(GPU_PYTHON)
+	PYTHONPATH=$(GPU_SITE) PYTHONUNBUFFERED=1 timeout $(GPU_TIMEOUT_S) $(GPU_PYTHON) -m benchmarks.gpu_check \
+		--device $(DEVICE) --out $(OUT_DIR) $(if $(PARTS),--parts $(PARTS))
+endif

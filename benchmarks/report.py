@@ -72,6 +72,23 @@ GOALS = (
     Goal("inference_1b", "nf4_over_bf16_peak", "captioning peak memory, NF4 base / bf16 base (+ LoRA), ~1B preset", at_most=0.5),
 )  # fmt: skip
 
+# The GPU check's figures (benchmarks.gpu_check `ratios`) with the CPU result and ratio that measure
+# the same thing, for the rows that set them side by side; None: no CPU counterpart.
+GPU_CHECK_ROWS = (
+    ("nf4_forward_rel_error", "NF4 + DQ layer vs its dequantized reference, relative error", None),
+    ("checkpointing_worst_grad_rel_error", "temporal QLoRA gradients, checkpointed vs not, worst relative error", None),
+    ("selector_frames_per_s", "frame selector frames/s, hybrid, N=64 at 224²", None),
+    ("mid_qlora_over_lora_step_peak", "QLoRA / LoRA step peak, ~1B preset, bf16", ("train_memory_1b_bfloat16", "1b/qlora_over_lora_step_peak")),
+    ("mid_qlora_step_peak_gb", "QLoRA step peak GB, ~1B preset, bf16", None),
+    ("large_qlora_over_lora_step_peak", "QLoRA / LoRA step peak, 7B-shaped, 8 frames x batch 4 (VideoLLaMA2 on A100: 36/44 = 0.82)", None),
+    ("large_qlora_step_peak_gb", "QLoRA step peak GB, 7B-shaped (goal ≤ 24; VideoLLaMA2: 36)", None),
+    ("large_lora_step_peak_gb", "LoRA step peak GB, 7B-shaped (VideoLLaMA2: 44)", None),
+    ("large_qlora_step_time_s", "QLoRA step time s, 7B-shaped", None),
+    ("large_qlora_tokens_per_s", "QLoRA tokens/s, 7B-shaped", None),
+    ("large_qlora_mfu_measured_peak", "QLoRA MFU of the 790 TFLOP/s measured peak, 7B-shaped", None),
+    ("decode_frames_per_s", "pipeline decode frames/s, 16 workers, 224²", None),
+)  # fmt: skip
+
 
 def result_stem(benchmark: str, device: str) -> str:
     """File name, without suffix, of `benchmark`'s result on `device` ("cuda:0" → ``<benchmark>-cuda``):
@@ -201,6 +218,45 @@ def write_plots(results: list[dict[str, Any]], results_dir: Path, readme_dir: Pa
     return paths
 
 
+def render_gpu_check(results: list[dict[str, Any]]) -> str:
+    """The GPU check's rows (`GPU_CHECK_ROWS`) from its CUDA results (``gpu_check``, ``gpu_check_decode``),
+    each beside its CPU counterpart where one was measured, and the parts that failed; "" without any."""
+    gpu = [
+        r
+        for r in results
+        if r["benchmark"].startswith("gpu_check") and str(r["machine"].get("device", "")).startswith("cuda")
+    ]
+    if not gpu:
+        return ""
+    measured = {k: (v, r) for r in gpu for k, v in r["ratios"].items()}
+    cpu = {
+        (r["benchmark"], k): v
+        for r in results
+        if r["machine"].get("device") == "cpu"
+        for k, v in r["ratios"].items()
+    }
+    names = sorted(
+        {
+            f"{r['machine'].get('device_name', '?')}, torch {r['machine'].get('torch', '?')}, run {r['created'][:10]}"
+            for r in gpu
+        }
+    )
+    lines = ["### GPU check", "", f"`make gpu-check` on {'; '.join(names)} (absolute figures).", "",
+             "| figure | GPU | CPU counterpart | CPU |", "|---|---|---|---|"]  # fmt: skip
+    for key, what, counterpart in GPU_CHECK_ROWS:
+        if key not in measured:
+            continue
+        cpu_cells = "| |"
+        if counterpart is not None and counterpart in cpu:
+            cpu_cells = f"| `{counterpart[0]}` `{counterpart[1]}` | {_number(cpu[counterpart])} |"
+        lines.append(f"| {what} | {_number(measured[key][0])} {cpu_cells}")
+    failed = [f"`{name}`: {part.get('error') or ', '.join(part.get('failed_checks', []))}"
+              for r in gpu for name, part in r["figures"].items() if isinstance(part, dict) and not part.get("ok", True)]  # fmt: skip
+    if failed:
+        lines += ["", "Failed parts: " + "; ".join(failed) + "."]
+    return "\n".join(lines)
+
+
 def render_section(results: list[dict[str, Any]], plots: list[Path | None] | None = None) -> str:
     """The text that goes between the markers."""
     head = [
@@ -212,8 +268,11 @@ def render_section(results: list[dict[str, Any]], plots: list[Path | None] | Non
     if not results:
         head += ["", "No results yet: run `make bench`."]
     goals = render_goals(results)
+    gpu_check = render_gpu_check(results)
     body = [render_result(r, p) for r, p in zip(results, plots or [None] * len(results), strict=True)]
-    return "\n\n".join(["\n".join(head), *([goals] if goals else []), *body])
+    return "\n\n".join(
+        ["\n".join(head), *([goals] if goals else []), *([gpu_check] if gpu_check else []), *body]
+    )
 
 
 def update_readme(readme: Path, results_dir: Path) -> bool:

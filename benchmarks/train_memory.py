@@ -76,7 +76,8 @@ DEFAULT_VARIANTS = VARIANTS
 # gradients 4, ZeRO's fp32 partition 4, AdamW moments 8 (bf16: 2 + 2 + 4 + 8 = 16).
 FULL_BYTES_PER_PARAM = 20
 # (batch size, frames K) per preset: 1b at one clip, as a 24 GiB machine or a consumer GPU would run it.
-BATCH = {"tiny": (2, 4), "1b": (1, 4)}
+# 7b: VideoLLaMA2's published memory anchor (8 frames, batch 4; benchmarks.gpu_check).
+BATCH = {"tiny": (2, 4), "1b": (1, 4), "7b": (4, 8)}
 DS_CONFIG = "ds_configs/zero2.json"
 RANK, ALPHA = 16, 32
 # --optimizers: name → (train.optimizer, DeepSpeed JSON); the ratios are to the first.
@@ -121,6 +122,16 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="every method with gradient checkpointing of every tower (adapter.gradient_checkpointing), "
         "and qlora also without it, for the step time it costs",
+    )
+    parser.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="also count one forward + backward's FLOPs (trainer.flops) and the attended tokens per step, for MFU",
+    )
+    parser.add_argument(
+        "--torch-adam",
+        action="store_true",
+        help="DeepSpeed's AdamW as torch's (optimizer.params.torch_adam): no FusedAdam op to build",
     )
     # Internal: run one method (with one optimizer) in this process and write its figures to --child-out.
     parser.add_argument("--child-optimizer", default="adamw", help=argparse.SUPPRESS)
@@ -189,6 +200,8 @@ def measure_in_child(
         "--steps", str(getattr(args, "steps", 1)), "--child-optimizer", optimizer,
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
         *(["--child-checkpointing"] if checkpointing else []),
+        *(["--count-flops"] if getattr(args, "count_flops", False) else []),
+        *(["--torch-adam"] if getattr(args, "torch_adam", False) else []),
     ]  # fmt: skip
     from trainer.distributed import PROCESS_GROUP_ENV
 
@@ -244,6 +257,8 @@ def run_child(args: argparse.Namespace) -> None:
     cfg.train.optimizer, cfg.deepspeed.config = OPTIMIZER_VARIANTS[args.child_optimizer]
     cfg.train.micro_batch_size = args.batch_size
     ds_config = load_ds_config(cfg, dist.world_size, device, dtype)
+    if args.torch_adam:
+        ds_config["optimizer"]["params"]["torch_adam"] = True
     check_optimizer(cfg, ds_config)
     engine, _ = build_engine(model, cfg, ds_config)
     batch = model_batch(
@@ -264,8 +279,21 @@ def run_child(args: argparse.Namespace) -> None:
         step_times.append(time.perf_counter() - began)
         step_cpu_times.append(time.process_time() - began_cpu)
     step = meter.read()
+    flops = {}
+    if args.count_flops:
+        from trainer.flops import count_flops
+
+        def one_step() -> None:
+            engine.backward(engine(**batch).loss)
+            engine.step()
+
+        # one more step after the measured ones, so that the counter's overhead is in neither their
+        # peak nor their time (the optimizer's elementwise work is no matmul and counts ~0)
+        flops["flops_per_step"], _ = count_flops(one_step)
+        flops["tokens_per_step"] = int(batch["attention_mask"].sum())
 
     figures = {
+        **flops,
         "method": method,
         "gradient_checkpointing": args.child_checkpointing,
         "optimizer": args.child_optimizer,

@@ -120,6 +120,50 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_video_query_tokens": 32,
         "max_frames": 8,
     },
+    # Video-LLaMA at its published size, for the GPU check's memory and speed figures (benchmarks.gpu_check):
+    # an EVA-ViT-g-sized ViT (39 x 1408, MLP 6144, 16 heads, 224/14: ~1.0B) and a Llama-2-7B-sized LLM
+    # (32 x 4096, MLP 11008, 32 heads, no GQA: 6.5B in its layers; the vocabulary is the tokenizer's).
+    # The Q-Formers are the 1b preset's at BERT-base width, with the ViT's width as encoder input.
+    "7b": {
+        "vision_config": {
+            "image_size": 224,
+            "patch_size": 14,
+            "hidden_size": 1408,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 39,
+            "num_attention_heads": 16,
+            "initializer_range": 0.02,
+        },
+        "qformer_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 12,
+            "cross_attention_frequency": 2,
+            "encoder_hidden_size": 1408,
+        },
+        "video_qformer_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 12,
+            "cross_attention_frequency": 1,
+            "encoder_hidden_size": 768,
+        },
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "max_position_embeddings": 4096,
+            "tie_word_embeddings": False,
+        },
+        "num_query_tokens": 32,
+        "num_video_query_tokens": 32,
+        "max_frames": 8,
+    },
 }
 
 
@@ -184,6 +228,8 @@ def create_pretrained(
     prompt: str = "describe the video.",
     vocab_size: int = 1000,
     seed: int = 0,
+    device: str | None = None,
+    dtype: Any = None,
     **overrides: Any,
 ) -> Path:
     """Write a base checkpoint: tokenizer + processor settings + random-init model, all in `out_dir`.
@@ -196,6 +242,8 @@ def create_pretrained(
         prompt: the instruction stored in the processor.
         vocab_size: BPE vocabulary bound.
         seed: torch seed of the random init (same seed → same weights).
+        device: where the random init runs (default the CPU); a GPU builds the 7b preset in seconds.
+        dtype: the dtype the weights are saved in (default fp32); bf16 halves a big checkpoint.
     Returns:
         `out_dir` as a Path.
     """
@@ -207,7 +255,10 @@ def create_pretrained(
     tokenizer = build_tokenizer([*corpus, template_text], vocab_size=vocab_size)
 
     torch.manual_seed(seed)
-    model = build_model(preset, tokenizer, **overrides)
+    with torch.device(device or "cpu"):
+        model = build_model(preset, tokenizer, **overrides)
+    if dtype is not None:
+        model = model.to(dtype)
     processor = VideoLlamaProcessor(
         tokenizer,
         num_video_tokens=model.config.num_video_query_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import subprocess
 
@@ -19,19 +20,15 @@ def git_commit() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    import bitsandbytes
-    import deepspeed
-    import peft
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "bitsandbytes": bitsandbytes.__version__,
-    }
+    """Versions of Python, torch and the training libraries; "not installed" for one that is absent
+    (the GPU check's decode part runs where only the decoding packages were carried)."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("deepspeed", "transformers", "peft", "bitsandbytes"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def device_name(device: torch.device) -> str:

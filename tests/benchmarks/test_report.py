@@ -202,3 +202,35 @@ def test_scaling_result_gets_a_plot_linked_from_the_readme(tmp_path: Path, resul
     first = png.read_bytes()
     report.update_readme(readme, results)
     assert png.read_bytes() == first  # drawn from the JSON alone: the same bytes every time
+
+
+def test_gpu_check_rows_sit_beside_their_cpu_counterparts(tmp_path: Path, results: Path) -> None:
+    gpu = _result(
+        "gpu_check",
+        "cuda",
+        {"mid_qlora_over_lora_step_peak": 0.3456, "large_qlora_step_peak_gb": 19.87},
+        {"nf4": {"ok": True}, "train": {"ok": False, "error": "RuntimeError: NCCL error"}},
+        "2026-12-01T00:00:00+00:00",
+    )
+    cpu = _result(
+        "train_memory_1b_bfloat16",
+        "cpu",
+        {"1b/qlora_over_lora_step_peak": 0.3912},
+        {},
+        "2026-11-01T00:00:00+00:00",
+    )
+    (results / "gpu_check-cuda.json").write_text(json.dumps(gpu))
+    (results / "train_memory_1b_bfloat16-cpu.json").write_text(json.dumps(cpu))
+    section = report.render_section(report.load_results(results))
+    table = section.split("### GPU check")[1].split("###")[0]
+    assert "NVIDIA H100, torch 2.13.0, run 2026-12-01" in table
+    assert (
+        "| QLoRA / LoRA step peak, ~1B preset, bf16 | 0.346 "
+        "| `train_memory_1b_bfloat16` `1b/qlora_over_lora_step_peak` | 0.391 |"
+    ) in table
+    assert "| QLoRA step peak GB, 7B-shaped (goal ≤ 24; VideoLLaMA2: 36) | 19.9 | |" in table
+    assert "Failed parts: `train`: RuntimeError: NCCL error." in table
+    # a CPU rehearsal is no GPU figure
+    gpu["machine"]["device"] = "cpu"
+    (results / "gpu_check-cuda.json").write_text(json.dumps(gpu))
+    assert "### GPU check" not in report.render_section(report.load_results(results))

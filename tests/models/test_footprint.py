@@ -44,3 +44,11 @@ def test_cli_json(capsys):
     assert report["vocab_size"] == 500 and set(report["formats"]) == {"bf16", "int8", "nf4", "nf4-dq"}
     totals = [report["formats"][f]["total"]["bytes"] for f in ("bf16", "int8", "nf4")]
     assert totals == sorted(totals, reverse=True)
+
+
+def test_7b_preset_is_llama_2_7b_and_eva_vit_g_sized():
+    """The GPU check's 7B-shaped Video-LLaMA: at LLaMA's vocabulary its LLM has Llama-2-7B's exact
+    parameter count (6,738,415,616) and its ViT EVA-ViT-g's ~1.0B."""
+    components = preset_footprint("7b", formats=("bf16",))["formats"]["bf16"]["components"]
+    assert components["llm"]["params"] == 6_738_415_616
+    assert 0.95e9 < components["vision"]["params"] < 1.05e9
