@@ -27,8 +27,9 @@ memory) cannot inflate another's peak. A child:
    backward run with the optimizer state held, as in every step of a real run.
 
 With ``--gradient-checkpointing`` every method recomputes the activations of every ViT / Q-Former /
-LLM layer in backward (``adapter.gradient_checkpointing``), and qlora runs once more without it, so
-that the JSON holds what checkpointing saves and what it costs in step time.
+LLM layer in backward (``adapter.gradient_checkpointing``), and qlora runs once more without it: what
+checkpointing saves. What it costs is timed in qlora's checkpointed child, after its measured steps,
+by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians).
 
 Reported per method: the absolute peak (whole process, load included), the baseline, the step's peak
 above the baseline (the figure the ratios use) and its parts that can be counted exactly (weights,
@@ -93,6 +94,9 @@ OPTIMIZER_VARIANTS = {
 # held, as every step of a real run does (at the 1b preset in bf16 the QLoRA peak is 1.11x the
 # first step's). Peaks are over all steps, step times the median of the steps after the first.
 STEPS = 3
+# With --gradient-checkpointing, qlora's child then runs this many pairs of steps with checkpointing
+# off and on in turn, for its cost in CPU time measured under one and the same load.
+ALTERNATE_STEPS = 3
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +125,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         "--gradient-checkpointing",
         action="store_true",
         help="every method with gradient checkpointing of every tower (adapter.gradient_checkpointing), "
-        "and qlora also without it, for the step time it costs",
+        "and qlora also without it (the memory saved) and in alternate steps with it off and on (the time)",
     )
     parser.add_argument(
         "--count-flops",
@@ -136,6 +140,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     # Internal: run one method (with one optimizer) in this process and write its figures to --child-out.
     parser.add_argument("--child-optimizer", default="adamw", help=argparse.SUPPRESS)
     parser.add_argument("--child-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--alternate-steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -189,6 +194,7 @@ def measure_in_child(
     out_dir: Path,
     optimizer: str = "adamw",
     checkpointing: bool = False,
+    alternate_steps: int = 0,
 ) -> dict[str, Any]:
     """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name), with or without gradient
     checkpointing, in a fresh Python process (this module with --child); returns its figures."""
@@ -199,7 +205,7 @@ def measure_in_child(
         "--batch-size", str(args.batch_size), "--frames", str(args.frames),
         "--steps", str(getattr(args, "steps", 1)), "--child-optimizer", optimizer,
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
-        *(["--child-checkpointing"] if checkpointing else []),
+        *(["--child-checkpointing", "--alternate-steps", str(alternate_steps)] if checkpointing else []),
         *(["--count-flops"] if getattr(args, "count_flops", False) else []),
         *(["--torch-adam"] if getattr(args, "torch_adam", False) else []),
     ]  # fmt: skip
@@ -225,6 +231,8 @@ def measure_in_child(
 def run_child(args: argparse.Namespace) -> None:
     """Steps 1-4 of the module docstring for one variant, in this process."""
     # Imports first (DeepSpeed with trainer.run_setup): they are the baseline's content.
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     from benchmarks.memory import PeakMemory
     from benchmarks.workload import model_batch
     from models.adapters import apply_adapter, trainable_parameter_count
@@ -269,7 +277,8 @@ def run_child(args: argparse.Namespace) -> None:
     meter.reset()
     start = meter.read()["current"]
     step_times, step_cpu_times = [], []
-    for _ in range(args.steps):
+
+    def train_step() -> torch.Tensor:
         began, began_cpu = time.perf_counter(), time.process_time()
         loss = engine(**batch).loss
         engine.backward(loss)
@@ -278,7 +287,24 @@ def run_child(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(device)
         step_times.append(time.perf_counter() - began)
         step_cpu_times.append(time.process_time() - began_cpu)
+        return loss
+
+    for _ in range(args.steps):
+        loss = train_step()
     step = meter.read()
+    alternating = {}
+    if args.child_checkpointing and args.alternate_steps:
+        # After the peak is read: steps with checkpointing off and on in turn, in one process, so
+        # that what it costs is timed under the same load (a machine shared with other jobs drifts).
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        alternating = {"on": [], "off": []}
+        for pair in range(args.alternate_steps):
+            for setting in ("off", "on") if pair % 2 == 0 else ("on", "off"):
+                for layer in layers:
+                    layer.gradient_checkpointing = setting == "on"
+                train_step()
+                alternating[setting].append(step_cpu_times.pop())
+                step_times.pop()
     flops = {}
     if args.count_flops:
         from trainer.flops import count_flops
@@ -320,6 +346,11 @@ def run_child(args: argparse.Namespace) -> None:
         "step_cpu_times_s": step_cpu_times,
         "step_cpu_s": statistics.median(step_cpu_times[1:] or step_cpu_times),
     }
+    if alternating:
+        figures["alternating_step_cpu_times_s"] = alternating
+        figures["alternating_checkpointed_over_not_step_cpu"] = statistics.median(
+            alternating["on"]
+        ) / statistics.median(alternating["off"])
     if "peak_reserved" in step:
         figures["step_peak_reserved_bytes"] = step["peak_reserved"]
     args.child_out.write_text(json.dumps(figures))
@@ -392,10 +423,15 @@ def main() -> None:
                 skipped[variant] = reason
                 continue
             per_method[variant] = measure_in_child(
-                args, variant, checkpoint, Path(tmp), checkpointing=args.gradient_checkpointing
+                args,
+                variant,
+                checkpoint,
+                Path(tmp),
+                checkpointing=args.gradient_checkpointing,
+                alternate_steps=ALTERNATE_STEPS if variant == "qlora" else 0,
             )
         if args.gradient_checkpointing and "qlora" in per_method:
-            # what checkpointing costs in time: the same qlora step without it
+            # what checkpointing saves: the same qlora steps without it
             per_method["qlora_not_checkpointed"] = measure_in_child(args, "qlora", checkpoint, Path(tmp))
 
     lora = per_method["lora"]
@@ -407,8 +443,12 @@ def main() -> None:
             ratios[f"{args.preset}/{variant}_over_lora_{ratio}"] = figures[key] / lora[key]
     if "qlora_not_checkpointed" in per_method:
         plain, checkpointed = per_method["qlora_not_checkpointed"], per_method["qlora"]
-        for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
-            ratios[f"{args.preset}/qlora_checkpointed_over_not_{ratio}"] = checkpointed[key] / plain[key]
+        key = "step_peak_above_baseline_bytes"
+        ratios[f"{args.preset}/qlora_checkpointed_over_not_step_peak"] = checkpointed[key] / plain[key]
+        # what it costs: steps with it off and on in turn in the checkpointed child (run_child)
+        ratios[f"{args.preset}/qlora_checkpointed_over_not_step_cpu_time"] = checkpointed[
+            "alternating_checkpointed_over_not_step_cpu"
+        ]
     write_result(
         result_name(args.preset, args.dtype, checkpointing=args.gradient_checkpointing),
         device,

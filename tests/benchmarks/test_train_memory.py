@@ -35,10 +35,20 @@ def test_child_with_gradient_checkpointing_trains_the_same_steps(tmp_path: Path)
     checkpoint = write_checkpoint("tiny", tmp_path / "base")
     args = argparse.Namespace(device="cpu", preset="tiny", dtype="auto", batch_size=1, frames=2, steps=2)
     plain = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path)
-    checkpointed = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path, checkpointing=True)
+    checkpointed = train_memory.measure_in_child(
+        args, "qlora", checkpoint, tmp_path, checkpointing=True, alternate_steps=1
+    )
 
     assert checkpointed["gradient_checkpointing"] and not plain["gradient_checkpointing"]
     assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    # the alternating steps come after the measured ones and time each setting once per pair
+    assert len(checkpointed["step_cpu_times_s"]) == 2
+    alternating = checkpointed["alternating_step_cpu_times_s"]
+    assert len(alternating["on"]) == len(alternating["off"]) == 1
+    assert (
+        checkpointed["alternating_checkpointed_over_not_step_cpu"]
+        == alternating["on"][0] / alternating["off"][0]
+    )
     assert checkpointed["trainable_params"] == plain["trainable_params"]
 
 
@@ -50,7 +60,10 @@ def test_unknown_method_is_refused_with_the_known_ones() -> None:
 def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
     names = {train_memory.result_name(p, d) for p in ("tiny", "1b") for d in ("auto", "bfloat16")}
     assert names == {"train_memory", "train_memory_1b", "train_memory_bfloat16", "train_memory_1b_bfloat16"}
-    assert train_memory.result_name("1b", "bfloat16", checkpointing=True) == "train_memory_1b_bfloat16_checkpointed"
+    assert (
+        train_memory.result_name("1b", "bfloat16", checkpointing=True)
+        == "train_memory_1b_bfloat16_checkpointed"
+    )
 
 
 def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) -> None:
