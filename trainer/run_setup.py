@@ -20,6 +20,7 @@ from data.frame_selector import FrameSelector
 from data.loader import build_loader
 from data.pipeline import VideoDataPipeline, build_dataset
 from models.methods import adapter_method
+from models.parameters import trainable_parameter_count
 from models.processor import VideoLlamaProcessor
 from trainer.assets import Asset, resolve_assets
 from trainer.caption_language import check_language_key
@@ -188,7 +189,7 @@ def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple
     trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr)
     if trainable and isinstance(trainable[0], dict):
         ds_config = scaled_schedule(ds_config, [g["lr"] for g in trainable], train.lr)
-    ds_config = size_buckets(ds_config, sum(p.numel() for p in model.parameters() if p.requires_grad))
+    ds_config = size_buckets(ds_config, trainable_parameter_count(model)[0])
     optimizer = None
     if trainable:
         optimizer, ds_config = client_optimizer(train, trainable, ds_config)

@@ -7,7 +7,8 @@ import torch
 from trainer import checkpoint
 from trainer.config import load_config
 from trainer.distributed import init_distributed
-from trainer.ds_config import load_ds_config, size_buckets
+from trainer.ds_config import load_ds_config
+from trainer.run_setup import build_engine
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,7 @@ def engine():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     model[0].requires_grad_(False)  # a frozen base, as under (Q)LoRA
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    ds = size_buckets(load_ds_config(cfg, 1, info.device, torch.float32), sum(p.numel() for p in trainable))
-    eng, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds)
+    eng, _ = build_engine(model, cfg, load_ds_config(cfg, 1, info.device, torch.float32))
     return eng
 
 
@@ -115,9 +114,7 @@ def resume_engine(ds_file, scramble=False):
         with torch.no_grad():
             for p in model[2:].parameters():
                 p.normal_(0, 0.05)
-    ds = load_ds_config(cfg, 1, info.device, torch.float32)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    eng, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds)
+    eng, _ = build_engine(model, cfg, load_ds_config(cfg, 1, info.device, torch.float32))
     return eng
 
 
