@@ -149,7 +149,9 @@ def test_decode_part_needs_none_of_the_training_libraries(tmp_path: Path) -> Non
 
 def test_make_gpu_check_on_the_gpu_machine_installs_then_runs_under_a_time_limit(tmp_path: Path) -> None:
     proc = subprocess.run(
-        ["make", "-n", "gpu-check", "WHEELS=.gpu-wheels/check", f"OUT_DIR={tmp_path}"],
+        # --no-print-directory: under `make test` this make is nested and would print
+        # "Entering directory" lines around the recipe.
+        ["make", "-n", "--no-print-directory", "gpu-check", "WHEELS=.gpu-wheels/check", f"OUT_DIR={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
     joined = proc.stdout.replace("\\\n", " ")  # the recipe's continuation lines
