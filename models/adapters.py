@@ -16,10 +16,12 @@ from torch import nn
 
 from . import rank_allocation as ra
 from .adapter_io import load_adapter, save_adapter
+from .loading import model_formats
 from .method_spec import OWN_SETTINGS, AdapterMethod, AdapterOptions
 from .methods import METHODS, adapter_method
 from .parameters import trainable_parameter_count
 from .towers import PLACEMENTS
+from .weight_formats import FULL_PRECISION, canonical, describe
 
 __all__ = [
     "apply_adapter",
@@ -50,21 +52,15 @@ def apply_adapter(model: nn.Module, method: str, **options: Any) -> nn.Module:
     return spec.build(model, spec, settings)
 
 
-def _weight_format(model: nn.Module) -> str:
-    """A representative `models.loading` quantization name of how `model` holds its weights."""
-    if getattr(model, "is_loaded_in_8bit", False):
-        return "int8"
-    return "nf4" if getattr(model, "is_loaded_in_4bit", False) else "none"
-
-
 def _check_base(spec: AdapterMethod, model: nn.Module) -> None:
-    held = _weight_format(model)
-    if held in spec.base.formats:
+    formats = model_formats(model)
+    held = set(formats.values())
+    if spec.base.admits(held):
         return
     hint = f"models.loading.load_model(quantization={spec.weight_format!r})"
-    if spec.counterpart is not None and held in METHODS[spec.counterpart].base.formats:
+    if spec.counterpart is not None and METHODS[spec.counterpart].base.admits(held):
         hint += f", or use method={spec.counterpart!r}"
-    state = "16/32-bit" if held == "none" else "quantized"
+    state = "16/32-bit" if held == {FULL_PRECISION} else f"quantized: {describe(canonical(formats))}"
     raise ValueError(f"{spec.name} needs a model loaded in {spec.base.label}; this one is {state} ({hint})")
 
 

@@ -13,6 +13,10 @@ How it is measured without holding the model in memory:
    holds), and its bytes are read off the result: packed storage + every tensor of its quantization
    state. The byte count depends on the shape and the settings only, never on the values.
 
+A format is one of `FORMATS` for the whole model, or a format per tower ({"vision": "int8", "llm":
+"nf4"}, `model.quantization`'s mapping, in `models.loading` names): each tower's linears are then
+swapped for the layers of its own format, as `models.loading.load_model` leaves them.
+
 Everything not quantized is counted at 2 bytes (bf16, the compute dtype). Only parameters count:
 buffers (rotary tables, position ids) are neither trained nor quantized and are left out.
 `model_weight_bytes` applies the same accounting to a model that was really loaded, which is how
@@ -21,7 +25,7 @@ the tests check this estimate against `from_pretrained(..., quantization_config=
 
 import argparse
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import bitsandbytes as bnb
@@ -30,11 +34,12 @@ from torch import nn
 from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
 from .configuration_video_llama import VideoLlamaConfig
-from .loading import quantization_config
+from .loading import DEFAULT_SKIP_MODULES, quantization_config
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .parameters import logical_numel
 from .presets import preset_fields
-from .towers import TOWER_NAMES, tower_of
+from .towers import TOWER_NAMES, modules_of, tower_of
+from .weight_formats import FULL_PRECISION, Quantization, describe, tower_formats
 
 # The report's components are the towers of `models.towers`; the frame Q-Former's column keeps the
 # name "qformer" that the reports and the benchmark results written with them have always used.
@@ -42,6 +47,8 @@ _REPORT_NAMES = {"frame_qformer": "qformer"}
 COMPONENTS = tuple(_REPORT_NAMES.get(name, name) for name in TOWER_NAMES)
 # Footprint format name -> `models.loading` quantization name.
 FORMATS = {"bf16": "none", "int8": "int8", "nf4": "nf4-nodq", "nf4-dq": "nf4"}
+# A footprint format name, or {tower: `models.loading` quantization} (hybrid bit widths).
+Format = str | Mapping[str, str]
 COMPUTE_DTYPE = torch.bfloat16
 NF4_FLOOR_BYTES = 0.5  # 4 bits per weight, nothing else
 QLORA_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # QLoRA's figure for NF4 + double quant: 4.127 bits
@@ -155,19 +162,39 @@ def stored_bytes(param: nn.Parameter, cache: dict[tuple, int]) -> int:
     return param.numel() * COMPUTE_DTYPE.itemsize
 
 
-def meta_model(config: VideoLlamaConfig, fmt: str) -> nn.Module:
+def quantization_of(fmt: Format) -> Quantization:
+    """The `models.loading` quantization (one, or one per tower) of footprint format `fmt`."""
+    if isinstance(fmt, str):
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {tuple(FORMATS)} or a mapping over towers, got {fmt!r}")
+        return FORMATS[fmt]
+    tower_formats(fmt)  # every tower named, each in a known format
+    return dict(fmt)
+
+
+def format_name(fmt: Format) -> str:
+    """How a report names `fmt`: the footprint name, or "vision int8, llm nf4" for a mapping."""
+    return fmt if isinstance(fmt, str) else describe(fmt)
+
+
+def meta_model(config: VideoLlamaConfig, fmt: Format) -> nn.Module:
     """`config`'s model on the meta device (shapes only) holding the layers a load in `fmt` holds:
-    bitsandbytes linears where a quantized load has them, and its ``is_loaded_in_4bit/8bit`` flag,
-    so that adapters can be applied to it as to the loaded model."""
+    bitsandbytes linears where a quantized load has them (each tower in its own format), and the
+    ``is_loaded_in_4bit/8bit`` flags, so that adapters can be applied to it as to the loaded model."""
     with torch.device("meta"):
         model = VideoLlamaForConditionalGeneration(config)
-    qconfig = quantization_config(FORMATS[fmt], COMPUTE_DTYPE)
-    if qconfig is not None:
+    formats = tower_formats(quantization_of(fmt))
+    for quantization in sorted(set(formats.values()) - {FULL_PRECISION}):
+        # Towers of other formats are left alone by this format's swap, as a load's skip list does.
+        others = modules_of(name for name, f in formats.items() if f != quantization)
+        qconfig = quantization_config(quantization, COMPUTE_DTYPE, [*DEFAULT_SKIP_MODULES, *others])
         replace_with_bnb_linear(
             model, modules_to_not_convert=qconfig.llm_int8_skip_modules, quantization_config=qconfig
         )
-        model.is_loaded_in_4bit = qconfig.load_in_4bit
-        model.is_loaded_in_8bit = qconfig.load_in_8bit
+        if qconfig.load_in_4bit:
+            model.is_loaded_in_4bit = True
+        else:
+            model.is_loaded_in_8bit = True
     return model
 
 
@@ -179,11 +206,10 @@ def preset_config(preset: str, vocab_size: int = LLAMA_VOCAB_SIZE) -> VideoLlama
 
 
 def estimate_weight_bytes(
-    config: VideoLlamaConfig, fmt: str, cache: dict[tuple, int] | None = None
+    config: VideoLlamaConfig, fmt: Format, cache: dict[tuple, int] | None = None
 ) -> dict[str, dict[str, int]]:
-    """`model_weight_bytes` of `config` loaded in `fmt` (a key of `FORMATS`), without building it."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {tuple(FORMATS)}, got {fmt!r}")
+    """`model_weight_bytes` of `config` loaded in `fmt` (a key of `FORMATS`, or a mapping
+    {tower: `models.loading` quantization}), without building it."""
     return _weight_table(meta_model(config, fmt).named_parameters(), {} if cache is None else cache)
 
 
@@ -199,17 +225,24 @@ def summarize(table: dict[str, dict[str, int]]) -> dict[str, Any]:
 
 
 def preset_footprint(
-    preset: str, vocab_size: int = LLAMA_VOCAB_SIZE, formats: Iterable[str] = tuple(FORMATS)
+    preset: str, vocab_size: int = LLAMA_VOCAB_SIZE, formats: Iterable[Format] = tuple(FORMATS)
 ) -> dict[str, Any]:
     """Footprint of a preset in each format (the LLM vocabulary is a free choice: presets take
-    theirs from a tokenizer; LLaMA's 32000 by default)."""
+    theirs from a tokenizer; LLaMA's 32000 by default). Each format's entry (named by `format_name`)
+    also says the format every quantized tower is stored in (`tower_formats`, `models.loading` names)."""
     config = preset_config(preset, vocab_size)
     cache: dict[tuple, int] = {}
     return {
         "preset": preset,
         "vocab_size": vocab_size,
         "compute_dtype": str(COMPUTE_DTYPE).removeprefix("torch."),
-        "formats": {fmt: summarize(estimate_weight_bytes(config, fmt, cache)) for fmt in formats},
+        "formats": {
+            format_name(fmt): {
+                **summarize(estimate_weight_bytes(config, fmt, cache)),
+                "tower_formats": tower_formats(quantization_of(fmt)),
+            }
+            for fmt in formats
+        },
     }
 
 
@@ -242,9 +275,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, help="a key of models.presets.PRESETS")
     parser.add_argument("--vocab-size", type=int, default=LLAMA_VOCAB_SIZE, help="LLM vocabulary size")
+    parser.add_argument(
+        "--mixed",
+        action="append",
+        default=[],
+        type=json.loads,
+        help='a format per tower to add, as JSON: \'{"vision": "int8", "llm": "nf4"}\' (repeatable)',
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    report = preset_footprint(args.preset, vocab_size=args.vocab_size)
+    report = preset_footprint(args.preset, vocab_size=args.vocab_size, formats=[*FORMATS, *args.mixed])
     print(json.dumps(report, indent=2) if args.json else format_table(report))
 
 

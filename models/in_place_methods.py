@@ -65,7 +65,9 @@ def build_bottleneck(model: nn.Module, method: AdapterMethod, options: AdapterOp
 def _modules_to_save(model: nn.Module, method: AdapterMethod, options: AdapterOptions) -> list[str]:
     """The given modules, or the method's default (none for a method that trains nothing by default)."""
     default = DEFAULT_MODULES_TO_SAVE if method.trains else []
-    return with_retrieval_head(model, default if options.modules_to_save is None else options.modules_to_save)
+    names = default if options.modules_to_save is None else options.modules_to_save
+    names = [*names, *(m for m in method.trained_modules if m not in names)]
+    return with_retrieval_head(model, names)
 
 
 def _finish(

@@ -4,26 +4,34 @@ Both big towers are quantized — the ViT and the LLM linears become `bnb.nn.Lin
 `Linear8bitLt`) — while the small trainable glue (frame and video Q-Formers, the video projection,
 the retrieval head) and the LLM's `lm_head` stay in `compute_dtype`: they are a few percent of the
 weights, are trained fully in Video-LLaMA, and `lm_head` feeds the loss directly.
+
+Each of the two towers can hold its own format (`models.weight_formats`: {vision: int8, llm: nf4},
+{vision: none, llm: nf4}). One `from_pretrained` carries one `BitsAndBytesConfig`, so the load
+quantizes the LLM in its format (the biggest tower: its 16-bit weights are never all in memory)
+and leaves the towers of another format in `compute_dtype`; a tower of a second quantized format is
+then quantized in place (`quantize_tower`) by the same transformers and bitsandbytes calls a load
+makes, so it holds exactly what a load in that format holds.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import bitsandbytes as bnb
 import torch
 from torch import nn
 from transformers import BitsAndBytesConfig
+from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
-from .towers import ALIGNER, prefixes_of
-
-QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
+from .towers import ALIGNER, QUANTIZED_TOWERS, modules_of, tower_of
+from .weight_formats import FULL_PRECISION, QUANTIZATIONS, Quantization, tower_formats
 
 # Module-name patterns bitsandbytes must leave unquantized (transformers matches each as a prefix
 # at a module boundary, as a regex, or as a suffix): the aligner's towers (models/towers.py), the
 # retrieval head, and the LLM's output head — a list replaces transformers' automatic skips, so the
 # head is named explicitly.
 DEFAULT_SKIP_MODULES = [
-    *(prefix.rstrip(".") for prefix in prefixes_of(ALIGNER) if prefix.endswith(".")),
+    *modules_of(ALIGNER),
     "retrieval_head",
     "language_model.lm_head",
 ]
@@ -53,10 +61,17 @@ def quantization_config(
     )
 
 
+def load_format(formats: Mapping[str, str]) -> str:
+    """The format `from_pretrained` quantizes in, for towers that hold `formats` ({tower: format}):
+    the LLM's when it is quantized, else the first quantized tower's, else "none"."""
+    order = sorted(formats, key=lambda name: name != "llm")
+    return next((formats[name] for name in order if formats[name] != FULL_PRECISION), FULL_PRECISION)
+
+
 def load_model(
     path: str | Path,
     *,
-    quantization: str = "nf4",
+    quantization: Quantization = "nf4",
     compute_dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu",
     skip_modules: list[str] | None = None,
@@ -67,7 +82,8 @@ def load_model(
     Args:
         path: checkpoint directory with config.json + model.safetensors.
         quantization: "nf4" (NF4 + double quant, QLoRA), "nf4-nodq" (NF4 without double quant),
-            "int8" (LLM.int8), or "none" (plain `compute_dtype` weights).
+            "int8" (LLM.int8), or "none" (plain `compute_dtype` weights); or a format per tower,
+            {"vision": ..., "llm": ...} (`models.weight_formats`; both must be named).
         compute_dtype: dtype of the matmuls and of every non-quantized weight.
         device: where the whole model goes (a single-device map; bitsandbytes quantizes on the way).
         skip_modules: module-name patterns left unquantized; default `DEFAULT_SKIP_MODULES`.
@@ -82,16 +98,81 @@ def load_model(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model checkpoint (config.json) at {path}")
     device = torch.device(device)
+    formats = tower_formats(quantization)
+    on_load = load_format(formats)
+    skip = list(DEFAULT_SKIP_MODULES if skip_modules is None else skip_modules)
+    # Towers of another format than the load's are loaded in compute_dtype (and quantized below).
+    skip += modules_of(name for name, fmt in formats.items() if fmt != on_load)
     config_overrides = {} if retrieval_dim is None else {"retrieval_dim": retrieval_dim}
     model = VideoLlamaForConditionalGeneration.from_pretrained(
         path,
         **config_overrides,
-        quantization_config=quantization_config(quantization, compute_dtype, skip_modules),
+        quantization_config=quantization_config(on_load, compute_dtype, skip),
         dtype=compute_dtype,
         device_map={"": device},
     )
+    for name, fmt in formats.items():
+        if fmt not in (FULL_PRECISION, on_load):
+            quantize_tower(model, name, fmt, compute_dtype, skip)
     keep_4bit_training_layout(model)
     return model
+
+
+def quantize_tower(
+    model: nn.Module, name: str, quantization: str, compute_dtype: torch.dtype, skip_modules: list[str]
+) -> int:
+    """Quantize the linears of tower `name` (one of `QUANTIZED_TOWERS`) of a loaded model in place, as
+    a load in `quantization` would; returns how many it replaced.
+
+    transformers' `replace_with_bnb_linear` swaps every `nn.Linear` of the tower not in
+    `skip_modules` for the bitsandbytes layer of the `BitsAndBytesConfig` a load would use (on meta),
+    then each gets its old weight as the bitsandbytes parameter a load builds (`Params4bit` /
+    `Int8Params`), which quantizes it on the model's device. The model's `is_loaded_in_4bit/8bit`
+    flags are set as a load sets them, so peft wraps these layers with its bitsandbytes LoRA layers.
+    """
+    if name not in QUANTIZED_TOWERS:
+        raise ValueError(f"only the towers {QUANTIZED_TOWERS} are quantized, got {name!r}")
+    config = quantization_config(quantization, compute_dtype)
+    if config is None:
+        raise ValueError(f"quantize_tower needs a 4/8-bit format, got {quantization!r}")
+    own = set(modules_of([name]))
+    others = modules_of(other for other in QUANTIZED_TOWERS if other != name)
+    keep = [m for m in skip_modules if m not in own] + others
+    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    replace_with_bnb_linear(model, modules_to_not_convert=keep, quantization_config=config)
+    replaced = 0
+    for module_name, old in linears.items():
+        new = model.get_submodule(module_name)
+        if new is old:
+            continue
+        kwargs = dict(new.weight.__dict__)
+        kwargs.pop("SCB", None)
+        param_cls = bnb.nn.Int8Params if config.load_in_8bit else bnb.nn.Params4bit
+        # To the CPU first, as transformers' own int8 quantization does: Int8Params quantizes on a
+        # move away from the CPU, or within it.
+        new.weight = param_cls(old.weight.data.to("cpu"), requires_grad=False, **kwargs).to(old.weight.device)
+        new.bias = old.bias
+        replaced += 1
+    if config.load_in_8bit:
+        model.is_loaded_in_8bit = True
+    else:
+        model.is_loaded_in_4bit = True
+    return replaced
+
+
+def model_formats(model: nn.Module) -> dict[str, str]:
+    """The format each of `QUANTIZED_TOWERS` of a loaded (or `models.footprint.meta_model`) model
+    holds, read off its layers: "int8", "nf4" / "nf4-nodq" (double quantization or not), or "none"."""
+    formats = dict.fromkeys(QUANTIZED_TOWERS, FULL_PRECISION)
+    for module_name, module in model.named_modules():
+        name = tower_of(module_name)
+        if name not in formats:
+            continue
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            formats[name] = "int8"
+        elif isinstance(module, bnb.nn.Linear4bit):
+            formats[name] = "nf4" if module.weight.compress_statistics else "nf4-nodq"
+    return formats
 
 
 def keep_4bit_training_layout(model: nn.Module) -> int:

@@ -99,6 +99,7 @@ def _resolve_targets(model: nn.Module, method: AdapterMethod, options: AdapterOp
     if modules_to_save is None:
         # A tower that gets LoRA ranks is no longer trained in full next to them.
         modules_to_save = [m for m in DEFAULT_MODULES_TO_SAVE if not (grouped and tower_of(m) in patterns)]
+    modules_to_save = [*modules_to_save, *(m for m in method.trained_modules if m not in modules_to_save)]
     modules_to_save = with_retrieval_head(model, modules_to_save)
     return _Targets(grouped, target_modules, groups, patterns, linears, modules_to_save)
 

@@ -6,14 +6,14 @@ them and the trainer, compat checks, export and benchmarks read them instead of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
 from torch import nn
 
-from .loading import QUANTIZATIONS
+from .weight_formats import FULL_PRECISION, QUANTIZATIONS
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,19 @@ class Base:
 
     formats: tuple[str, ...]
     label: str
+
+    def admits(self, held: Collection[str]) -> bool:
+        """Whether a model whose towers hold the formats `held` is such a base.
+
+        Every held format must be one of `formats`, except that a quantized base (one without
+        "none") also admits 16-bit towers beside at least one tower in its formats: hybrid bit
+        widths such as {vision: none, llm: nf4} are QLoRA.
+        """
+        held = set(held)
+        if FULL_PRECISION in self.formats:
+            return held <= set(self.formats)
+        quantized = held - {FULL_PRECISION}
+        return bool(quantized) and quantized <= set(self.formats)
 
 
 ANY_BASE = Base(QUANTIZATIONS, "any format")
@@ -159,6 +172,10 @@ class AdapterMethod:
         saved_as: its saved format (`models.adapter_io`).
         default_placement: the towers (a `PLACEMENTS` key) adapted when neither placement nor
             targets are given; None when it places nothing.
+        trained_modules: modules it always trains in full and saves with its adapter, beside
+            `modules_to_save` (given or default): the temporal methods' order pathway, the frame
+            position embedding (`models.towers.FRAME_POSITION_EMBEDDING`), without which nothing
+            trainable tells the video Q-Former where in the clip a frame was.
         counterpart: the same method on the other kind of base (lora ↔ qlora), for error hints.
         step_update: called as (model, step) after every optimizer step's backward, before the step
             clears the gradients (it reads `.grad`, so it needs them whole: ZeRO stage 0).
@@ -176,6 +193,7 @@ class AdapterMethod:
     trains: bool = True
     saved_as: str = PEFT_FORMAT
     default_placement: str | None = None
+    trained_modules: tuple[str, ...] = ()
     counterpart: str | None = None
     step_update: Callable[[nn.Module, int], None] | None = None
 

@@ -30,13 +30,15 @@ from .method_spec import (
     GroupedRanks,
 )
 from .rank_allocation import adalora_update
+from .towers import FRAME_POSITION_EMBEDDING
 
 
 def _lora(
     name: str, summary: str, weight_format: str, base: Base, *, frame_gates: bool = False, **declared: Any
 ) -> AdapterMethod:
     """A LoRA-family declaration: peft LoRA on both towers unless told otherwise, per-tower ranks
-    optional; a frame-gated update differs per frame, so no weight matrix holds it: not mergeable."""
+    optional; a frame-gated update differs per frame, so no weight matrix holds it: not mergeable.
+    Frame-gated methods also train the frame position embedding (the order pathway)."""
     family = AdapterMethod(
         name,
         summary,
@@ -48,6 +50,7 @@ def _lora(
         grouped_ranks=GroupedRanks.OPTIONAL,
         mergeable=not frame_gates,
         default_placement="both",
+        trained_modules=(FRAME_POSITION_EMBEDDING,) if frame_gates else (),
     )
     return dataclasses.replace(family, **declared)
 

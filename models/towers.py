@@ -56,6 +56,10 @@ class Tower:
         return f"{name}.".startswith(self.prefixes)
 
 
+# The embedding [max_frames, D_q] of each kept frame's place in the clip, added to its frame tokens before
+# the video Q-Former: with it, the only part of the model that can tell frames apart by their order.
+FRAME_POSITION_EMBEDDING = "frame_position_embedding"
+
 # BLIP-2 vision towers: BLIP-2 `qkv` / `projection`, CLIP / SigLIP `q/k/v/out_proj`, `mlp.fc1` / `fc2`;
 # the `(.*\.)?` admits wrappers that nest the encoder (CLIP's vision_model.vision_model).
 # Every `layer` regex ends in the layer's index.
@@ -90,7 +94,7 @@ TOWERS: tuple[Tower, ...] = (
     # The frame position embedding is added to the frame tokens the video Q-Former reads.
     Tower(
         "video_qformer",
-        prefixes=("video_qformer.", "video_query_tokens", "frame_position_embedding."),
+        prefixes=("video_qformer.", "video_query_tokens", f"{FRAME_POSITION_EMBEDDING}."),
         linears=rf"video_qformer\.{_QFORMER_LAYER}{_QFORMER_LINEARS}",
         layer=rf"video_qformer\.{_QFORMER_LAYER}",
     ),
@@ -110,8 +114,18 @@ _BY_NAME = {t.name: t for t in TOWERS}
 # Named groups of towers.
 FUSION = ("frame_qformer", "video_qformer")
 ALIGNER = (*FUSION, "projection")
-# `adapter.placement`: the towers that get adapters.
-PLACEMENTS: dict[str, tuple[str, ...]] = {"vision": ("vision",), "llm": ("llm",), "both": ("vision", "llm")}
+# `adapter.placement`: the towers that get adapters. "both" is the ViT and the LLM (the QLoRA setting);
+# "fusion" the two Q-Formers; "all" every tower with attention / MLP layers.
+PLACEMENTS: dict[str, tuple[str, ...]] = {
+    "vision": ("vision",),
+    "fusion": FUSION,
+    "llm": ("llm",),
+    "both": ("vision", "llm"),
+    "all": ("vision", *FUSION, "llm"),
+}
+# The towers a quantized load stores in 4/8 bit (`model.quantization`, one format each); the aligner
+# stays in the compute dtype (`models.loading`).
+QUANTIZED_TOWERS = ("vision", "llm")
 # The towers a BLIP-2 checkpoint provides, and the video branch Video-LLaMA adds on top of them.
 BLIP2_TOWERS = ("vision", "frame_qformer")
 VIDEO_BRANCH = ("video_qformer", "projection")
@@ -136,6 +150,12 @@ def tower_of(name: str) -> str | None:
 def prefixes_of(names: Iterable[str]) -> tuple[str, ...]:
     """Parameter-name prefixes of the towers `names`, in that order (for `str.startswith`)."""
     return tuple(prefix for name in names for prefix in tower(name).prefixes)
+
+
+def modules_of(names: Iterable[str]) -> list[str]:
+    """Module names of the towers `names` (their prefixes that name a module, without the dot), as
+    bitsandbytes skip lists take them: ["vision_model"], ["qformer", "video_qformer", ...]."""
+    return [prefix.rstrip(".") for prefix in prefixes_of(names) if prefix.endswith(".")]
 
 
 def linear_patterns(names: Iterable[str]) -> dict[str, str]:

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from .adapters import apply_adapter
-from .footprint import FORMATS, LLAMA_VOCAB_SIZE, meta_model, preset_config, stored_bytes
+from .footprint import FORMATS, LLAMA_VOCAB_SIZE, format_name, meta_model, preset_config, stored_bytes
 from .methods import adapter_method
 from .parameters import logical_numel
+from .weight_formats import Quantization, canonical, tower_formats
 
 # Bytes per trainable parameter: bf16 weight and gradient; fp32 master weight, Adam's m and v.
 TRAINABLE_BYTES = {"weights": 2, "gradients": 2, "optimizer": 12}
@@ -75,8 +76,11 @@ def train_state(
     options: Mapping[str, Any] | None = None,
     vocab_size: int = LLAMA_VOCAB_SIZE,
     cache: dict[tuple, int] | None = None,
+    quantization: Quantization = "auto",
 ) -> dict[str, Any]:
-    """`model_train_state` of ``method`` with ``options`` (`apply_adapter` keywords) at ``preset``.
+    """`model_train_state` of ``method`` with ``options`` (`apply_adapter` keywords) at ``preset``,
+    its frozen towers in ``quantization`` (`model.quantization`: one format or one per tower; towers
+    it leaves out, and "auto", take the method's weight format).
 
     Budget allocators need calibration batches, which a meta model cannot run: pass the ranks they
     chose (``ranks``, static allocation) instead.
@@ -88,13 +92,14 @@ def train_state(
             "the ranks it allocated (the run's adapter/allocation.json) as ranks"
         )
     spec = adapter_method(method)
-    fmt = _FORMAT_OF_QUANTIZATION[spec.weight_format]
+    resolved = canonical(tower_formats(quantization, default=spec.weight_format))
+    fmt = _FORMAT_OF_QUANTIZATION[resolved] if isinstance(resolved, str) else resolved
     # Building and adapting the model draws initial values: the caller's random state (a training
     # run's, restored from a checkpoint) must be the same afterwards.
     with torch.random.fork_rng(devices=[]):
         model = apply_adapter(meta_model(preset_config(preset, vocab_size), fmt), method, **options)
         state = model_train_state(model, cache)
-    return {"preset": preset, "method": method, "weight_format": fmt, **state}
+    return {"preset": preset, "method": method, "weight_format": format_name(fmt), **state}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,13 +6,14 @@ worse, trains silently wrong) is caught here with a message that says what to ch
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from models.loading import QUANTIZATIONS
 from models.method_spec import INT8_BASE, AdapterMethod
 from models.methods import METHODS
+from models.weight_formats import FULL_PRECISION, Quantization, canonical, describe, tower_formats
 from trainer.config import ConfigError, RunConfig
 from trainer.ds_config import zero_stage
 from trainer.evaluation.frame_views import CONTROLS
@@ -31,23 +32,33 @@ def _method(cfg: RunConfig) -> AdapterMethod:
     return method
 
 
-def resolve_quantization(cfg: RunConfig) -> str:
+def resolve_quantization(cfg: RunConfig) -> Quantization:
     """model.quantization with "auto" replaced by the method's own; a contradiction is a ConfigError.
 
-    The trainer writes the result back into the config before anything reads it, so the run config
-    that is logged and saved next to the adapter names the real weight format.
+    A mapping over the towers ({vision: int8, llm: nf4}, `models.weight_formats`) has its towers left
+    out (or "auto") set to the method's own format, and becomes the one format when every tower holds
+    the same. The trainer writes the result back into the config before anything reads it, so the
+    run config that is logged and saved next to the adapter names the real weight format.
     """
     quant, method = cfg.model.quantization, _method(cfg)
-    if quant == "auto":
-        return method.weight_format
+    formats = _tower_formats(quant, default=method.weight_format)
     # A method named for one weight format (qlora8) contradicts any other explicit one.
-    if method.base is INT8_BASE and quant not in method.base.formats:
+    if method.base is INT8_BASE and not method.base.admits(formats.values()):
         raise ConfigError(
-            f"adapter.method={method.name} is {method.summary} but model.quantization={quant}: "
+            f"adapter.method={method.name} is {method.summary} but model.quantization={describe(formats)}: "
             f"set model.quantization={method.weight_format} or auto (or use adapter.method={method.counterpart} "
             "for NF4)"
         )
-    return quant
+    return canonical(formats)
+
+
+def _tower_formats(quant: Quantization, default: str | None = None) -> dict[str, str]:
+    """model.quantization's format per tower; a ConfigError naming the key otherwise."""
+    try:
+        return tower_formats(quant, default)
+    except ValueError as err:
+        auto = "" if default is not None else " (auto is resolved by trainer.compat.resolve_quantization)"
+        raise ConfigError(f"model.{err}; or auto{auto}") from None
 
 
 def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
@@ -56,30 +67,35 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
     method = _method(cfg)
     stage = zero_stage(ds)
     zero = ds.get("zero_optimization", {})
-    if quant not in QUANTIZATIONS:
-        raise ConfigError(
-            f"model.quantization must be auto or one of {', '.join(QUANTIZATIONS)} (auto is resolved by "
-            f"trainer.compat.resolve_quantization before this check); got {quant!r}"
-        )
-    if quant not in method.base.formats:
+    formats = _tower_formats(quant)
+    held = set(formats.values())
+    if not method.base.admits(held):
         hint = (
             f"use adapter.method={method.counterpart}"
-            if method.counterpart is not None and quant in METHODS[method.counterpart].base.formats
+            if method.counterpart is not None and METHODS[method.counterpart].base.admits(held)
             else f"set model.quantization={method.weight_format}"
         )
         raise ConfigError(
-            f"adapter.method={method.name} needs a {method.base.label} base but model.quantization={quant}: {hint}"
+            f"adapter.method={method.name} needs a {method.base.label} base but "
+            f"model.quantization={describe(formats)}: {hint}"
         )
     unknown_views = sorted(set(cfg.eval.controls) - set(CONTROLS))
     if unknown_views:
-        raise ConfigError(f"eval.controls: unknown view(s) {unknown_views}; choose from {list(CONTROLS)} (or [])")
+        raise ConfigError(
+            f"eval.controls: unknown view(s) {unknown_views}; choose from {list(CONTROLS)} (or [])"
+        )
     check_optimizer(cfg, ds)
-    if stage == 3 and quant == "int8":
+    int8 = [name for name, fmt in formats.items() if fmt == "int8"]
+    if stage == 3 and int8:
+        keys = (
+            ", ".join(f"model.quantization.{name}" for name in int8) if isinstance(quant, Mapping) else None
+        )
         raise ConfigError(
             "ZeRO-3 cannot partition bitsandbytes int8 weights (Int8Params keep their own layout): "
-            "use model.quantization=nf4 or a ZeRO-2 config"
+            f"{keys or 'model.quantization'}=int8 with deepspeed.config={cfg.deepspeed.config} (ZeRO stage 3); "
+            f"use nf4 or none for {keys or 'model.quantization'}, or a ZeRO-2 config"
         )
-    if stage == 3 and quant != "none" and "offload_param" in zero:
+    if stage == 3 and held != {FULL_PRECISION} and "offload_param" in zero:
         raise ConfigError(
             "ZeRO-3 parameter offload moves the packed 4-bit weights without their quantization state: "
             "offload the optimizer only (ds_configs/zero3_offload.json)"

@@ -36,7 +36,10 @@ class ModelConfig:
     preset: str | None = None
     # Weight format of the frozen towers: nf4 (+ double quant), nf4-nodq, int8 or none (16/32 bit);
     # auto: the adapter method's own (trainer.compat.METHOD_QUANTIZATION: qlora nf4, qlora8 int8, lora none).
-    quantization: str = "auto"
+    # Or one per quantized tower (models.weight_formats), e.g. {vision: int8, llm: nf4} or
+    # {vision: none, llm: nf4}; a tower left out takes the method's own. The Q-Formers and the
+    # projection are never quantized.
+    quantization: str | dict[str, str] = "auto"
     # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32.
     dtype: str = "auto"
     gradient_checkpointing: bool = False
@@ -107,7 +110,8 @@ class AdapterConfig:
     group_patterns: dict[str, str] | None = None
     gate: GateConfig = field(default_factory=GateConfig)
     adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
-    # Towers that get adapters: vision | llm | both; null: the method's default (both for the LoRA
+    # Towers that get adapters (models.towers.PLACEMENTS): vision | fusion (both Q-Formers) | llm |
+    # both (vision + llm) | all (vision + fusion + llm); null: the method's default (both for the LoRA
     # family, llm for adapter; prefix is LLM-only). Not with ranks / target_modules.
     placement: str | None = None
     # Prefix tuning (method=prefix): learned key/value pairs per LLM layer.

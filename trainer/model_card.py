@@ -10,6 +10,7 @@ file; `write_model_card` replaces it after every save and once more after the fi
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from models.method_spec import PEFT_FORMAT, WHOLE_MODEL_FORMAT
 from models.methods import adapter_method
+from models.towers import QUANTIZED_TOWERS
+from models.weight_formats import describe, tower_formats
 
 CARD_NAME = "README.md"
 # The Hub's task for a model that reads a video (and text) and writes text.
@@ -104,8 +107,12 @@ def model_card(
     sections = [
         f"# Video-LLaMA {method.name} adapter ({dataset})",
         f"{method.summary[0].upper() + method.summary[1:]}, trained with multimodal-qlora on `{base}` "
-        f"({model['quantization']} weights).",
-        "## Method\n\n" + _table(_method_rows(method, adapter, trainable_params, total_params, allocation)),
+        f"({describe(model['quantization'])} weights).",
+        "## Method\n\n"
+        + _table(
+            _method_rows(method, adapter, trainable_params, total_params, allocation)
+            + _format_rows(model["quantization"], model.get("dtype"))
+        ),
         "## Data\n\n" + _table(_data_rows(data, run_config.get("selector", {}))),
         "## Training\n\n" + _table(_training_rows(train, run_config, run_info)),
         "## Evaluation\n\n" + _evaluation(scores, chance, eval_step),
@@ -158,6 +165,15 @@ def _method_rows(
         rows.append(("trainable parameters", f"{trainable:,}{share}"))
     rows.append(("per-frame gates", "yes" if method.frame_gates else "no"))
     rows.append(("mergeable into the base", "yes" if method.mergeable else "no"))
+    return rows
+
+
+def _format_rows(quantization: Any, dtype: str | None) -> list[tuple[str, str]]:
+    """The weight format of each tower: the quantized towers' (`model.quantization`), the rest in the
+    compute dtype."""
+    formats = tower_formats(quantization)
+    rows = [(f"weights: `{name}`", f"`{formats[name]}`") for name in QUANTIZED_TOWERS]
+    rows.append(("weights: Q-Formers, projection", f"compute dtype (`model.dtype={dtype}`)"))
     return rows
 
 
@@ -218,7 +234,7 @@ def _loading(method: Any, model: dict[str, Any], train: dict[str, Any]) -> str:
     code = (
         "from models.adapters import load_adapter\n"
         "from models.loading import load_model\n\n"
-        f'base = load_model("{base}", quantization="{model["quantization"]}"{head})\n'
+        f'base = load_model("{base}", quantization={json.dumps(model["quantization"])}{head})\n'
         'model = load_adapter(base, "<this folder>")'
     )
     text = f"```python\n{code}\n```"

@@ -145,7 +145,7 @@ def analytic_memory(cfg: RunConfig, allocation: dict[str, Any] | None) -> dict[s
         options.update(
             allocation="static", budget=None, ranks={g: v["rank"] for g, v in allocation["groups"].items()}
         )
-    state = train_state(preset, cfg.adapter.method, options)
+    state = train_state(preset, cfg.adapter.method, options, quantization=cfg.model.quantization)
     names = {
         "frozen_weights": "frozen_weight_bytes",
         "trainable_weights": "trainable_weight_bytes",

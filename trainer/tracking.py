@@ -353,7 +353,7 @@ def start_run(
         cfg.tracking.run_name,
         spool_path=spool_path,
         flush_interval_s=cfg.tracking.flush_interval_s,
-        tags={"adapter.method": cfg.adapter.method, "model.quantization": cfg.model.quantization},
+        tags={"adapter.method": cfg.adapter.method, "model.quantization": param_text(cfg.model.quantization)},
         artifact_location=cfg.tracking.artifact_location,
         resume_run_id=resume_run_id,
     )

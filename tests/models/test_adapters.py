@@ -4,6 +4,8 @@ from peft import PeftModel
 
 from models.adapters import apply_adapter, load_adapter, save_adapter, trainable_parameter_count
 from models.loading import load_model
+from models.methods import uses_frame_gates
+from models.towers import FRAME_POSITION_EMBEDDING, PLACEMENTS, prefixes_of, tower_of
 
 
 def _nf4(path):
@@ -104,7 +106,7 @@ def test_parameter_count_counts_4bit_values(tiny_ckpt):
 
 
 # --- every method: trains, saves (save_adapter = the trainer's export), reloads bit for bit -----------
-_METHOD_BASES = {"qlora8": "int8", "prefix": "nf4", "adapter": "nf4"}
+_METHOD_BASES = {"qlora8": "int8", "prefix": "nf4", "adapter": "nf4", "temporal_qlora": "nf4"}
 
 
 def _trained(model, batch, steps=2):
@@ -121,6 +123,7 @@ def _trained(model, batch, steps=2):
     ("method", "kwargs"),
     [
         ("qlora8", {}),
+        ("temporal_qlora", {"placement": "all"}),
         ("prefix", {"num_virtual_tokens": 4}),
         ("adapter", {"placement": "both", "bottleneck": {"dim": 8}}),
         ("full", {}),
@@ -133,6 +136,8 @@ def test_every_method_round_trips_bit_for_bit(tiny_ckpt, batch, tmp_path, method
     def base():
         return load_model(tiny_ckpt, quantization=quantization, compute_dtype=torch.float32, device="cpu")
 
+    if uses_frame_gates(method):  # the gates read the selector's per-frame scores
+        batch = {**batch, "frame_scores": torch.rand(2, 4, 3, generator=torch.Generator().manual_seed(1))}
     model = apply_adapter(base(), method, **kwargs)
     trained_names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained_names
@@ -141,6 +146,9 @@ def test_every_method_round_trips_bit_for_bit(tiny_ckpt, batch, tmp_path, method
         expected = model(**batch).logits
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if n in trained_names}
 
+    if uses_frame_gates(method):  # the order pathway trained and is saved with the adapter
+        position = next(v for n, v in trained.items() if FRAME_POSITION_EMBEDDING in n)
+        assert not torch.equal(position, base().get_submodule(FRAME_POSITION_EMBEDDING).weight)
     save_adapter(model, tmp_path / "adapter")
     reloaded = load_adapter(base(), tmp_path / "adapter").eval()
     params = dict(reloaded.named_parameters())
@@ -166,16 +174,69 @@ def test_frozen_is_zero_shot_and_saves_nothing_trainable(tiny_ckpt, batch, tmp_p
         assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
 
 
+def _adapted(model):
+    """Names (in the unwrapped model) of the modules peft gave a LoRA adapter."""
+    return {n.removeprefix("base_model.model.").removesuffix(".lora_A.default") for n in _lora_modules(model)}
+
+
 @pytest.mark.parametrize(
-    ("placement", "towers"), [("vision", {"vision"}), ("llm", {"llm"}), ("both", {"vision", "llm"})]
+    ("placement", "towers"),
+    [
+        ("vision", {"vision"}),
+        ("fusion", {"frame_qformer", "video_qformer"}),
+        ("llm", {"llm"}),
+        ("both", {"vision", "llm"}),
+        ("all", {"vision", "frame_qformer", "video_qformer", "llm"}),
+    ],
 )
 def test_lora_placement_picks_the_towers(tiny_ckpt, placement, towers):
     model = apply_adapter(_nf4(tiny_ckpt), "qlora", placement=placement)
-    names = _lora_modules(model)
-    found = {"vision" for n in names if ".vision_model." in n} | {
-        "llm" for n in names if ".language_model." in n
+    assert {tower_of(n) for n in _adapted(model)} == towers
+
+
+def test_fusion_placement_adapts_exactly_the_qformer_linears_and_trains_them(tiny_ckpt, batch):
+    """fusion = every linear of both Q-Formers (attention q/k/v/output, cross-attention, query MLP),
+    nothing else; all = the union of vision, fusion and llm."""
+    plain = load_model(tiny_ckpt, quantization="none", compute_dtype=torch.float32, device="cpu")
+    qformers = prefixes_of(PLACEMENTS["fusion"])
+    qformer_linears = {
+        n for n, m in plain.named_modules() if isinstance(m, torch.nn.Linear) and f"{n}.".startswith(qformers)
     }
-    assert found == towers and not any("qformer" in n for n in names)
+    assert len(qformer_linears) == 16 + 20  # frame Q-Former: 1 cross-attention layer of 2; video: 2 of 2
+    model = apply_adapter(_nf4(tiny_ckpt), "qlora", placement="fusion", r=4)
+    assert _adapted(model) == qformer_linears
+    parts = [
+        _adapted(apply_adapter(_nf4(tiny_ckpt), "qlora", placement=p)) for p in ("vision", "fusion", "llm")
+    ]
+    assert _adapted(apply_adapter(_nf4(tiny_ckpt), "qlora", placement="all")) == set.union(*parts)
+
+    model.train()
+    model(**batch).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
+    assert len(grads) == len(qformer_linears)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), [
+        n for n, g in grads.items() if g is None or g.abs().sum() == 0
+    ]
+
+
+@pytest.mark.parametrize("modules_to_save", [None, ["video_projection"]])
+def test_temporal_methods_train_the_frame_position_embedding(tiny_ckpt, batch, modules_to_save):
+    """The order pathway: under frame-gated methods the frame position embedding trains (peft's
+    modules_to_save copy) even when modules_to_save is given; plain qlora leaves it frozen."""
+    scored = {**batch, "frame_scores": torch.rand(2, 4, 3, generator=torch.Generator().manual_seed(1))}
+    options = {} if modules_to_save is None else {"modules_to_save": modules_to_save}
+    model = apply_adapter(_nf4(tiny_ckpt), "temporal_qlora", **options)
+    position = f"base_model.model.{FRAME_POSITION_EMBEDDING}.modules_to_save.default.weight"
+    params = dict(model.named_parameters())
+    assert params[position].requires_grad
+    model.train()
+    model(**scored).loss.backward()
+    grad = params[position].grad
+    # Only the rows of the kept frames' positions (4 frames: rows 0-3) are read, so only they learn.
+    assert grad[:4].abs().sum(dim=1).min() > 0 and grad[4:].abs().sum() == 0
+
+    qlora = apply_adapter(_nf4(tiny_ckpt), "qlora")
+    assert not any(FRAME_POSITION_EMBEDDING in n for n, p in qlora.named_parameters() if p.requires_grad)
 
 
 def test_prefix_generation_matches_forward(tiny_ckpt, batch, processor):

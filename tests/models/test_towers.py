@@ -161,7 +161,9 @@ def test_assembly_and_conversion_prefixes_are_the_old_ones():
 def test_named_groups_are_towers():
     assert FUSION == ("frame_qformer", "video_qformer")
     assert ALIGNER == (*FUSION, "projection")
-    assert set(PLACEMENTS) == {"vision", "llm", "both"}
+    assert set(PLACEMENTS) == {"vision", "fusion", "llm", "both", "all"}
+    assert PLACEMENTS["fusion"] == FUSION and PLACEMENTS["both"] == ("vision", "llm")
+    assert set(PLACEMENTS["all"]) == {*PLACEMENTS["vision"], *FUSION, *PLACEMENTS["llm"]}
     for names in [FUSION, ALIGNER, *PLACEMENTS.values()]:
         assert all(name in TOWER_NAMES for name in names)
     with pytest.raises(ValueError, match="unknown tower 'audio'"):

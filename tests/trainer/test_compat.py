@@ -60,3 +60,56 @@ def test_prefix_adapter_frozen_take_either_base(method, quantization):
     cfg = _cfg(f"adapter.method={method}", f"model.quantization={quantization}")
     cfg.model.quantization = resolve_quantization(cfg)
     check_compatibility(cfg, load_ds_config(cfg, 1, CPU, torch.float32), CPU, torch.float32)
+
+
+# --- per-tower weight formats: model.quantization={vision: ..., llm: ...} -------------------------------
+def test_a_quantization_mapping_is_read_and_resolved_against_the_method():
+    cfg = _cfg("adapter.method=qlora", "model.quantization={vision: none}")
+    assert cfg.model.quantization == {"vision": "none"}
+    assert resolve_quantization(cfg) == {"vision": "none", "llm": "nf4"}  # the unnamed LLM: qlora's nf4
+    same = _cfg("adapter.method=qlora", "model.quantization={vision: int8, llm: int8}")
+    assert resolve_quantization(same) == "int8"  # one format for every tower is that format
+    assert resolve_quantization(_cfg("adapter.method=qlora8", "model.quantization={vision: none}")) == {
+        "vision": "none",
+        "llm": "int8",
+    }
+    with pytest.raises(
+        ConfigError, match=r"qlora8 is LoRA on an int8 base but model.quantization=vision nf4"
+    ):
+        resolve_quantization(_cfg("adapter.method=qlora8", "model.quantization={vision: nf4}"))
+    with pytest.raises(ConfigError, match=r"model.quantization names \['projection'\]"):
+        resolve_quantization(_cfg("model.quantization={projection: int8}"))
+    with pytest.raises(ConfigError, match=r"model.quantization.llm must be one of"):
+        resolve_quantization(_cfg("model.quantization={llm: fp8}"))
+    with pytest.raises(ConfigError, match=r"model.quantization: 3 fits none of"):
+        _cfg("model.quantization=3")
+
+
+def _checked(*overrides):
+    cfg = _cfg(*overrides)
+    cfg.model.quantization = resolve_quantization(cfg)
+    check_compatibility(cfg, load_ds_config(cfg, 1, CPU, torch.float32), CPU, torch.float32)
+    return cfg
+
+
+def test_mixed_formats_are_checked_against_the_method_and_zero3():
+    _checked("adapter.method=qlora", "model.quantization={vision: int8, llm: nf4}")
+    _checked(
+        "adapter.method=temporal_qlora",
+        "model.quantization={vision: none}",
+        "deepspeed.config=ds_configs/zero3.json",
+    )
+    with pytest.raises(
+        ConfigError, match=r"lora needs a 16/32-bit base but model.quantization=vision int8, llm none"
+    ):
+        _checked("adapter.method=lora", "model.quantization={vision: int8}")
+    with pytest.raises(
+        ConfigError,
+        match=r"ZeRO-3 cannot partition bitsandbytes int8 weights .*: model.quantization.vision=int8 with "
+        r"deepspeed.config=ds_configs/zero3.json",
+    ):
+        _checked(
+            "adapter.method=qlora",
+            "model.quantization={vision: int8, llm: nf4}",
+            "deepspeed.config=ds_configs/zero3.json",
+        )

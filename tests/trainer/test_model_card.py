@@ -70,3 +70,13 @@ def test_named_shards_are_the_dataset_and_a_retrieval_head_is_loaded(tmp_path):
     card = ModelCard.load(write_model_card(tmp_path, cfg, RUN_INFO, eval_scores={"eval/cider": 1.0}))
     assert card.data.eval_results[0].dataset_name == "train"
     assert "retrieval_dim=128" in card.text
+
+
+def test_card_names_the_format_of_each_tower(tmp_path):
+    cfg = run_config("adapter.method=qlora")
+    cfg["model"]["quantization"] = {"vision": "int8", "llm": "nf4"}  # as a run resolves the mapping
+    text = ModelCard.load(write_model_card(tmp_path, cfg, RUN_INFO)).text
+    assert "(vision int8, llm nf4 weights)" in text
+    assert "| weights: `vision` | `int8` |" in text and "| weights: `llm` | `nf4` |" in text
+    assert "| weights: Q-Formers, projection | compute dtype" in text
+    assert 'quantization={"vision": "int8", "llm": "nf4"}' in text  # the loading code, as Python
