@@ -20,7 +20,7 @@ import bitsandbytes as bnb
 import torch
 from torch import nn
 from transformers import BitsAndBytesConfig
-from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+from transformers.integrations.bitsandbytes import dequantize_and_replace, replace_with_bnb_linear
 
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .towers import ALIGNER, QUANTIZED_TOWERS, modules_of, tower_of
@@ -158,6 +158,28 @@ def quantize_tower(
     else:
         model.is_loaded_in_4bit = True
     return replaced
+
+
+def dequantize_model(model: nn.Module, quantization: Quantization) -> nn.Module:
+    """`model`, loaded by `load_model` in `quantization`, with every bitsandbytes linear turned back
+    into an `nn.Linear` of the dequantized weights in the load's dtype (to merge adapters into).
+
+    The load's own format goes through transformers' `model.dequantize()`; a tower quantized after
+    the load (`quantize_tower`) through the same transformers call with its format's config. The
+    "loaded in 4/8 bit" flags are cleared, so peft then sees a plain model.
+    """
+    formats = tower_formats(quantization)
+    on_load = load_format(formats)
+    if on_load == FULL_PRECISION:
+        return model
+    dtype = model.config.dtype
+    model = model.dequantize()
+    for fmt in sorted(set(formats.values()) - {FULL_PRECISION, on_load}):
+        model = dequantize_and_replace(
+            model, quantization_config=quantization_config(fmt, dtype), dtype=dtype
+        )
+    model.is_loaded_in_4bit = model.is_loaded_in_8bit = False
+    return model
 
 
 def model_formats(model: nn.Module) -> dict[str, str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from models.loading import load_model
+from models.loading import dequantize_model, load_model
 from models.method_spec import WHOLE_MODEL_FORMAT
 from models.methods import METHODS, adapter_method
 from models.modeling_video_llama import VideoLlamaForConditionalGeneration
@@ -56,10 +56,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dty
     base = load_model(
         model_cfg["name_or_path"], quantization=model_cfg["quantization"], compute_dtype=dtype, device="cpu"
     )
-    if model_cfg["quantization"] != "none":
-        base = base.dequantize()
-        # transformers leaves the "loaded in 4 bit" flags set; peft would then pick its bnb layers.
-        base.is_loaded_in_4bit = base.is_loaded_in_8bit = False
+    base = dequantize_model(base, model_cfg["quantization"])
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged = merged.to(dtype)
     merged.save_pretrained(out_dir)

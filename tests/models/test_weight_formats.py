@@ -131,3 +131,17 @@ def test_footprint_and_train_state_report_each_towers_format():
     assert vit16["weight_format"] == "vision none, llm nf4" and nf4["weight_format"] == "nf4-dq"
     assert vit16["frozen_weight_bytes"] > nf4["frozen_weight_bytes"]
     assert vit16["trainable_params"] == nf4["trainable_params"]
+
+
+def test_a_mixed_base_dequantizes_every_tower_for_merging(tiny_ckpt):
+    from models.loading import dequantize_model
+
+    plain = _load(tiny_ckpt, "none")
+    merged = dequantize_model(_load(tiny_ckpt, INT8_VIT), INT8_VIT)
+    assert not any(isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)) for m in merged.modules())
+    assert not merged.is_loaded_in_4bit and not merged.is_loaded_in_8bit
+    # Within each format's rounding (measured: int8 0.006, NF4 0.092 of the weight's norm).
+    for name, error in ((VIT_FC1, 0.02), (LLM_UP, 0.15)):
+        weight, reference = merged.get_submodule(name).weight, plain.get_submodule(name).weight
+        assert type(merged.get_submodule(name)) is nn.Linear and weight.dtype == reference.dtype
+        assert (weight - reference).norm() < error * reference.norm(), name

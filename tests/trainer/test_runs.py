@@ -278,8 +278,20 @@ def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path)
         ["adapter.method=prefix", "adapter.num_virtual_tokens=8"],
         ["adapter.method=adapter", "adapter.placement=both", "adapter.bottleneck.dim=8"],
         ["adapter.method=frozen", "eval.num_samples=4", "eval.batch_size=4"],
+        ["adapter.method=qlora", "adapter.placement=fusion"],
+        ["adapter.method=qlora", "model.quantization={vision: int8, llm: nf4}"],
     ],
-    ids=["temporal_qlora", "ranked_qlora_entropy", "adalora", "qlora8", "prefix", "adapter", "frozen"],
+    ids=[
+        "temporal_qlora",
+        "ranked_qlora_entropy",
+        "adalora",
+        "qlora8",
+        "prefix",
+        "adapter",
+        "frozen",
+        "qlora_fusion",
+        "qlora_int8_vit",
+    ],
 )
 def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeypatch, overrides):
     """Every method trains through the real Trainer + DeepSpeed engine (in this process: `train.main`,
@@ -314,12 +326,36 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
         assert abs(summary["trainable_params"] - 60000) <= 0.02 * 60000
     run_config = json.loads((run_dir / "adapter/run_config.json").read_text())
     quantization = run_config["model"]["quantization"]  # "auto" resolved by the trainer
-    assert quantization == ("int8" if "qlora8" in overrides[0] else "nf4")
+    mixed = {"vision": "int8", "llm": "nf4"}
+    assert quantization == (
+        "int8" if "qlora8" in overrides[0] else mixed if "llm: nf4" in overrides[1] else "nf4"
+    )
     base = load_model(
-        run_config["model"]["name_or_path"], quantization=quantization, compute_dtype=torch.float32, device="cpu"
+        run_config["model"]["name_or_path"],
+        quantization=quantization,
+        compute_dtype=torch.float32,
+        device="cpu",
     )
     model = load_adapter(base, run_dir / "adapter")
     assert not any(p.requires_grad for p in model.parameters())  # loaded for inference
+    if "temporal" in overrides[0] or "adapter.placement=fusion" in overrides:
+        from safetensors.torch import load_file
+
+        from models.towers import FRAME_POSITION_EMBEDDING, tower_of
+
+        weights = load_file(run_dir / "adapter/adapter_model.safetensors")
+        checkpointed = trained_weights(run_dir)
+        if "temporal" in overrides[0]:  # the order pathway trained, checkpointed and exported alike
+            key = next(k for k in checkpointed if FRAME_POSITION_EMBEDDING in k)
+            exported = next(v for k, v in weights.items() if FRAME_POSITION_EMBEDDING in k)
+            base_value = model.base_model.model.get_submodule(FRAME_POSITION_EMBEDDING).original_module.weight
+            assert torch.equal(checkpointed[key].to(exported.dtype), exported)
+            assert not torch.equal(exported, base_value.to(exported.dtype))
+        else:  # fusion: LoRA on both Q-Formers only, and it trained
+            lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
+            towers = {tower_of(k.removeprefix("base_model.model.")) for k in lora_b}
+            assert towers == {"frame_qformer", "video_qformer"}
+            assert all(v.abs().sum() > 0 for v in lora_b.values())
     if overrides[0].split("=")[1] in ("qlora8", "adapter"):
         from safetensors.torch import load_file
 
