@@ -250,24 +250,29 @@ def format_table(report: dict[str, Any]) -> str:
     """Human-readable table: parameters per component, MiB per format, measured bytes/param."""
     formats = report["formats"]
     first = next(iter(formats.values()))
+    # Each column as wide as its format's name ("vision none, llm nf4" for a per-tower format).
+    widths = {fmt: max(14, len(fmt) + 6) for fmt in formats}
+    label = max(8, *(len(fmt) + 2 for fmt in formats))
     lines = [
         f"preset {report['preset']} (vocab {report['vocab_size']}, unquantized weights in "
         f"{report['compute_dtype']})",
-        f"{'component':<14}{'params':>14}" + "".join(f"{fmt + ' MiB':>14}" for fmt in formats),
+        f"{'component':<14}{'params':>14}" + "".join(f"{fmt + ' MiB':>{widths[fmt]}}" for fmt in formats),
     ]
     for component in [*COMPONENTS, "total"]:
         row = first["total"] if component == "total" else first["components"][component]
         cells = []
-        for summary in formats.values():
+        for fmt, summary in formats.items():
             src = summary["total"] if component == "total" else summary["components"][component]
-            cells.append(f"{src['bytes'] / 2**20:>14.2f}")
+            cells.append(f"{src['bytes'] / 2**20:>{widths[fmt]}.2f}")
         lines.append(f"{component:<14}{row['params']:>14,}" + "".join(cells))
     lines.append("bytes/param of the quantized linears (measured on bitsandbytes tensors):")
     for fmt, summary in formats.items():
         value = summary["quantized_linear_bytes_per_param"]
         if value is not None:
-            lines.append(f"  {fmt:<8}{value:.4f} B  ({8 * value:.3f} bits)")
-    lines.append(f"  floor   {NF4_FLOOR_BYTES:.4f} B (4 bits); QLoRA NF4+DQ {QLORA_DQ_BITS / 8:.4f} B")
+            lines.append(f"  {fmt:<{label}}{value:.4f} B  ({8 * value:.3f} bits)")
+    lines.append(
+        f"  {'floor':<{label}}{NF4_FLOOR_BYTES:.4f} B (4 bits); QLoRA NF4+DQ {QLORA_DQ_BITS / 8:.4f} B"
+    )
     return "\n".join(lines)
 
 

@@ -46,6 +46,14 @@ def test_cli_json(capsys):
     assert totals == sorted(totals, reverse=True)
 
 
+def test_cli_adds_per_tower_formats(capsys):
+    main(["--preset", "tiny", "--vocab-size", "500", "--mixed", '{"vision": "none", "llm": "nf4"}'])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("component"))
+    assert header.endswith("  vision none, llm nf4 MiB")  # its own column, not run into the one before
+    assert any(line.startswith("  vision none, llm nf4  0.") for line in lines)  # bytes/param of its NF4 LLM
+
+
 def test_7b_preset_is_llama_2_7b_and_eva_vit_g_sized():
     """The GPU check's 7B-shaped Video-LLaMA: at LLaMA's vocabulary its LLM has Llama-2-7B's exact
     parameter count (6,738,415,616) and its ViT EVA-ViT-g's ~1.0B."""
