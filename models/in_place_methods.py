@@ -15,7 +15,7 @@ from .bottleneck import BottleneckConfig, add_bottleneck_adapters
 from .parameters import trainable_parameter_count
 from .prefix import add_prefix
 from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
-from .towers import PLACEMENTS
+from .towers import PLACEMENTS, tower
 
 if TYPE_CHECKING:
     from .method_spec import AdapterMethod, AdapterOptions
@@ -53,9 +53,16 @@ def build_bottleneck(model: nn.Module, method: AdapterMethod, options: AdapterOp
     modules_to_save = _modules_to_save(model, method, options)
     if options.target_modules is not None and not isinstance(options.target_modules, str):
         raise ValueError("adapter target_modules must be one regex over module names (the block outputs)")
+    placement = options.placement or method.default_placement
+    supported = [p for p, towers in PLACEMENTS.items() if all(tower(t).block_outputs for t in towers)]
+    if placement not in supported:
+        raise ValueError(
+            f"placement {placement!r}: bottleneck adapters sit after the attention / MLP blocks of the "
+            f"vision and llm towers only; use placement {' / '.join(supported)}"
+        )
     settings = BottleneckConfig(
         **(options.bottleneck or {}),
-        groups=list(PLACEMENTS[options.placement or method.default_placement]),
+        groups=list(PLACEMENTS[placement]),
         target_modules=options.target_modules,
     )
     add_bottleneck_adapters(model, settings)

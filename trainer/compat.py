@@ -57,8 +57,14 @@ def _tower_formats(quant: Quantization, default: str | None = None) -> dict[str,
     try:
         return tower_formats(quant, default)
     except ValueError as err:
-        auto = "" if default is not None else " (auto is resolved by trainer.compat.resolve_quantization)"
-        raise ConfigError(f"model.{err}; or auto{auto}") from None
+        auto = (
+            "auto, "
+            if default is not None
+            else "(auto is resolved by resolve_quantization before this check) "
+        )
+        raise ConfigError(
+            f"model.{err}; model.quantization takes {auto}one format or {{tower: format}}"
+        ) from None
 
 
 def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:

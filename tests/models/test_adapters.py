@@ -274,6 +274,10 @@ def test_new_method_checks(tiny_ckpt):
         apply_adapter(nf4, "ranked_qlora", placement="llm", ranks={"llm": 8})
     with pytest.raises(ValueError, match="LLM only"):
         apply_adapter(nf4, "prefix", placement="vision")
+    with pytest.raises(
+        ValueError, match=r"placement 'fusion': bottleneck .* use placement vision / llm / both"
+    ):
+        apply_adapter(nf4, "adapter", placement="fusion")
     with pytest.raises(ValueError, match="num_virtual_tokens is for method 'prefix'"):
         apply_adapter(nf4, "qlora", num_virtual_tokens=4)
     with pytest.raises(ValueError, match="bottleneck settings are for method 'adapter'"):
