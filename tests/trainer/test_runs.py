@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.towers import FRAME_POSITION_EMBEDDING
 from tests.conftest import REPO, run_training, train_command, training_env
 from trainer.checkpoint import latest_tag, model_states_files
 
@@ -85,8 +86,17 @@ class Training:
         return rc
 
 
-@pytest.mark.parametrize("zero", ["zero2_offload", "zero3", "zero3_offload"])
-def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path, zero):
+@pytest.mark.parametrize(
+    ("zero", "method"),
+    [
+        ("zero2_offload", "qlora"),
+        ("zero3", "qlora"),
+        ("zero3_offload", "qlora"),
+        ("zero2_offload", "temporal_qlora"),
+    ],
+    ids=["zero2_offload", "zero3", "zero3_offload", "zero2_offload-temporal_qlora"],
+)
+def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path, zero, method):
     """Stopped at step 5 and resumed == never stopped, bit for bit (one rank, CPU).
 
     The same batches, RNG, frame selector and optimizer state; the resumed process also counts
@@ -98,7 +108,7 @@ def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path, zero):
     if "zero3" in zero:
         ds_file = partitioning_everything(tmp_path, f"{zero}.json")
     common = ["eval.num_samples=0", "data.shuffle_buffer=16", "train.log_every=1", "train.keep_last=3"]
-    common.append(f"deepspeed.config={ds_file}")
+    common += [f"deepspeed.config={ds_file}", f"adapter.method={method}"]
     uri = sqlite_uri(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_training(
@@ -129,6 +139,8 @@ def test_resume_reproduces_the_uninterrupted_run(demo_assets, tmp_path, zero):
         assert torch.equal(got["module"][name], value), name
     want_weights, got_weights = trained_weights(straight), trained_weights(resumed)
     assert want_weights and want_weights.keys() == got_weights.keys() <= set(got["module"])
+    if method == "temporal_qlora":  # the order pathway is checkpointed and resumed with the adapter
+        assert any(FRAME_POSITION_EMBEDDING in name for name in want_weights)
     for name, value in want_weights.items():
         assert torch.equal(got_weights[name], value), name
     if "zero3" in zero:
@@ -341,7 +353,7 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
     if "temporal" in overrides[0] or "adapter.placement=fusion" in overrides:
         from safetensors.torch import load_file
 
-        from models.towers import FRAME_POSITION_EMBEDDING, tower_of
+        from models.towers import tower_of
 
         weights = load_file(run_dir / "adapter/adapter_model.safetensors")
         checkpointed = trained_weights(run_dir)
