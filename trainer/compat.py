@@ -70,9 +70,17 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
         raise ConfigError(
             f"adapter.method={method.name} needs a {method.base.label} base but model.quantization={quant}: {hint}"
         )
+    if cfg.train.gate_lr is not None and not method.frame_gates:
+        gated = ", ".join(sorted(n for n, m in METHODS.items() if m.frame_gates))
+        raise ConfigError(
+            f"train.gate_lr is the rate of the temporal gates, which adapter.method={method.name} has "
+            f"none of: use a frame-gated method ({gated}) or train.gate_lr=null"
+        )
     unknown_views = sorted(set(cfg.eval.controls) - set(CONTROLS))
     if unknown_views:
-        raise ConfigError(f"eval.controls: unknown view(s) {unknown_views}; choose from {list(CONTROLS)} (or [])")
+        raise ConfigError(
+            f"eval.controls: unknown view(s) {unknown_views}; choose from {list(CONTROLS)} (or [])"
+        )
     check_optimizer(cfg, ds)
     if stage == 3 and quant == "int8":
         raise ConfigError(
