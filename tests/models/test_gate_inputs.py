@@ -50,7 +50,9 @@ def test_frame_table_holds_scores_position_and_deltas():
     # Which columns a gate reads, and how many weights it has.
     assert table_columns(["motion", "entropy"]) == [0, 2]
     assert table_columns(["motion", "position", "delta"]) == [2, 3, 6]
-    assert gate_parameter_count(["motion", "position", "delta"], hidden=4, in_features=10) == (3 + 1) * 4 + 4 + 1
+    assert (
+        gate_parameter_count(["motion", "position", "delta"], hidden=4, in_features=10) == (3 + 1) * 4 + 4 + 1
+    )
     assert gate_parameter_count(["motion", "feature"], hidden=4, in_features=10) == 12 * 4 + 4 + 1
     assert gate_parameter_count([], hidden=4, in_features=10) == 1  # the constant gate: one logit
 
