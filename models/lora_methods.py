@@ -29,19 +29,17 @@ from typing import TYPE_CHECKING, Any
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from batch_contract import FRAME_SCORE_NAMES
-
 from . import rank_allocation as ra
 from .method_spec import GroupedRanks
 from .parameters import trainable_parameter_count
 from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
-from .temporal_lora import FEATURE_INPUT, TemporalLoraConfig, checkpoint_kwargs, install_frame_gates
+from .temporal_lora import TemporalLoraConfig, checkpoint_kwargs, gate_parameter_count, install_frame_gates
 from .towers import PLACEMENTS, any_of, tower_of
 
 if TYPE_CHECKING:
     from .method_spec import AdapterMethod, AdapterOptions
 
-GATE_KEYS = ("inputs", "mode", "hidden", "init", "modules")
+GATE_KEYS = ("inputs", "mode", "hidden", "init", "modules", "standardize", "init_std")
 ADALORA_KEYS = ("total_step", "target_r", "init_r", "tinit", "tfinal", "delta_t")
 # `adapter.gate` keys → TemporalLoraConfig fields.
 _GATE_FIELDS = {
@@ -50,6 +48,8 @@ _GATE_FIELDS = {
     "hidden": "gate_hidden",
     "init": "gate_init",
     "modules": "temporal_modules",
+    "standardize": "gate_standardize",
+    "init_std": "gate_init_std",
 }
 
 
@@ -108,7 +108,7 @@ def build_lora(model: nn.Module, method: AdapterMethod, options: AdapterOptions)
     """LoRA (temporal when `method.frame_gates`) on the targets, or on per-group ranks."""
     targets = _resolve_targets(model, method, options)
     report: dict[str, Any] = {"method": method.name, "allocation": options.allocation}
-    gate_config = gate_settings(options.gate) if method.frame_gates else {}
+    gate_config = gate_settings(options.gate, method.gate_overrides) if method.frame_gates else {}
     if targets.grouped:
         ranks, alphas = _group_ranks(model, method, options, targets, gate_config, report)
         target_regex, rank_pattern, alpha_pattern = ra.lora_patterns(ranks, alphas, targets.patterns)
@@ -187,13 +187,21 @@ def _group_alpha(options: AdapterOptions, rank: int) -> float:
     return rank * options.alpha / options.r
 
 
-def gate_settings(gate: Mapping[str, Any] | None) -> dict[str, Any]:
-    """TemporalLoraConfig fields from the `gate` settings (unknown keys are an error)."""
+def gate_settings(
+    gate: Mapping[str, Any] | None, overrides: tuple[tuple[str, Any], ...] = ()
+) -> dict[str, Any]:
+    """TemporalLoraConfig fields from the `gate` settings (unknown keys are an error), then the
+    method's own `overrides` (its declaration's `gate_overrides`: TemporalLoraConfig fields a
+    control fixes whatever the settings say)."""
     gate = dict(gate or {})
     unknown = sorted(set(gate) - set(GATE_KEYS))
     if unknown:
         raise ValueError(f"unknown gate setting(s) {unknown}; known: {GATE_KEYS}")
-    return {_GATE_FIELDS[key]: (list(value) if key == "inputs" else value) for key, value in gate.items()}
+    fields = {_GATE_FIELDS[key]: value for key, value in gate.items()}
+    fields.update(overrides)
+    if "gate_inputs" in fields:
+        fields["gate_inputs"] = list(fields["gate_inputs"])
+    return fields
 
 
 def _fixed_params(
@@ -213,10 +221,7 @@ def _fixed_params(
     for group in linears.values():
         for name, module in group.items():
             if re.fullmatch(temporal, name):
-                # A gate network: Linear(n_in, hidden) → SiLU → Linear(hidden, 1), with biases.
-                n_in = sum(1 for i in inputs if i in FRAME_SCORE_NAMES)
-                n_in += module.in_features if FEATURE_INPUT in inputs else 0
-                fixed += (n_in + 1) * hidden + hidden + 1
+                fixed += gate_parameter_count(inputs, hidden, module.in_features)
     return fixed
 
 

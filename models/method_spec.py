@@ -102,7 +102,8 @@ class AdapterOptions:
         budget: total trainable parameters for the allocators; AdaLoRA's parameter budget.
         calibration_batches: model-input dicts the allocators measure on.
         group_patterns: group → regex overriding the towers' linear patterns.
-        gate: temporal gate settings {"inputs", "mode", "hidden", "init", "modules"}.
+        gate: temporal gate settings {"inputs", "mode", "hidden", "init", "modules", "standardize",
+            "init_std"} (`models.temporal_lora.TemporalLoraConfig`'s gate_* fields).
         adalora: {"total_step", "target_r", "init_r", "tinit", "tfinal", "delta_t"}.
         placement: which towers get adapters: a key of `models.towers.PLACEMENTS`.
         num_virtual_tokens: prefix length of prefix tuning.
@@ -179,6 +180,9 @@ class AdapterMethod:
         counterpart: the same method on the other kind of base (lora ↔ qlora), for error hints.
         step_update: called as (model, step) after every optimizer step's backward, before the step
             clears the gradients (it reads `.grad`, so it needs them whole: ZeRO stage 0).
+        gate_overrides: (TemporalLoraConfig field, value) pairs a frame-gated method fixes over
+            `adapter.gate` (the controls: shuffled inputs, a constant gate); pairs, not a dict, so
+            the declaration stays hashable.
     """
 
     name: str
@@ -196,6 +200,7 @@ class AdapterMethod:
     trained_modules: tuple[str, ...] = ()
     counterpart: str | None = None
     step_update: Callable[[nn.Module, int], None] | None = None
+    gate_overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def settings(self) -> tuple[str, ...]:

@@ -83,6 +83,24 @@ _DECLARATIONS = (
         frame_gates=True,
         counterpart="temporal_lora",
     ),
+    # The controls of the temporal claim: what temporal_qlora gains over them is what the gates
+    # learn from time, not from a per-layer scale (constant) or from scores of other frames (shuffled).
+    _lora(
+        "temporal_qlora_shuffled",
+        "control: frame-gated LoRA whose gates read another frame's inputs (shuffled within the clip)",
+        "nf4",
+        QUANTIZED_BASE,
+        frame_gates=True,
+        gate_overrides=(("gate_shuffle", True),),
+    ),
+    _lora(
+        "temporal_qlora_constant",
+        "control: LoRA scaled by one learnable gate per gated layer (no inputs)",
+        "nf4",
+        QUANTIZED_BASE,
+        frame_gates=True,
+        gate_overrides=(("gate_inputs", ()),),
+    ),
     _lora(
         "ranked_qlora",
         "LoRA with a rank per tower on a quantized base",

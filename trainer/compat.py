@@ -85,6 +85,12 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
             f"adapter.method={method.name} needs a {method.base.label} base but "
             f"model.quantization={describe(formats)}: {hint}"
         )
+    if cfg.train.gate_lr is not None and not method.frame_gates:
+        gated = ", ".join(sorted(n for n, m in METHODS.items() if m.frame_gates))
+        raise ConfigError(
+            f"train.gate_lr is the rate of the temporal gates, which adapter.method={method.name} has "
+            f"none of: use a frame-gated method ({gated}) or train.gate_lr=null"
+        )
     unknown_views = sorted(set(cfg.eval.controls) - set(CONTROLS))
     if unknown_views:
         raise ConfigError(

@@ -49,7 +49,9 @@ class ModelConfig:
 class GateConfig:
     """Temporal (frame-gated) LoRA: what the per-frame gate g_t is computed from and how it acts."""
 
-    # Selector scores (entropy, scene_change, motion) and/or "feature" (the frame's pooled input).
+    # Selector scores (entropy, scene_change, motion), "position" (k / (K-1) of the kept frame),
+    # "delta" (the chosen scores minus the previous kept frame's) and/or "feature" (the frame's pooled
+    # input); []: one learnable constant per layer (models/temporal_lora.py).
     inputs: list[str] = field(default_factory=lambda: ["motion", "entropy"])
     # scale: y = W x + g_t (alpha/r) B A x; rank: frame t uses the first ceil(r g_t) components.
     mode: str = "scale"
@@ -58,6 +60,12 @@ class GateConfig:
     init: float = 0.9
     # Regex of the layers to gate; None: the frame-rowed ones (vision tower, frame Q-Former).
     modules: str | None = None
+    # z-score each selector score over the clip's K frames before the gates read it: raw scores barely
+    # differ between frames (SynthVid motion 0.019 vs 0.005), so raw-score gates start out constant.
+    standardize: bool = True
+    # Std of the gate's output weight at init; null: models.temporal_lora.DEFAULT_GATE_INIT_STD (0.5,
+    # gates differ across a clip's frames from the start; the old 0.01 made them equal to 2e-5).
+    init_std: float | None = None
 
 
 @dataclass
@@ -86,6 +94,7 @@ class BottleneckSettings:
 class AdapterConfig:
     # qlora | qlora8 | lora | prefix | adapter | temporal_qlora | temporal_lora | ranked_qlora
     # | temporal_ranked_qlora | adalora | full | frozen (zero-shot: no training, evaluation only)
+    # | temporal_qlora_shuffled | temporal_qlora_constant (the temporal controls, models/methods.py)
     method: str = "qlora"
     r: int = 8
     alpha: int = 16
@@ -194,6 +203,9 @@ class TrainConfig:
     # LLM's rate collapses to one output for every clip (trainer/param_groups.py).
     vit_lr: float | None = None
     aligner_lr: float | None = None
+    # Learning rate of the temporal gate networks (frame-gated methods), wherever they sit; null: the
+    # rate of their tower's group. Gates start with no gradient until LoRA B leaves zero.
+    gate_lr: float | None = None
     weight_decay: float = 0.0
     # adamw (the DeepSpeed JSON's) | adamw_8bit | paged_adamw | paged_adamw_8bit (bitsandbytes, as a
     # client optimizer; not with optimizer offload): trainer/optimizers.py.

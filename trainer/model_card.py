@@ -198,7 +198,7 @@ def _training_rows(
 ) -> list[tuple[str, str]]:
     rates = ", ".join(
         f"{name} {train[key]:g}"
-        for name, key in (("LLM", "lr"), ("ViT", "vit_lr"), ("aligner", "aligner_lr"))
+        for name, key in (("LLM", "lr"), ("ViT", "vit_lr"), ("aligner", "aligner_lr"), ("gates", "gate_lr"))
         if train.get(key) is not None
     )
     return [

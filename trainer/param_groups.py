@@ -9,6 +9,10 @@ tokens differ between clips by 3% of their spread) and 0.46 with the encoder at 
 named right for 89% of clips). `train.vit_lr` and `train.aligner_lr` set those rates; both apply to
 the encoder's own weights and to adapter weights placed there.
 
+`train.gate_lr` gives the temporal gate networks (`lora_gate_in` / `lora_gate_out`, in whichever
+tower they sit) a group of their own: a few hundred weights per layer whose gradient is zero until
+LoRA B leaves zero and small after, so at the encoder's rate they barely move from their init.
+
 DeepSpeed takes the groups as `model_parameters` dicts with their own "lr"; its cosine schedule
 scales each group's rate by one ratio, and `scaled_schedule` turns the warm-up / decay schedules'
 absolute rates into per-group lists.
@@ -20,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from models.temporal_lora import GATE_LAYER_NAMES
 from models.towers import ALIGNER, tower_of
 
 # The towers (`models.towers`) each learning-rate group holds: the ViT, the aligner (both Q-Formers
@@ -43,26 +48,37 @@ def group_of(param_name: str) -> str:
     return GROUP_OF_TOWER.get(tower_of(name), "llm")
 
 
+def is_gate_parameter(param_name: str) -> bool:
+    """Whether a parameter belongs to a temporal gate network (`models.temporal_lora.GATE_LAYER_NAMES`)."""
+    return any(f".{part}." in f".{param_name}." for part in GATE_LAYER_NAMES)
+
+
 def learning_rate_groups(
-    model: nn.Module, lr: float, vit_lr: float | None, aligner_lr: float | None
+    model: nn.Module,
+    lr: float,
+    vit_lr: float | None,
+    aligner_lr: float | None,
+    gate_lr: float | None = None,
 ) -> list[nn.Parameter] | list[dict[str, Any]]:
     """The trainable parameters as DeepSpeed's `model_parameters`.
 
     Returns:
-        With neither rate set, the plain parameter list (one group at `lr`, as before). Otherwise
-        one dict {"params", "lr", "name"} per non-empty group in the order llm, vit, aligner.
+        With no rate set, the plain parameter list (one group at `lr`, as before). Otherwise one
+        dict {"params", "lr", "name"} per non-empty group in the order llm, vit, aligner, gate; the
+        gate group exists only with `gate_lr` (else gates go with their tower).
     """
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if vit_lr is None and aligner_lr is None:
+    if vit_lr is None and aligner_lr is None and gate_lr is None:
         return [p for _, p in trainable]
     rates = {
         "llm": lr,
         "vit": lr if vit_lr is None else vit_lr,
         "aligner": lr if aligner_lr is None else aligner_lr,
+        "gate": gate_lr,
     }
-    groups: dict[str, list[nn.Parameter]] = {"llm": [], "vit": [], "aligner": []}
+    groups: dict[str, list[nn.Parameter]] = {"llm": [], "vit": [], "aligner": [], "gate": []}
     for name, p in trainable:
-        groups[group_of(name)].append(p)
+        groups["gate" if gate_lr is not None and is_gate_parameter(name) else group_of(name)].append(p)
     return [{"params": params, "lr": rates[name], "name": name} for name, params in groups.items() if params]
 
 

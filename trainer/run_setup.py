@@ -183,10 +183,10 @@ def calibration_batches(
 
 def build_engine(model: Any, cfg: RunConfig, ds_config: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``deepspeed.initialize`` over the trainable parameters, in per-tower learning-rate groups when
-    the ViT / aligner have rates of their own, with `train.optimizer`'s bitsandbytes optimizer as the
+    the ViT / aligner / gates have rates of their own, with `train.optimizer`'s bitsandbytes optimizer as the
     client optimizer when it names one. Returns (engine, the DeepSpeed config it got)."""
     train = cfg.train
-    trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr)
+    trainable = learning_rate_groups(model, train.lr, train.vit_lr, train.aligner_lr, train.gate_lr)
     if trainable and isinstance(trainable[0], dict):
         ds_config = scaled_schedule(ds_config, [g["lr"] for g in trainable], train.lr)
     ds_config = size_buckets(ds_config, trainable_parameter_count(model)[0])

@@ -45,10 +45,13 @@ OLD_METHOD_QUANTIZATION = {
 }
 OLD_MERGEABLE = ("lora", "qlora", "qlora8", "ranked_qlora", "adalora")
 OLD_LORA_FAMILY = ("lora", "qlora", "qlora8", *OLD_TEMPORAL, "ranked_qlora", "adalora")
+# Declared after the tables: the controls of the temporal claim (#20).
+TEMPORAL_CONTROLS = ("temporal_qlora_shuffled", "temporal_qlora_constant")
+OLD = {n: m for n, m in METHODS.items() if n in OLD_METHODS}
 
 
 def test_every_method_has_a_consistent_declaration():
-    assert set(METHODS) == set(OLD_METHODS)
+    assert set(METHODS) == set(OLD_METHODS) | set(TEMPORAL_CONTROLS)
     options = {f.name for f in dataclasses.fields(AdapterOptions)}
     for name, method in METHODS.items():
         assert method.name == name and method.summary
@@ -64,23 +67,37 @@ def test_every_method_has_a_consistent_declaration():
 
 
 def test_declarations_reproduce_the_old_tables():
-    assert {n: m.weight_format for n, m in METHODS.items()} == OLD_METHOD_QUANTIZATION
-    assert {n for n in METHODS if uses_frame_gates(n)} == set(OLD_TEMPORAL)
-    assert {n for n, m in METHODS.items() if m.mergeable} == set(OLD_MERGEABLE)
-    assert [n for n, m in METHODS.items() if m.saved_as == WHOLE_MODEL_FORMAT] == ["full"]
+    assert {n: m.weight_format for n, m in OLD.items()} == OLD_METHOD_QUANTIZATION
+    assert {n for n in OLD if uses_frame_gates(n)} == set(OLD_TEMPORAL)
+    assert {n for n, m in OLD.items() if m.mergeable} == set(OLD_MERGEABLE)
+    assert [n for n, m in OLD.items() if m.saved_as == WHOLE_MODEL_FORMAT] == ["full"]
     # "ranked" in the name meant: per-group ranks required.
-    assert {n for n, m in METHODS.items() if m.grouped_ranks is GroupedRanks.REQUIRED} == {
-        n for n in METHODS if "ranked" in n
+    assert {n for n, m in OLD.items() if m.grouped_ranks is GroupedRanks.REQUIRED} == {
+        n for n in OLD if "ranked" in n
     }
-    for name, method in METHODS.items():
+    for name, method in OLD.items():
         accepts_16bit = "none" in method.base.formats
         accepts_quantized = any(f != "none" for f in method.base.formats)
         assert (name in OLD_QUANTIZED) == (not accepts_16bit), name
         assert (name in OLD_FULL_PRECISION) == (not accepts_quantized), name
     assert METHODS["qlora8"].base.formats == ("int8",)
-    assert [n for n, m in METHODS.items() if not m.trains] == ["frozen"]
-    assert [n for n, m in METHODS.items() if m.step_update is not None] == ["adalora"]
-    assert {n for n, m in METHODS.items() if "r" in m.fields} == set(OLD_LORA_FAMILY)
+    assert [n for n, m in OLD.items() if not m.trains] == ["frozen"]
+    assert [n for n, m in OLD.items() if m.step_update is not None] == ["adalora"]
+    assert {n for n, m in OLD.items() if "r" in m.fields} == set(OLD_LORA_FAMILY)
+
+
+def test_the_temporal_controls_are_temporal_qlora_with_fixed_gate_settings():
+    for name in TEMPORAL_CONTROLS:
+        control, reference = METHODS[name], METHODS["temporal_qlora"]
+        assert uses_frame_gates(name) and not control.mergeable and control.gate_overrides
+        differing = {
+            f.name
+            for f in dataclasses.fields(control)
+            if getattr(control, f.name) != getattr(reference, f.name)
+        }
+        assert differing == {"name", "summary", "gate_overrides", "counterpart"}, name
+    assert dict(METHODS["temporal_qlora_shuffled"].gate_overrides) == {"gate_shuffle": True}
+    assert dict(METHODS["temporal_qlora_constant"].gate_overrides) == {"gate_inputs": ()}
 
 
 def test_unknown_method_names_the_known_ones():

@@ -1,5 +1,9 @@
 """Temporal (frame-gated) LoRA on the tiny Video-LLaMA: exactness at the gate extremes, gradients,
-4-bit and 16-bit bases, save/load, gradient checkpointing, statistics and the heatmap."""
+4-bit and 16-bit bases, save/load, gradient checkpointing, statistics and the heatmap, the spread
+of the gates at init, position inputs, gates on the frame Q-Former, the two controls (shuffled,
+constant) and adapters saved before the standardised inputs."""
+
+import json
 
 import pytest
 import torch
@@ -8,17 +12,22 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from models.adapters import apply_adapter, load_adapter
 from models.loading import load_model
 from models.temporal_lora import (
+    SHUFFLE_SEED,
+    GateLogit,
     TemporalLinear,
     TemporalLinear4bit,
     TemporalLoraConfig,
+    gate_spread,
     gate_statistics,
     gate_summary,
     install_frame_gates,
     temporal_layers,
     write_gate_heatmap,
 )
+from models.towers import tower
 
 VISION = r"vision_model\.encoder\.layers\.\d+\.(self_attn\.(qkv|projection)|mlp\.(fc1|fc2))"
+FRAME_QFORMER = tower("frame_qformer").linears
 
 
 def _load(path, quantization):
@@ -222,3 +231,126 @@ def test_gradient_checkpointing_sees_the_same_gates(tiny_ckpt, scored_batch):
     for name, param in checkpointed.named_parameters():
         if param.requires_grad:
             assert torch.allclose(param.grad, grads[name], rtol=1e-5, atol=1e-7), name
+
+
+def _spreads(model, batch):
+    with torch.no_grad():
+        model(**batch)
+    return torch.tensor([gate_spread(g) for g in gate_statistics(model).values()])
+
+
+def test_gates_differ_across_frames_at_init(tiny_ckpt, scored_batch):
+    """Default gates (z-scored inputs, output weight std 0.5) vary over a clip's frames from the
+    start; the old init (std 0.01) kept them equal to about 1e-3."""
+    torch.manual_seed(0)
+    model = apply_adapter(_load(tiny_ckpt, "nf4"), "temporal_qlora", r=4, alpha=8)
+    spread = _spreads(model, scored_batch)
+    assert spread.mean() >= 0.02 and (spread > 0).all()
+    torch.manual_seed(0)
+    old = apply_adapter(_load(tiny_ckpt, "nf4"), "temporal_qlora", r=4, alpha=8, gate={"init_std": 0.01})
+    assert _spreads(old, scored_batch).mean() < 0.005
+
+
+def test_position_input_tells_frames_apart_when_scores_do_not(tiny_ckpt, scored_batch):
+    same = {**scored_batch, "frame_scores": scored_batch["frame_scores"][:, :1].expand(2, 4, 3)}
+    scores_only = apply_adapter(_load(tiny_ckpt, "nf4"), "temporal_qlora", r=4, gate={"inputs": ["motion"]})
+    assert (_spreads(scores_only, same) == 0).all()  # z-scores of a constant are 0 in every frame
+    with_position = apply_adapter(
+        _load(tiny_ckpt, "nf4"), "temporal_qlora", r=4, gate={"inputs": ["motion", "position", "delta"]}
+    )
+    assert (_spreads(with_position, same) > 0).all()
+
+
+def test_frame_qformer_linears_are_gated_when_targeted(tiny_ckpt, scored_batch):
+    model = apply_adapter(
+        _load(tiny_ckpt, "nf4"), "temporal_qlora", r=4, alpha=8, target_modules=FRAME_QFORMER
+    )
+    layers = temporal_layers(model)
+    assert layers and all(name.startswith("qformer.") for name in layers)
+    _randomize_lora(model)
+    model.train()
+    model(**scored_batch).loss.backward()
+    assert {name for name, gates in gate_statistics(model).items() if gates.shape == (2, 4)} == set(layers)
+    gate_grads = [p.grad for n, p in model.named_parameters() if "lora_gate" in n]
+    assert len(gate_grads) == 4 * len(layers) and all(g is not None and g.abs().sum() > 0 for g in gate_grads)
+
+
+def _train_one_step(model, batch):
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_gate" in n}
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    assert before and all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+@pytest.mark.parametrize("method", ["temporal_qlora_shuffled", "temporal_qlora_constant"])
+def test_controls_build_train_and_reload(tiny_ckpt, scored_batch, tmp_path, method):
+    model = apply_adapter(
+        _load(tiny_ckpt, "nf4"), method, r=4, alpha=8, gate={"inputs": ["motion", "entropy"]}
+    )
+    layers = temporal_layers(model)
+    assert len(layers) == 8
+    _randomize_lora(model, seed=2)
+    _train_one_step(model, scored_batch)
+    context = model.get_base_model().frame_gate_context
+    if method == "temporal_qlora_constant":  # one logit per layer, the same gate for every frame
+        assert all(isinstance(layer.lora_gate_out["default"], GateLogit) for layer in layers.values())
+        gate_names = [n for n, p in model.named_parameters() if "lora_gate" in n]
+        assert len(gate_names) == 8 and all(n.endswith("lora_gate_out.default.bias") for n in gate_names)
+    model.eval()
+    if context.shuffle_generator is not None:
+        context.shuffle_generator.manual_seed(SHUFFLE_SEED)  # the reloaded model starts the stream anew
+    with torch.no_grad():
+        expected = model(**scored_batch).logits
+    gates = gate_statistics(model)
+    if method == "temporal_qlora_constant":
+        assert all(torch.equal(g, g[:1, :1].expand_as(g)) for g in gates.values())
+    model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["gate_shuffle"] == (method == "temporal_qlora_shuffled")
+    assert saved["gate_inputs"] == ([] if method == "temporal_qlora_constant" else ["motion", "entropy"])
+    reloaded = load_adapter(_load(tiny_ckpt, "nf4"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**scored_batch).logits, expected)
+
+
+def test_shuffled_gates_are_the_ordered_gates_permuted_within_each_clip(tiny_ckpt, scored_batch):
+    def gates(method):
+        torch.manual_seed(0)  # the same gate weights for both methods
+        model = apply_adapter(_load(tiny_ckpt, "nf4"), method, r=4, gate={"inputs": ["motion", "position"]})
+        with torch.no_grad():
+            model(**scored_batch)
+        permutation = model.get_base_model().frame_gate_context.inputs.permutation
+        return torch.stack(list(gate_statistics(model).values())), permutation  # [layers, B, K], [B*K]
+
+    (ordered, none), (shuffled, permutation) = gates("temporal_qlora"), gates("temporal_qlora_shuffled")
+    assert none is None
+    assert torch.equal(gates("temporal_qlora_shuffled")[0], shuffled)  # seeded: deterministic
+    # One permutation of each clip's own frames, the same for every layer.
+    within = permutation.view(2, 4) - torch.arange(2)[:, None] * 4
+    assert torch.equal(within.sort(dim=-1).values, torch.arange(4).expand(2, 4))
+    assert torch.equal(shuffled, ordered.gather(-1, within[None].expand_as(ordered)))
+    assert not torch.equal(within, torch.arange(4).expand(2, 4)) and not torch.allclose(ordered, shuffled)
+
+
+def test_adapters_saved_before_standardisation_load_with_raw_scores(tiny_ckpt, scored_batch, tmp_path):
+    model = apply_adapter(
+        _load(tiny_ckpt, "nf4"), "temporal_qlora", r=4, alpha=8, gate={"standardize": False}
+    )
+    _randomize_lora(model, seed=4)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**scored_batch).logits
+    model.save_pretrained(tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    fields = json.loads(config_path.read_text())
+    for key in ("gate_standardize", "gate_init_std", "gate_shuffle"):  # what an older save lacks
+        del fields[key]
+    config_path.write_text(json.dumps(fields))
+    assert TemporalLoraConfig.from_pretrained(tmp_path / "adapter").gate_standardize is False
+    reloaded = load_adapter(_load(tiny_ckpt, "nf4"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**scored_batch).logits, expected)

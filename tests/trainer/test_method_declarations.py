@@ -96,3 +96,15 @@ def test_trainer_passes_the_declared_settings_and_nothing_refused(name):
             assert kwargs[key] == section
     assert kwargs["total_steps"] == 7
     _check_options(method, AdapterOptions(**kwargs))  # a default config is never refused
+
+
+def test_gate_lr_is_refused_for_a_method_without_gates():
+    for method, refused in (("qlora", True), ("temporal_qlora_constant", False)):
+        cfg = _cfg(f"adapter.method={method}", "train.gate_lr=1e-2")
+        cfg.model.quantization = resolve_quantization(cfg)
+        ds = load_ds_config(cfg, 1, CPU, torch.float32)
+        if refused:
+            with pytest.raises(ConfigError, match="train.gate_lr .* adapter.method=qlora has none"):
+                check_compatibility(cfg, ds, CPU, torch.float32)
+        else:
+            check_compatibility(cfg, ds, CPU, torch.float32)

@@ -1,4 +1,4 @@
-"""Optimizer groups for train.vit_lr / train.aligner_lr, on a real peft-wrapped tiny Video-LLaMA."""
+"""Optimizer groups for train.vit_lr / train.aligner_lr / train.gate_lr, on a real peft-wrapped tiny Video-LLaMA."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from models.adapters import apply_adapter
 from models.presets import build_model
 from models.tokenizer import build_tokenizer
 from trainer.ds_config import scheduler_block
-from trainer.param_groups import group_of, learning_rate_groups, scaled_schedule
+from trainer.param_groups import group_of, is_gate_parameter, learning_rate_groups, scaled_schedule
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,39 @@ def test_groups_hold_every_trainable_parameter_once_at_its_rate(lora_model):
 def test_only_the_aligner_rate_set(lora_model):
     groups = learning_rate_groups(lora_model, 2e-3, None, 1e-4)
     assert {g["name"]: g["lr"] for g in groups} == {"llm": 2e-3, "vit": 2e-3, "aligner": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def temporal_model():
+    tokenizer = build_tokenizer(["a red circle moves up", "two blue squares move down"])
+    return apply_adapter(build_model("tiny", tokenizer), "temporal_lora", r=4, alpha=8)
+
+
+def test_gate_rate_takes_the_gates_into_a_group_of_their_own(temporal_model):
+    named = {id(p): n for n, p in temporal_model.named_parameters() if p.requires_grad}
+    gate_ids = {i for i, n in named.items() if is_gate_parameter(n)}
+    assert len(gate_ids) == 4 * 8  # in/out weight + bias of the 8 gated ViT linears
+    groups = learning_rate_groups(temporal_model, 1e-3, 1e-4, None, gate_lr=5e-2)
+    # The projection is trained in full by default: the aligner group keeps the LLM's rate.
+    assert [(g["name"], g["lr"]) for g in groups] == [
+        ("llm", 1e-3),
+        ("vit", 1e-4),
+        ("aligner", 1e-3),
+        ("gate", 5e-2),
+    ]
+    by_name = {g["name"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_name["gate"] == gate_ids and not gate_ids & (
+        by_name["vit"] | by_name["llm"] | by_name["aligner"]
+    )
+    assert sorted(i for ids in by_name.values() for i in ids) == sorted(named)
+    # The gate rate alone makes groups; without it the gates go with their tower (here the ViT).
+    alone = learning_rate_groups(temporal_model, 1e-3, None, None, gate_lr=5e-2)
+    assert {g["name"]: g["lr"] for g in alone} == {"llm": 1e-3, "vit": 1e-3, "aligner": 1e-3, "gate": 5e-2}
+    towers = learning_rate_groups(temporal_model, 1e-3, 1e-4, None)
+    assert gate_ids <= {id(p) for g in towers if g["name"] == "vit" for p in g["params"]}
+    assert not is_gate_parameter(
+        "base_model.model.vision_model.encoder.layers.0.mlp.fc1.lora_A.default.weight"
+    )
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])

@@ -284,6 +284,12 @@ def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path)
     "overrides",
     [
         ["adapter.method=temporal_qlora", "adapter.gate.mode=rank"],
+        [
+            "adapter.method=temporal_qlora_shuffled",
+            "adapter.gate.inputs=[motion,position,delta]",
+            "train.gate_lr=1e-2",
+        ],
+        ["adapter.method=temporal_qlora_constant"],
         ["adapter.method=ranked_qlora", "adapter.allocation=entropy", "adapter.budget=60000"],
         ["adapter.method=adalora", "deepspeed.config=ds_configs/zero0.json", "adapter.budget=50000"],
         ["adapter.method=qlora8", "train.vit_lr=1e-4", "train.aligner_lr=2e-4", "train.schedule=constant"],
@@ -295,6 +301,8 @@ def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path)
     ],
     ids=[
         "temporal_qlora",
+        "shuffled_gates",
+        "constant_gate",
         "ranked_qlora_entropy",
         "adalora",
         "qlora8",
@@ -331,6 +339,11 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
     assert summary["last_loss"] < summary["first_loss"]
     if "temporal" in overrides[0]:
         assert 0.0 <= metrics["gate/mean"] <= 1.0 and "gate/frame/0/mean" in metrics
+        # A constant gate is the same for every frame of a clip; the others differ across frames.
+        assert (metrics["gate/spread"] == 0.0) == ("constant" in overrides[0])
+    if "train.gate_lr=1e-2" in overrides:
+        # Its own group, scaled by the schedule as the others are (configs/demo.yaml: train.lr 3e-3).
+        assert metrics["train/lr_gate"] / metrics["train/lr_llm"] == pytest.approx(1e-2 / 3e-3)
     if "train.vit_lr=1e-4" in overrides:  # own rates for the ViT and the aligner, through the schedule
         assert (metrics["train/lr_vit"], metrics["train/lr_aligner"]) == pytest.approx((1e-4, 2e-4))
         assert metrics["train/lr"] == metrics["train/lr_llm"] > metrics["train/lr_aligner"]

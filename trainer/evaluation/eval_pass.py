@@ -4,7 +4,8 @@ One pass over the data per rank gives, for each clip (`batch_outputs`): the gene
 the reference captions, the frames the selector kept, the temporal gates (temporal adapters), with
 a retrieval head the video embedding of every frame view (ordered and the `eval.controls`,
 `frame_views`) and one text embedding per reference, and where the sample carries SynthVid ground
-truth the log-likelihood of each forced-choice candidate under every view. The clips are gathered
+truth the log-likelihood of each forced-choice candidate under every view (and, for temporal
+adapters, how well the gates mark the event frames: `gate_metrics`). The clips are gathered
 on rank 0 because both CIDEr's n-gram weights and retrieval ranks come from the whole set;
 `set_scores` scores it. Generation is sharded by the pipeline's ``split_by_node``.
 """
@@ -29,6 +30,7 @@ from trainer.distributed import DistInfo, gather_to_main
 from trainer.evaluation.batch_outputs import base_model, batch_metas, batch_outputs
 from trainer.evaluation.clip_results import ClipResult, EvalResult
 from trainer.evaluation.frame_views import ORDERED
+from trainer.evaluation.gate_metrics import gate_set_scores
 from trainer.evaluation.rerank import caption_log_likelihood, rerank_top_k
 from trainer.evaluation.retrieval_metrics import retrieval_metrics
 from trainer.evaluation.set_scores import (
@@ -204,6 +206,7 @@ def evaluate(
     result = SetScores()
     if "caption" in tasks:
         result.add(caption_set_scores(clips, cfg.eval.meteor, cfg.data.caption_language))
+    result.add(gate_set_scores(clips, cfg.data.num_candidate_frames))  # temporal adapters only
     for view in (ORDERED, *cfg.eval.controls):
         result.add(choice_set_scores(clips, view), view_prefix(view))
         if "retrieval" in tasks:

@@ -1,5 +1,6 @@
 """The HTML report's attention maps: collected by the evaluation pass for the report's clips only,
-drawn per clip next to the temporal gates, on real SynthVid shards and a tiny temporal-LoRA model."""
+drawn per clip next to the temporal gates, on real SynthVid shards and a tiny temporal-LoRA model;
+the gates' AUROC for event frames and spread among the evaluation's scores."""
 
 import base64
 import io
@@ -105,6 +106,11 @@ def test_no_report_no_attention_forward(tiny_eval, monkeypatch):
     result, calls = _evaluate(tiny_eval, monkeypatch, 0)
     assert calls == []
     assert all(c.attention is None and c.frames is None for c in result.clips.values())
+    # Temporal adapter on order clips (events in the ground truth): the gates are scored.
+    layers = next(iter(result.clips.values())).gates
+    assert 0.0 <= result.scores["gate_auroc"] <= 1.0 and result.chance["gate_auroc"] == 0.5
+    assert {f"gate_auroc/{name}" for name in layers} <= set(result.scores)
+    assert result.scores["gate_spread"] > 0.0
 
 
 def test_heatmap_refuses_a_map_that_does_not_match_the_kept_frames():
