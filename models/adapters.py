@@ -73,6 +73,6 @@ def _check_options(spec: AdapterMethod, options: AdapterOptions) -> None:
             what = f"{key} settings are" if section else f"{key} is"
             raise ValueError(f"{what} for method {readers}, not {spec.name!r}")
     if options.allocation not in ra.ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {ra.ALLOCATIONS}, got {options.allocation!r}")
+        raise ValueError(f"adapter.allocation must be one of {ra.ALLOCATIONS}, got {options.allocation!r}")
     if options.placement is not None and options.placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {sorted(PLACEMENTS)}, got {options.placement!r}")

@@ -85,14 +85,17 @@ def _resolve_targets(model: nn.Module, method: AdapterMethod, options: AdapterOp
         raise ValueError(
             "target_modules and per-group ranks/allocation are exclusive (groups set the targets)"
         )
-    if options.allocation != "static" and options.budget is None:
-        raise ValueError(f"allocation {options.allocation!r} needs a budget (total trainable parameters)")
     if options.placement is not None:
         if grouped or target_modules is not None:
             raise ValueError("placement, per-group ranks/allocation and target_modules are exclusive")
         target_modules = placement_targets(options.placement, options.group_patterns)
 
-    groups = list(options.ranks) if options.ranks else list(PLACEMENTS[method.default_placement])
+    if options.ranks:
+        groups = list(options.ranks)
+    elif options.allocation != "static":
+        groups = list(ra.ALLOCATION_GROUPS)
+    else:
+        groups = list(PLACEMENTS[method.default_placement])
     patterns = ra.resolve_patterns(groups, options.group_patterns) if grouped else {}
     linears = ra.group_modules(model, patterns) if grouped else {}
     modules_to_save = options.modules_to_save
@@ -145,6 +148,7 @@ def build_lora(model: nn.Module, method: AdapterMethod, options: AdapterOptions)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     if targets.grouped:
         report["groups"] = ra.verify_ranks(peft_model, ranks, alphas, targets.patterns)
+    report["lora_params_by_tower"] = ra.lora_params_by_tower(peft_model)
     report["trainable_params"], _ = trainable_parameter_count(peft_model)
     peft_model.adapter_allocation = report
     return peft_model
@@ -158,16 +162,22 @@ def _group_ranks(
     gate_config: Mapping[str, Any],
     report: dict[str, Any],
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """(rank, alpha) per group: the given ranks, or a budget allocator's (its figures go to `report`)."""
+    """(rank, alpha) per group: the given ranks, or a budget allocator's (its figures go to `report`).
+
+    The budget defaults to `uniform_trainable_params` (the same method at rank r on its default
+    placement); `report["uniform_params"]` holds that count for every grouped run, matched or not.
+    """
     ranks = options.ranks
+    gates = gate_config if method.frame_gates else None
+    report["uniform_params"] = uniform_trainable_params(model, method, options.r, gates)
     if options.allocation != "static":
-        fixed = _fixed_params(
-            model, targets.modules_to_save, targets.linears, gate_config if method.frame_gates else None
-        )
+        fixed = _fixed_params(model, targets.modules_to_save, targets.linears, gates)
+        budget = options.budget if options.budget is not None else report["uniform_params"]
+        report["budget_source"] = "adapter.budget" if options.budget is not None else f"uniform r={options.r}"
         result = ra.allocate(
             model,
             options.allocation,
-            options.budget,
+            budget,
             targets.linears,
             base_ranks=ranks,
             calibration_batches=options.calibration_batches,
@@ -177,6 +187,19 @@ def _group_ranks(
         report.update(result)
     alphas = {g: (options.alphas or {}).get(g, _group_alpha(options, ranks[g])) for g in ranks}
     return ranks, alphas
+
+
+def uniform_trainable_params(
+    model: nn.Module, method: AdapterMethod, r: int, gate_config: Mapping[str, Any] | None = None
+) -> int:
+    """Trainable parameters of `method` at one rank `r` on its default placement with its default
+    saved modules (and gates, for a gated method): QLoRA at r for ranked_qlora, temporal QLoRA at r
+    for temporal_ranked_qlora. The default budget of the allocators, so that they are compared with
+    uniform QLoRA at a matched count: r * sum (in + out) over the placement's linears + fixed."""
+    patterns = ra.resolve_patterns(PLACEMENTS[method.default_placement])
+    linears = ra.group_modules(model, patterns)
+    saved = with_retrieval_head(model, list(DEFAULT_MODULES_TO_SAVE))
+    return r * sum(ra.rank_unit_params(linears).values()) + _fixed_params(model, saved, linears, gate_config)
 
 
 def _group_alpha(options: AdapterOptions, rank: int) -> float:
@@ -226,7 +249,8 @@ def _fixed_params(
 
 
 def build_adalora(model: nn.Module, method: AdapterMethod, options: AdapterOptions) -> PeftModel:
-    """peft AdaLoRA on the targets (default: the default placement's towers) within `budget`.
+    """peft AdaLoRA on the targets (default: the default placement's towers) within `budget`
+    (default: `uniform_trainable_params` at r, unless adalora.target_r sets the target rank).
 
     `settings` {"total_step" (default: options.total_steps), "target_r", ...}; the ranks it starts
     from and prunes to are `rank_allocation.adalora_config`'s; call `method.step_update` every step.
@@ -245,10 +269,14 @@ def build_adalora(model: nn.Module, method: AdapterMethod, options: AdapterOptio
         linears = ra.group_modules(model, patterns)
     target_modules = targets.target_modules or any_of(patterns.values())
     fixed = _fixed_params(model, targets.modules_to_save, linears, None)
+    # Without a budget or a target rank, AdaLoRA keeps what uniform LoRA at r trains: a matched count.
+    budget = options.budget
+    if budget is None and "target_r" not in settings:
+        budget = uniform_trainable_params(model, method, options.r)
     config = ra.adalora_config(
         target_modules,
         linears,
-        budget=None if options.budget is None else options.budget - fixed,
+        budget=None if budget is None else budget - fixed,
         alpha=options.alpha,
         dropout=options.dropout,
         modules_to_save=targets.modules_to_save,
@@ -260,10 +288,11 @@ def build_adalora(model: nn.Module, method: AdapterMethod, options: AdapterOptio
     peft_model.adapter_allocation = {
         "method": method.name,
         "allocation": options.allocation,
-        "budget": options.budget,
+        "budget": budget,
         "target_r": config.target_r,
         "init_r": config.init_r,
         "groups": ra.adalora_ranks(peft_model, patterns),
+        "lora_params_by_tower": ra.lora_params_by_tower(peft_model),
         "trainable_params": trainable_parameter_count(peft_model)[0],
     }
     return peft_model

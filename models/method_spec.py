@@ -98,8 +98,11 @@ class AdapterOptions:
             With a budget allocation, the groups to allocate among (values: base weights for "motion").
         alphas: group → alpha; default r_g * alpha / r (alpha * sqrt(r_g / r) under rslora), so every
             group keeps the scale of (r, alpha).
-        allocation: "static" (the given ranks) or a budget allocator: "entropy", "motion", "importance".
-        budget: total trainable parameters for the allocators; AdaLoRA's parameter budget.
+        allocation: "static" (the given ranks) or a budget allocator (`rank_allocation.BUDGET_ALLOCATIONS`):
+            the static presets "static_vision" / "static_fusion" / "static_llm", or "entropy",
+            "motion", "importance"; without ranks they allocate over `rank_allocation.ALLOCATION_GROUPS`.
+        budget: total trainable parameters for the allocators; AdaLoRA's parameter budget. None: what the
+            method trains at one rank r on its default placement (`lora_methods.uniform_trainable_params`).
         calibration_batches: model-input dicts the allocators measure on.
         group_patterns: group → regex overriding the towers' linear patterns.
         gate: temporal gate settings {"inputs", "mode", "hidden", "init", "modules", "standardize",

@@ -16,11 +16,26 @@ parameters fill a budget:
     params(r) = sum_g r_g * c_g,     c_g = sum over the group's linears of (in + out)
     r_g = lambda * w_g,              lambda such that params(r) = budget  (r_g >= min_rank, integer)
 
-with the weights w_g from the scores of `models.rank_scores`: "entropy" (relative effective rank of
-each linear's inputs), "importance" (|W ⊙ dL/dW|) or "motion" (the vision weight scaled by the clips'
-motion: fast-moving data gets more vision capacity).
+with the weights w_g either fixed or measured (`models.rank_scores`, each normalised by a reference
+from the same data, see there):
+
+    static_vision   vision 4, every other group 1            (`STATIC_PRESETS`: vision-heavy)
+    static_fusion   frame_qformer and video_qformer 4, others 1                   (fusion-heavy)
+    static_llm      llm 4, others 1                                               (LLM-heavy)
+    entropy         relative effective rank of each linear's inputs
+    importance      |W ⊙ dL/dW| / (mean |W| * mean |dL/dW|) per linear
+    motion          the vision weight times the odds of the clips' temporal change ratio
+
+A budget allocation spreads its ranks over `ALLOCATION_GROUPS` (the towers with layers: vision, both
+Q-Formers, the LLM; the projection stays trained in full, as under QLoRA) unless `adapter.ranks`
+names the groups. Its budget defaults to what the same method at one rank r on its default
+placement trains (`models.lora_methods.uniform_trainable_params`: QLoRA at r for ranked_qlora), so
+an allocation is compared with uniform QLoRA at a matched trainable-parameter count (within 2%).
+
 AdaLoRA (Zhang et al., 2023) is the learned baseline: `adalora_config` maps the same budget to its
 target rank, `adalora_update` is its per-step call, `adalora_ranks` reports where ranks went.
+`lora_params_by_tower` / `allocation_metrics` give what every LoRA-family run logs, so that the
+comparison can draw the ranks each method chose side by side.
 """
 
 from __future__ import annotations
@@ -34,12 +49,25 @@ from peft import AdaLoraConfig
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
-from .rank_scores import entropy_scores, importance_scores, mean_motion, motion_scores
-from .towers import TOWER_NAMES, linear_patterns
+from .rank_scores import entropy_scores, importance_scores, motion_factor, motion_scores, temporal_change
+from .towers import FUSION, TOWER_NAMES, linear_patterns, tower_of
 
 # Module groups: the towers (`models.towers`), by the same names; `group_patterns` can override them.
 GROUP_PATTERNS: dict[str, str] = linear_patterns(TOWER_NAMES)
-ALLOCATIONS = ("static", "entropy", "motion", "importance")
+# Rank multiplier of the heavy groups of a static preset against 1 for every other group.
+HEAVY = 4.0
+STATIC_PRESETS: dict[str, dict[str, float]] = {
+    "static_vision": {"vision": HEAVY},
+    "static_fusion": dict.fromkeys(FUSION, HEAVY),
+    "static_llm": {"llm": HEAVY},
+}
+# "static": the ranks of adapter.ranks as given; the others fill a budget.
+BUDGET_ALLOCATIONS = (*STATIC_PRESETS, "entropy", "motion", "importance")
+ALLOCATIONS = ("static", *BUDGET_ALLOCATIONS)
+# The groups a budget allocation spreads its ranks over when adapter.ranks does not name them.
+ALLOCATION_GROUPS = ("vision", *FUSION, "llm")
+# AdaLoRA's budget re-allocations in a run, whatever its length (its default delta_t).
+ADALORA_UPDATES = 20
 
 
 def resolve_patterns(groups: Iterable[str], overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -207,6 +235,17 @@ def allocate_budget(
     return ranks
 
 
+def preset_scores(allocation: str, groups: Iterable[str]) -> dict[str, float]:
+    """The fixed weights of a static preset over `groups`: `HEAVY` for its heavy groups, 1 for the others."""
+    heavy, groups = STATIC_PRESETS[allocation], list(groups)
+    if not set(heavy) & set(groups):
+        raise ValueError(
+            f"adapter.allocation={allocation} weighs up {sorted(heavy)}, none of which is among the groups "
+            f"{groups}; name them in adapter.ranks or leave adapter.ranks unset ({list(ALLOCATION_GROUPS)})"
+        )
+    return {g: heavy.get(g, 1.0) for g in groups}
+
+
 def allocate(
     model: nn.Module,
     allocation: str,
@@ -218,28 +257,29 @@ def allocate(
     fixed_params: int = 0,
     min_rank: int = 1,
     max_rank: int | None = None,
-    reference_motion: float = 0.05,
 ) -> dict[str, Any]:
     """Ranks per group for a total trainable-parameter `budget` (LoRA + `fixed_params`, e.g. gates, saved modules).
 
-    Returns a dict for logging: {"allocation", "budget", "fixed_params", "scores", "weights", "ranks",
-    "lora_params", "total_params"} (lora_params per group).
+    `base_ranks`: the base weights "motion" scales (default 1 per group). Returns a dict for logging:
+    {"allocation", "budget", "fixed_params", "scores", "ranks", "lora_params", "total_params"}
+    (lora_params per group), and "temporal_change" ({"within", "across", "ratio", "factor"}) for motion.
     """
-    if allocation not in ALLOCATIONS or allocation == "static":
-        raise ValueError(f"budget allocation must be one of {ALLOCATIONS[1:]}, got {allocation!r}")
+    if allocation not in BUDGET_ALLOCATIONS:
+        raise ValueError(f"budget allocation must be one of {BUDGET_ALLOCATIONS}, got {allocation!r}")
     base = {g: float(base_ranks[g]) if base_ranks and g in base_ranks else 1.0 for g in groups}
     extra: dict[str, Any] = {}
-    if allocation in ("entropy", "importance") and not calibration_batches:
+    if allocation in ("entropy", "importance", "motion") and not calibration_batches:
         raise ValueError(f"{allocation} allocation needs calibration_batches")
-    if allocation == "entropy":
+    if allocation in STATIC_PRESETS:
+        scores = preset_scores(allocation, groups)
+    elif allocation == "entropy":
         scores = entropy_scores(model, calibration_batches, groups)
     elif allocation == "importance":
         scores = importance_scores(model, calibration_batches, groups)
     else:
-        if not calibration_batches:
-            raise ValueError("motion allocation needs calibration_batches with frame_scores")
-        extra["mean_motion"] = mean_motion(calibration_batches)
-        scores = motion_scores(base, extra["mean_motion"], reference_motion)
+        change = temporal_change(calibration_batches)
+        extra["temporal_change"] = {**change, "factor": motion_factor(change["ratio"])}
+        scores = motion_scores(base, change["ratio"])
     units = rank_unit_params(groups)
     ranks = allocate_budget(units, scores, budget - fixed_params, min_rank=min_rank, max_rank=max_rank)
     lora = {g: ranks[g] * units[g] for g in groups}
@@ -268,13 +308,20 @@ def adalora_config(
     dropout: float = 0.0,
     tinit: int | None = None,
     tfinal: int | None = None,
-    delta_t: int = 10,
+    delta_t: int | None = None,
     modules_to_save: list[str] | None = None,
 ) -> AdaLoraConfig:
     """AdaLoRA config; with `budget` (LoRA parameters) its average target rank spends that budget.
 
     AdaLoRA keeps init_r components per layer allocated and masks the pruned ones, so its parameter
     count stays at the init_r size; the budget is what the kept components (r * (in + out + 1)) cost.
+
+    Schedule (peft's): warm-up at init_r for `tinit` steps (default 10% of total_step), then the
+    budget falls cubically to the target, re-allocated every `delta_t` steps, and is fixed for the
+    last `tfinal` steps (default 20%). The default delta_t spreads `ADALORA_UPDATES` re-allocations
+    over the span between, whatever the run's length: at 200 steps tinit 20, tfinal 40, delta_t 7,
+    21 re-allocations (`adalora_budget_updates`; the fixed delta_t = 10 of before made 14 there and
+    3 at 40 steps, too few for the ranks to move).
     """
     if total_step is None or total_step < 1:
         raise ValueError("adalora needs total_step (the number of training steps)")
@@ -288,6 +335,10 @@ def adalora_config(
     tfinal = tfinal if tfinal is not None else total_step // 5
     if tinit + tfinal >= total_step:
         raise ValueError(f"adalora needs tinit + tfinal < total_step, got {tinit} + {tfinal} >= {total_step}")
+    if delta_t is None:
+        delta_t = max(1, (total_step - tfinal - tinit) // ADALORA_UPDATES)
+    elif delta_t < 1:
+        raise ValueError(f"adapter.adalora.delta_t must be >= 1, got {delta_t}")
     return AdaLoraConfig(
         init_r=init_r,
         target_r=target_r,
@@ -300,6 +351,14 @@ def adalora_config(
         target_modules=target_modules,
         modules_to_save=modules_to_save,
     )
+
+
+def adalora_budget_updates(total_step: int, tinit: int, tfinal: int, delta_t: int) -> int:
+    """How many times peft's AdaLoRA re-allocates its ranks in steps 0 .. total_step - 1: every
+    step s with tinit < s < total_step - tfinal and s % delta_t == 0, and once more at
+    s = total_step - tfinal, where the allocation is fixed for the rest of the run."""
+    final = total_step - tfinal
+    return sum(1 for s in range(tinit + 1, final) if s % delta_t == 0) + int(0 <= final < total_step)
 
 
 def adalora_update(model: nn.Module, step: int) -> None:
@@ -335,3 +394,48 @@ def adalora_ranks(
                 "modules": len(ranks),
             }
     return report
+
+
+# --- What runs log -------------------------------------------------------------------------------------
+def lora_params_by_tower(model: nn.Module, adapter_name: str = "default") -> dict[str, int]:
+    """LoRA parameters each tower (`models.towers`) holds in a peft model: lora_A + lora_B of LoRA
+    layers; for AdaLoRA the kept components only (each r_kept * (in + out + 1))."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rank_pattern = {}
+    if hasattr(model, "peft_config"):
+        rank_pattern = getattr(model.peft_config[adapter_name], "rank_pattern", None) or {}
+    counts: dict[str, int] = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer) or adapter_name not in module.r:
+            continue
+        if hasattr(module, "lora_E") and adapter_name in module.lora_E:
+            kept = rank_pattern.get(f"{name}.lora_E.{adapter_name}")
+            rank = int(sum(kept)) if kept is not None else int(module.r[adapter_name])
+            layer = module.get_base_layer()
+            params = rank * (layer.in_features + layer.out_features + 1)
+        else:
+            params = sum(
+                getattr(p, "ds_numel", p.numel())
+                for p in (
+                    *module.lora_A[adapter_name].parameters(),
+                    *module.lora_B[adapter_name].parameters(),
+                )
+            )
+        tower = tower_of(name) or "other"
+        counts[tower] = counts.get(tower, 0) + int(params)
+    return counts
+
+
+def allocation_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """An adapter's report (`.adapter_allocation`) as MLflow metrics: ``allocation/lora_params_<tower>``
+    (parameters), ``allocation/rank_<group>`` (the group's rank; AdaLoRA: its mean kept rank) and
+    ``allocation/budget_params`` where a budget was set."""
+    metrics = {
+        f"allocation/lora_params_{tower}": float(n)
+        for tower, n in report.get("lora_params_by_tower", {}).items()
+    }
+    for group, info in report.get("groups", {}).items():
+        metrics[f"allocation/rank_{group}"] = float(info.get("rank", info.get("rank_mean", 0.0)))
+    if report.get("budget") is not None:
+        metrics["allocation/budget_params"] = float(report["budget"])
+    return metrics

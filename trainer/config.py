@@ -109,9 +109,12 @@ class AdapterConfig:
     # Per-modality ranks / alphas: {vision: 16, frame_qformer: 8, video_qformer: 8, projection: 8, llm: 64}.
     ranks: dict[str, int] | None = None
     alphas: dict[str, float] | None = None
-    # static (the ranks above) or a budget allocator: entropy | motion | importance.
+    # static (the ranks above) or a budget allocator: static_vision | static_fusion | static_llm (fixed
+    # weights, the named towers 4x the others' rank) | entropy | motion | importance (measured on the
+    # calibration batches). Without ranks, allocated over vision, frame_qformer, video_qformer, llm.
     allocation: str = "static"
-    # Trainable-parameter budget of the allocators (and AdaLoRA's LoRA budget).
+    # Trainable-parameter budget of the allocators (and AdaLoRA's LoRA budget); null: what the method
+    # trains at one rank r on its default placement (QLoRA at r for ranked_qlora), a matched count.
     budget: float | None = None
     # Training batches the allocators measure activations / gradients / motion on.
     calibration_batches: int = 4

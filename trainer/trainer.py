@@ -28,6 +28,7 @@ from models.adapters import apply_adapter, trainable_parameter_count
 from models.loading import load_model
 from models.methods import adapter_method, uses_frame_gates
 from models.processor import VideoLlamaProcessor
+from models.rank_allocation import allocation_metrics, lora_params_by_tower
 from models.retrieval_head import caption_tokens
 from models.temporal_lora import gate_summary
 from trainer import checkpoint
@@ -299,6 +300,11 @@ class Trainer:
         )
         if uses_frame_gates(self.cfg.adapter.method):
             metrics.update(gate_summary(self.engine.module))
+        if adapter_method(self.cfg.adapter.method).step_update is not None:
+            # AdaLoRA moves its ranks while it trains: the latest allocation/* values are the final ones.
+            metrics.update(
+                allocation_metrics({"lora_params_by_tower": lora_params_by_tower(self.engine.module)})
+            )
         if loss is not None:
             metrics["train/loss"] = loss
             self.losses.append(loss)
@@ -428,6 +434,8 @@ class Trainer:
             artifacts=artifacts,
         )
         tracker.log(analytic_memory(self.cfg, self.adapter_allocation), step=0)
+        if self.adapter_allocation is not None:  # the ranks per group and LoRA parameters per tower
+            tracker.log(allocation_metrics(self.adapter_allocation), step=0)
         return tracker
 
     def summary(self) -> dict[str, Any]:

@@ -349,6 +349,10 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
         assert metrics["train/lr"] == metrics["train/lr_llm"] > metrics["train/lr_aligner"]
     if "budget" in " ".join(overrides) and "adalora" not in overrides[0]:
         assert abs(summary["trainable_params"] - 60000) <= 0.02 * 60000
+        # The ranks chosen per group are metrics of the run, for the comparison's allocation plot.
+        assert metrics["allocation/budget_params"] == 60000 and metrics["allocation/rank_video_qformer"] >= 1
+    if "adalora" in overrides[0]:  # logged as it trains: the last value holds the kept components
+        assert 0 < metrics["allocation/lora_params_llm"]
     run_config = json.loads((run_dir / "adapter/run_config.json").read_text())
     quantization = run_config["model"]["quantization"]  # "auto" resolved by the trainer
     mixed = {"vision": "int8", "llm": "nf4"}

@@ -20,6 +20,10 @@ Reads the experiment's FINISHED runs back from MLflow, groups them by configurat
   log-linear least-squares fit ``q = a + b ln r`` when there are fewer than 3 ranks or the power
   law does not converge; the JSON says which), with the 2.5–97.5% band of the law refitted on the
   runs of each rank resampled with replacement (its parameters' percentiles in the JSON);
+- ``allocations.png`` / ``allocations.csv``: per configuration whose runs logged their adapter's
+  allocation (``allocation/*``: every LoRA-family run), the trainable parameters in each tower as
+  stacked bars (LoRA A + B; AdaLoRA its kept components at the end), the rest that trains on top and
+  the budget ticked: the ranks each allocator chose, side by side with uniform QLoRA's;
 - with ``--sweep`` (the sweep file's ``metric``, ``baselines``, ``claims``; ``claims``):
   ``deltas.md`` / ``deltas.csv``, every configuration's paired Δ against its task's baseline with a
   95% CI over seeds and clips, and ``claims.md`` / ``claims.json``, each pre-registered claim's
@@ -60,7 +64,7 @@ from trainer.experiments.claims import (
 )
 from trainer.experiments.compare_figures import accuracy_table, write_figures
 from trainer.experiments.compare_laws import fit_rank_law, rank_law_band, rank_series
-from trainer.experiments.compare_plots import plot_pareto, plot_rank_law
+from trainer.experiments.compare_plots import allocation_table, plot_allocations, plot_pareto, plot_rank_law
 from trainer.experiments.compare_runs import (
     COMPARISON_TAG,
     FLOPS,
@@ -149,12 +153,19 @@ def compare(
             files.update({"rank_law.png": "rank_law.png", "rank_law.json": "rank_law.json"})
             break
 
+    allocations = plot_allocations(runs, out / "allocations.png")
+    if allocations is not None:
+        allocation_table(runs).to_csv(out / "allocations.csv")
+        files.update({"allocations.png": "allocations.png", "allocations.csv": "allocations.csv"})
+
     claims = None
     if sweep_file is not None:
         claims = _paired_results(per_clip, runs, load_comparison_spec(sweep_file), split_by, out, files)
 
     report = Path(observability) if observability is not None else out / "observability.json"
     figures = write_figures(tracking_uri, runs, per_clip, out, report)
+    if allocations is not None:  # among the figures, so that the README shows it with its caption
+        figures["allocations.png"] = allocations
     files.update({name: name for name in figures})
 
     summary = {

@@ -1,5 +1,5 @@
-"""Plots: quality against cost with the Pareto front highlighted, and quality against rank with its law
-and bootstrap band."""
+"""Plots: quality against cost with the Pareto front highlighted, quality against rank with its law
+and bootstrap band, and the trainable parameters each configuration's adapter put in each tower."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ matplotlib.use("Agg")  # files only; no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainer.experiments.compare_laws import law_curve  # noqa: E402
-from trainer.experiments.compare_runs import MEMORY_TITLES, STEP_TIME  # noqa: E402
+from trainer.experiments.compare_runs import (  # noqa: E402
+    BUDGET,
+    LORA_PARAMS_PREFIX,
+    MEMORY_TITLES,
+    STEP_TIME,
+    TRAINABLE,
+)
 from trainer.experiments.compare_tables import metric_title  # noqa: E402
 
 
@@ -145,6 +151,50 @@ def _law_text(fit: dict[str, Any]) -> str:
     if "c" in p:
         return f"q = {p['a']:.3g} - {p['b']:.3g}·r^-{p['c']:.3g} (R²={fit['r2']:.2f})"
     return f"q = {p['a']:.3g} + {p['b']:.3g}·ln r (R²={fit['r2']:.2f})"
+
+
+def allocation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration that logged its adapter's allocation: mean over seeds of the LoRA parameters
+    of each tower, of everything else that trains (saved modules, gates; AdaLoRA's masked
+    components) and of the budget. Index: label; columns: "lora <tower>" (towers sorted by name, the
+    metric names being all a comparison knows of them), "other", "budget"."""
+    towers = sorted(c.removeprefix(LORA_PARAMS_PREFIX) for c in runs if c.startswith(LORA_PARAMS_PREFIX))
+    if not towers:
+        return pd.DataFrame()
+    cols = [f"{LORA_PARAMS_PREFIX}{t}" for t in towers]
+    data = runs[runs[cols].notna().any(axis=1)]
+    lora = data[cols].fillna(0.0).set_axis([f"lora {t}" for t in towers], axis=1)
+    table = lora.assign(label=data["label"].to_numpy())
+    rest = (data[TRAINABLE] - data[cols].fillna(0.0).sum(axis=1)).clip(lower=0) if TRAINABLE in data else 0.0
+    table["other"] = rest
+    table["budget"] = data[BUDGET] if BUDGET in data else np.nan
+    return table.groupby("label", sort=True).mean()
+
+
+def plot_allocations(runs: pd.DataFrame, path: Path) -> str | None:
+    """Stacked bars, one per configuration: the trainable parameters its adapter put in each tower
+    (LoRA A + B; AdaLoRA its kept components) and the rest that trains, with its budget ticked where
+    one was set, so that a budget-matched comparison is seen to be one. Returns a caption, or None
+    (nothing written) when no run logged an allocation."""
+    table = allocation_table(runs)
+    if table.empty:
+        return None
+    parts = [c for c in table.columns if c != "budget"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(table) + 2), 4.8), dpi=110)
+    x = np.arange(len(table))
+    bottom = np.zeros(len(table))
+    for part in parts:
+        values = table[part].to_numpy()
+        ax.bar(x, values, bottom=bottom, label=part, color=None if part != "other" else "0.8")
+        bottom += values
+    budget = table["budget"].to_numpy()
+    if np.isfinite(budget).any():
+        ax.plot(x, budget, "_", color="k", markersize=22, markeredgewidth=2, label="budget")
+    ax.set_xticks(x, table.index, rotation=60, ha="right", fontsize=7)
+    _finish_plot(
+        fig, ax, "configuration", "trainable parameters", path, title="Trainable parameters per tower"
+    )
+    return "trainable parameters each configuration's adapter put in each tower (stacked), budget ticked"
 
 
 def _finish_plot(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, title: str | None = None) -> None:

@@ -25,6 +25,11 @@ MEMORY_TITLES = {
 STEP_TIME = "time/step_s"
 FLOPS = "flops/per_step_tflop"
 TRAINABLE = "model.trainable_params"
+# What a LoRA-family run logs of its adapter (models.rank_allocation.allocation_metrics): LoRA
+# parameters per tower, ranks per group, the budget; the latest value is the final allocation.
+ALLOCATION_PREFIX = "allocation/"
+LORA_PARAMS_PREFIX = ALLOCATION_PREFIX + "lora_params_"
+BUDGET = ALLOCATION_PREFIX + "budget_params"
 COMPARISON_TAG = "sweep.kind"
 
 
@@ -33,8 +38,8 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
     Columns: run_id, run_name, config_id, label, groups, seed, method, every ``eval/*`` metric,
     the memory metrics, ``time/step_s`` (the median over logged steps after the first, which holds
-    the warm-up), ``flops/per_step_tflop``, ``model.trainable_params`` and ``param.<key>`` for each
-    ``sweep.param.<key>`` tag.
+    the warm-up), ``flops/per_step_tflop``, ``model.trainable_params``, the ``allocation/*`` metrics
+    and ``param.<key>`` for each ``sweep.param.<key>`` tag.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -64,7 +69,11 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "method": params.get("adapter.method", tags.get("adapter.method", "")),
         }
         row.update(
-            {k: v for k, v in metrics.items() if k.startswith("eval/") or k in MEMORY_METRICS or k == FLOPS}
+            {
+                k: v
+                for k, v in metrics.items()
+                if k.startswith(("eval/", ALLOCATION_PREFIX)) or k in MEMORY_METRICS or k == FLOPS
+            }
         )
         row[STEP_TIME] = _steady_step_time(client, run.info.run_id) if STEP_TIME in metrics else np.nan
         row[TRAINABLE] = as_number(params.get(TRAINABLE))

@@ -208,3 +208,28 @@ def test_chance_levels_are_no_quality_and_forced_choice_leads():
         }
     )
     assert quality_columns(runs) == ["eval/choice_acc_pct", "eval/cider", "eval/shuffled/choice_acc_pct"]
+
+
+def test_allocation_plot_stacks_each_towers_parameters(tmp_path):
+    """allocations.png: one stacked bar per configuration that logged its allocation (seeds
+    averaged), the rest of its trainable parameters on top; configurations without one left out."""
+    runs = pd.DataFrame(
+        {
+            "label": ["qlora", "qlora", "static_llm", "prefix"],
+            "model.trainable_params": [102528, 102528, 101760, 5000],
+            "allocation/lora_params_vision": [24576, 24576, 7680, np.nan],
+            "allocation/lora_params_llm": [69632, 69632, 65280, np.nan],
+            "allocation/lora_params_frame_qformer": [np.nan, np.nan, 9216, np.nan],
+            "allocation/budget_params": [np.nan, np.nan, 102528, np.nan],
+        }
+    )
+    table = cmp.allocation_table(runs)
+    assert list(table.index) == ["qlora", "static_llm"]
+    assert list(table.columns) == ["lora frame_qformer", "lora llm", "lora vision", "other", "budget"]
+    assert table.loc["qlora", "other"] == 102528 - 24576 - 69632  # the saved projection
+    assert table.loc["static_llm", "lora frame_qformer"] == 9216 and np.isnan(table.loc["qlora", "budget"])
+    path = tmp_path / "allocations.png"
+    assert cmp.plot_allocations(runs, path) is not None
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert cmp.plot_allocations(runs[["label", "model.trainable_params"]], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
