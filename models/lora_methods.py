@@ -193,12 +193,16 @@ def uniform_trainable_params(
     model: nn.Module, method: AdapterMethod, r: int, gate_config: Mapping[str, Any] | None = None
 ) -> int:
     """Trainable parameters of `method` at one rank `r` on its default placement with its default
-    saved modules (and gates, for a gated method): QLoRA at r for ranked_qlora, temporal QLoRA at r
-    for temporal_ranked_qlora. The default budget of the allocators, so that they are compared with
+    saved modules and the ones it always trains (and gates, for a gated method): QLoRA at r for
+    ranked_qlora, temporal QLoRA at r (its frame position embedding too) for temporal_ranked_qlora. The default budget of the allocators, so that they are compared with
     uniform QLoRA at a matched count: r * sum (in + out) over the placement's linears + fixed."""
     patterns = ra.resolve_patterns(PLACEMENTS[method.default_placement])
     linears = ra.group_modules(model, patterns)
-    saved = with_retrieval_head(model, list(DEFAULT_MODULES_TO_SAVE))
+    defaults = [
+        *DEFAULT_MODULES_TO_SAVE,
+        *(m for m in method.trained_modules if m not in DEFAULT_MODULES_TO_SAVE),
+    ]
+    saved = with_retrieval_head(model, defaults)
     return r * sum(ra.rank_unit_params(linears).values()) + _fixed_params(model, saved, linears, gate_config)
 
 

@@ -135,7 +135,9 @@ class Trainer:
             retrieval_dim=cfg.train.retrieval_dim,
         )
         self.selector = build_selector(cfg)
-        calibration = partial(calibration_batches, cfg, self.processor, self.selector, self.device, self.dtype)
+        calibration = partial(
+            calibration_batches, cfg, self.processor, self.selector, self.device, self.dtype
+        )
         model = apply_adapter(model, cfg.adapter.method, **adapter_options(cfg, calibration))
         self.adapter_allocation: dict[str, Any] | None = getattr(model, "adapter_allocation", None)
         self.trainable_params, self.total_params = trainable_parameter_count(model)
@@ -310,7 +312,9 @@ class Trainer:
             self.losses.append(loss)
         if self.flops_per_step:
             peak = peak_tflops(self.device, self.cfg.train.peak_tflops)
-            metrics.update(flops_metrics(self.flops_per_step, self.dist.world_size, metrics["time/step_s"], peak))
+            metrics.update(
+                flops_metrics(self.flops_per_step, self.dist.world_size, metrics["time/step_s"], peak)
+            )
         self.tracker.log(metrics, step=self.step)
 
     # ------------------------------------------------------------------ checkpoints
@@ -478,4 +482,3 @@ class Trainer:
         self.tracker.log_artifact(path)
         self.tracker.close("KILLED" if self.preempted and status == "FINISHED" else status)
         return summary
-
