@@ -357,7 +357,7 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
     quantization = run_config["model"]["quantization"]  # "auto" resolved by the trainer
     mixed = {"vision": "int8", "llm": "nf4"}
     assert quantization == (
-        "int8" if "qlora8" in overrides[0] else mixed if "llm: nf4" in overrides[1] else "nf4"
+        "int8" if "qlora8" in overrides[0] else mixed if any("llm: nf4" in o for o in overrides) else "nf4"
     )
     base = load_model(
         run_config["model"]["name_or_path"],
