@@ -73,8 +73,7 @@ def _modules_to_save(model: nn.Module, method: AdapterMethod, options: AdapterOp
     """The given modules, or the method's default (none for a method that trains nothing by default)."""
     default = DEFAULT_MODULES_TO_SAVE if method.trains else []
     names = default if options.modules_to_save is None else options.modules_to_save
-    names = [*names, *(m for m in method.trained_modules if m not in names)]
-    return with_retrieval_head(model, names)
+    return with_retrieval_head(model, method.with_trained_modules(names))
 
 
 def _finish(

@@ -102,8 +102,7 @@ def _resolve_targets(model: nn.Module, method: AdapterMethod, options: AdapterOp
     if modules_to_save is None:
         # A tower that gets LoRA ranks is no longer trained in full next to them.
         modules_to_save = [m for m in DEFAULT_MODULES_TO_SAVE if not (grouped and tower_of(m) in patterns)]
-    modules_to_save = [*modules_to_save, *(m for m in method.trained_modules if m not in modules_to_save)]
-    modules_to_save = with_retrieval_head(model, modules_to_save)
+    modules_to_save = with_retrieval_head(model, method.with_trained_modules(modules_to_save))
     return _Targets(grouped, target_modules, groups, patterns, linears, modules_to_save)
 
 
@@ -194,15 +193,12 @@ def uniform_trainable_params(
 ) -> int:
     """Trainable parameters of `method` at one rank `r` on its default placement with its default
     saved modules and the ones it always trains (and gates, for a gated method): QLoRA at r for
-    ranked_qlora, temporal QLoRA at r (its frame position embedding too) for temporal_ranked_qlora. The default budget of the allocators, so that they are compared with
-    uniform QLoRA at a matched count: r * sum (in + out) over the placement's linears + fixed."""
+    ranked_qlora, temporal QLoRA at r (its frame position embedding too) for temporal_ranked_qlora.
+    The default budget of the allocators, so that they are compared with uniform QLoRA at a matched
+    count: r * sum (in + out) over the placement's linears + fixed."""
     patterns = ra.resolve_patterns(PLACEMENTS[method.default_placement])
     linears = ra.group_modules(model, patterns)
-    defaults = [
-        *DEFAULT_MODULES_TO_SAVE,
-        *(m for m in method.trained_modules if m not in DEFAULT_MODULES_TO_SAVE),
-    ]
-    saved = with_retrieval_head(model, defaults)
+    saved = with_retrieval_head(model, method.with_trained_modules(DEFAULT_MODULES_TO_SAVE))
     return r * sum(ra.rank_unit_params(linears).values()) + _fixed_params(model, saved, linears, gate_config)
 
 

@@ -6,7 +6,7 @@ them and the trainer, compat checks, export and benchmarks read them instead of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
@@ -204,6 +204,10 @@ class AdapterMethod:
     counterpart: str | None = None
     step_update: Callable[[nn.Module, int], None] | None = None
     gate_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def with_trained_modules(self, names: Sequence[str]) -> list[str]:
+        """`names` (modules to train in full and save) plus the ones this method always trains."""
+        return [*names, *(m for m in self.trained_modules if m not in names)]
 
     @property
     def settings(self) -> tuple[str, ...]:
