@@ -2,7 +2,7 @@
 with --optimizers, step peak, time and optimizer state per optimizer (AdamW, 8-bit, paged, offload).
 
     python -m benchmarks.train_memory --device cpu [--quick] [--preset tiny|1b] [--methods lora,qlora]
-        [--gradient-checkpointing]
+        [--gradient-checkpointing] [--optimizer adamw_8bit] [--quantize-fusion]
     python -m benchmarks.train_memory --device cpu --preset 1b \
         --optimizers adamw,adamw_8bit,paged_adamw_8bit,offload
 
@@ -30,6 +30,13 @@ With ``--gradient-checkpointing`` every method recomputes the activations of eve
 LLM layer in backward (``adapter.gradient_checkpointing``), and qlora runs once more without it: what
 checkpointing saves. What it costs is timed in qlora's checkpointed child, after its measured steps,
 by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians).
+
+``--optimizer`` trains every method with one `train.optimizer` (default adamw), so that both sides of
+a ratio hold the same optimizer state; ``--quantize-fusion`` stores the frozen Q-Formers of the
+quantized methods in their format too (``model.quantization={fusion: auto}``; the 16-bit methods
+are unchanged). Each is added to the result's name, and qlora then also runs plain (AdamW, 16-bit
+Q-Formers, no checkpointing): ``qlora_over_plain_qlora_step_peak`` / ``_step_cpu_time`` say what all
+the reductions together save and cost.
 
 Reported per method: the absolute peak (whole process, load included), the baseline, the step's peak
 above the baseline (the figure the ratios use) and its parts that can be counted exactly (weights,
@@ -128,6 +135,17 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         "and qlora also without it (the memory saved) and in alternate steps with it off and on (the time)",
     )
     parser.add_argument(
+        "--optimizer",
+        default="adamw",
+        choices=[name for name in OPTIMIZER_VARIANTS if name != "offload"],
+        help="the train.optimizer every method trains with (ZeRO-2, no offload)",
+    )
+    parser.add_argument(
+        "--quantize-fusion",
+        action="store_true",
+        help="the quantized methods store the frozen Q-Formers in their format too ({fusion: auto})",
+    )
+    parser.add_argument(
         "--count-flops",
         action="store_true",
         help="also count one forward + backward's FLOPs (trainer.flops) and the attended tokens per step, for MFU",
@@ -169,22 +187,37 @@ def available_optimizers(requested: str) -> list[str]:
     return names
 
 
-def quantization_of(method: str) -> str:
-    """The `models.loading` quantization `method` trains on: its declared default weight format."""
+def quantization_of(method: str, quantize_fusion: bool = False) -> str | dict[str, str]:
+    """The `models.loading` quantization `method` trains on: its declared default weight format; with
+    `quantize_fusion`, a quantized method's Q-Formers in that format too."""
     from models.methods import adapter_method
+    from models.weight_formats import FULL_PRECISION, canonical, tower_formats
 
-    return adapter_method(method).weight_format
+    fmt = adapter_method(method).weight_format
+    if not quantize_fusion or fmt == FULL_PRECISION:
+        return fmt
+    return canonical(tower_formats({"fusion": "auto"}, default=fmt))
 
 
-def result_name(preset: str, dtype: str, optimizers: bool = False, checkpointing: bool = False) -> str:
+def result_name(
+    preset: str,
+    dtype: str,
+    optimizers: bool = False,
+    checkpointing: bool = False,
+    optimizer: str = "adamw",
+    quantize_fusion: bool = False,
+) -> str:
     """``train_memory`` for the tiny preset, ``train_memory_1b`` for 1b; a dtype other than auto is
     added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one, and
-    so is gradient checkpointing (``train_memory_1b_bfloat16_checkpointed``).
+    so are gradient checkpointing (``train_memory_1b_bfloat16_checkpointed``), an optimizer other
+    than adamw (``…_adamw_8bit``) and quantized Q-Formers (``…_fusion_quantized``).
     The optimizer comparison is ``train_memory_optimizers`` (``train_memory_optimizers_1b``, …)."""
     name = "train_memory_optimizers" if optimizers else "train_memory"
     name = name if preset == "tiny" else f"{name}_{preset}"
     name = name if dtype == "auto" else f"{name}_{dtype}"
-    return f"{name}_checkpointed" if checkpointing else name
+    name = f"{name}_checkpointed" if checkpointing else name
+    name = name if optimizer == "adamw" else f"{name}_{optimizer}"
+    return f"{name}_fusion_quantized" if quantize_fusion else name
 
 
 def measure_in_child(
@@ -195,10 +228,15 @@ def measure_in_child(
     optimizer: str = "adamw",
     checkpointing: bool = False,
     alternate_steps: int = 0,
+    quantize_fusion: bool | None = None,
 ) -> dict[str, Any]:
     """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name), with or without gradient
-    checkpointing, in a fresh Python process (this module with --child); returns its figures."""
-    out = out_dir / f"{variant}-{optimizer}{'-checkpointed' if checkpointing else ''}.json"
+    checkpointing, in a fresh Python process (this module with --child); returns its figures.
+    `quantize_fusion` None: as ``args.quantize_fusion`` says."""
+    if quantize_fusion is None:
+        quantize_fusion = getattr(args, "quantize_fusion", False)
+    tags = ("-checkpointed" if checkpointing else "") + ("-fusion" if quantize_fusion else "")
+    out = out_dir / f"{variant}-{optimizer}{tags}.json"
     cmd = [
         sys.executable, "-m", "benchmarks.train_memory",
         "--device", args.device, "--preset", args.preset, "--dtype", args.dtype,
@@ -207,6 +245,7 @@ def measure_in_child(
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
         *(["--child-checkpointing", "--alternate-steps", str(alternate_steps)] if checkpointing else []),
         *(["--count-flops"] if getattr(args, "count_flops", False) else []),
+        *(["--quantize-fusion"] if quantize_fusion else []),
         *(["--torch-adam"] if getattr(args, "torch_adam", False) else []),
     ]  # fmt: skip
     from trainer.distributed import PROCESS_GROUP_ENV
@@ -251,7 +290,7 @@ def run_child(args: argparse.Namespace) -> None:
     meter.reset()
     baseline = meter.read()["current"]
 
-    method, quantization = args.child, quantization_of(args.child)
+    method, quantization = args.child, quantization_of(args.child, args.quantize_fusion)
     torch.manual_seed(0)
     processor = VideoLlamaProcessor.from_pretrained(args.checkpoint)
     model = load_model(args.checkpoint, quantization=quantization, compute_dtype=dtype, device=device)
@@ -403,6 +442,10 @@ def main() -> None:
         return
     device = torch.device(args.device)
     if args.optimizers is not None:
+        if args.optimizer != "adamw":
+            raise SystemExit(
+                "--optimizer sets every method's optimizer; --optimizers compares them: give one"
+            )
         compare_optimizers(args, device)
         return
     variants = available_variants(args.methods)
@@ -427,17 +470,26 @@ def main() -> None:
                 variant,
                 checkpoint,
                 Path(tmp),
+                args.optimizer,
                 checkpointing=args.gradient_checkpointing,
                 alternate_steps=ALTERNATE_STEPS if variant == "qlora" else 0,
             )
         if args.gradient_checkpointing and "qlora" in per_method:
             # what checkpointing saves: the same qlora steps without it
-            per_method["qlora_not_checkpointed"] = measure_in_child(args, "qlora", checkpoint, Path(tmp))
+            per_method["qlora_not_checkpointed"] = measure_in_child(
+                args, "qlora", checkpoint, Path(tmp), args.optimizer
+            )
+        if "qlora" in per_method and (args.optimizer != "adamw" or args.quantize_fusion):
+            # what all the reductions together cost and save: plain qlora (AdamW, 16-bit Q-Formers,
+            # no checkpointing) in the next child, on the same machine
+            per_method["qlora_plain"] = measure_in_child(
+                args, "qlora", checkpoint, Path(tmp), "adamw", quantize_fusion=False
+            )
 
     lora = per_method["lora"]
     ratios = {}
     for variant, figures in per_method.items():
-        if variant in ("lora", "qlora_not_checkpointed"):
+        if variant in ("lora", "qlora_not_checkpointed", "qlora_plain"):
             continue
         for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
             ratios[f"{args.preset}/{variant}_over_lora_{ratio}"] = figures[key] / lora[key]
@@ -449,13 +501,25 @@ def main() -> None:
         ratios[f"{args.preset}/qlora_checkpointed_over_not_step_cpu_time"] = checkpointed[
             "alternating_checkpointed_over_not_step_cpu"
         ]
+    if "qlora_plain" in per_method:
+        plain, reduced_run = per_method["qlora_plain"], per_method["qlora"]
+        for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
+            ratios[f"{args.preset}/qlora_over_plain_qlora_{ratio}"] = reduced_run[key] / plain[key]
     write_result(
-        result_name(args.preset, args.dtype, checkpointing=args.gradient_checkpointing),
+        result_name(
+            args.preset,
+            args.dtype,
+            checkpointing=args.gradient_checkpointing,
+            optimizer=args.optimizer,
+            quantize_fusion=args.quantize_fusion,
+        ),
         device,
         config={
             "quick": args.quick,
             "preset": args.preset,
-            "methods": {v: {"method": v, "quantization": quantization_of(v)} for v in variants},
+            "methods": {
+                v: {"method": v, "quantization": quantization_of(v, args.quantize_fusion)} for v in variants
+            },
             "batch_size": args.batch_size,
             "frames": args.frames,
             "rank": RANK,
@@ -463,7 +527,9 @@ def main() -> None:
             "dtype": args.dtype,
             "steps": args.steps,
             "gradient_checkpointing": args.gradient_checkpointing,
-            "optimizer": f"deepspeed.initialize with {DS_CONFIG} (ZeRO-2 AdamW, no offload)",
+            "optimizer": f"deepspeed.initialize with {DS_CONFIG} (ZeRO-2, no offload), "
+            f"train.optimizer={args.optimizer}",
+            "quantize_fusion": args.quantize_fusion,
             "memory_measure": measure_description(device),
             "ratio_figures": "step_peak_above_baseline_bytes (over all steps), step_cpu_s (median after the first)",
             "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
@@ -504,13 +570,13 @@ def compare_optimizers(args: argparse.Namespace, device: torch.device) -> None:
         ):
             ratios[f"{args.preset}/{name}_over_adamw_{ratio}"] = figures[key] / adamw[key]
     write_result(
-        result_name(args.preset, args.dtype, optimizers=True),
+        result_name(args.preset, args.dtype, optimizers=True, quantize_fusion=args.quantize_fusion),
         device,
         config={
             "quick": args.quick,
             "preset": args.preset,
             "method": method,
-            "quantization": quantization_of(method),
+            "quantization": quantization_of(method, args.quantize_fusion),
             "optimizers": {
                 name: dict(
                     zip(("train.optimizer", "deepspeed.config"), OPTIMIZER_VARIANTS[name], strict=True)

@@ -13,7 +13,7 @@ How it is measured without holding the model in memory:
    holds), and its bytes are read off the result: packed storage + every tensor of its quantization
    state. The byte count depends on the shape and the settings only, never on the values.
 
-A format is one of `FORMATS` for the whole model, or a format per tower ({"vision": "int8", "llm":
+A format is one of `FORMATS` for the whole model, or a format per part ({"vision": "int8", "llm":
 "nf4"}, `model.quantization`'s mapping, in `models.loading` names): each tower's linears are then
 swapped for the layers of its own format, as `models.loading.load_model` leaves them.
 
@@ -34,11 +34,11 @@ from torch import nn
 from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
 from .configuration_video_llama import VideoLlamaConfig
-from .loading import DEFAULT_SKIP_MODULES, quantization_config
+from .loading import DEFAULT_SKIP_MODULES, quantization_config, skip_other_formats
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .parameters import logical_numel
 from .presets import preset_fields
-from .towers import TOWER_NAMES, modules_of, tower_of
+from .towers import TOWER_NAMES, tower_of
 from .weight_formats import FULL_PRECISION, Quantization, describe, tower_formats
 
 # The report's components are the towers of `models.towers`; the frame Q-Former's column keeps the
@@ -186,7 +186,7 @@ def meta_model(config: VideoLlamaConfig, fmt: Format) -> nn.Module:
     formats = tower_formats(quantization_of(fmt))
     for quantization in sorted(set(formats.values()) - {FULL_PRECISION}):
         # Towers of other formats are left alone by this format's swap, as a load's skip list does.
-        others = modules_of(name for name, f in formats.items() if f != quantization)
+        others = skip_other_formats(formats, quantization)
         qconfig = quantization_config(quantization, COMPUTE_DTYPE, [*DEFAULT_SKIP_MODULES, *others])
         replace_with_bnb_linear(
             model, modules_to_not_convert=qconfig.llm_int8_skip_modules, quantization_config=qconfig

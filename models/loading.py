@@ -1,14 +1,15 @@
 """Load a saved Video-LLaMA checkpoint, optionally quantized with bitsandbytes (QLoRA's NF4).
 
 Both big towers are quantized — the ViT and the LLM linears become `bnb.nn.Linear4bit` (or
-`Linear8bitLt`) — while the small trainable glue (frame and video Q-Formers, the video projection,
-the retrieval head) and the LLM's `lm_head` stay in `compute_dtype`: they are a few percent of the
-weights, are trained fully in Video-LLaMA, and `lm_head` feeds the loss directly.
+`Linear8bitLt`) — while the small glue (frame and video Q-Formers, the video projection, the
+retrieval head) and the LLM's `lm_head` stay in `compute_dtype`: they are a few percent of the
+weights, are trained fully in Video-LLaMA, and `lm_head` feeds the loss directly. The Q-Formers (the
+"fusion" part) can be quantized too when a run names them, which frozen under a PEFT method they can.
 
-Each of the two towers can hold its own format (`models.weight_formats`: {vision: int8, llm: nf4},
-{vision: none, llm: nf4}). One `from_pretrained` carries one `BitsAndBytesConfig`, so the load
+Each part can hold its own format (`models.weight_formats`: {vision: int8, llm: nf4}, {vision: none,
+llm: nf4}, {fusion: nf4}). One `from_pretrained` carries one `BitsAndBytesConfig`, so the load
 quantizes the LLM in its format (the biggest tower: its 16-bit weights are never all in memory)
-and leaves the towers of another format in `compute_dtype`; a tower of a second quantized format is
+and leaves the parts of another format in `compute_dtype`; a part of a second quantized format is
 then quantized in place (`quantize_tower`) by the same transformers and bitsandbytes calls a load
 makes, so it holds exactly what a load in that format holds.
 """
@@ -23,15 +24,16 @@ from transformers import BitsAndBytesConfig
 from transformers.integrations.bitsandbytes import dequantize_and_replace, replace_with_bnb_linear
 
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
-from .towers import ALIGNER, QUANTIZED_TOWERS, modules_of, tower_of
+from .towers import QUANTIZABLE, modules_of, part_modules, part_of
 from .weight_formats import FULL_PRECISION, QUANTIZATIONS, Quantization, tower_formats
 
 # Module-name patterns bitsandbytes must leave unquantized (transformers matches each as a prefix
-# at a module boundary, as a regex, or as a suffix): the aligner's towers (models/towers.py), the
+# at a module boundary, as a regex, or as a suffix): the projection (models/towers.py), the
 # retrieval head, and the LLM's output head — a list replaces transformers' automatic skips, so the
-# head is named explicitly.
+# head is named explicitly. A part held in another format than a load's is added to it
+# (`skip_other_formats`), the fusion layers' default "none" included.
 DEFAULT_SKIP_MODULES = [
-    *modules_of(ALIGNER),
+    *modules_of(["projection"]),
     "retrieval_head",
     "language_model.lm_head",
 ]
@@ -82,8 +84,9 @@ def load_model(
     Args:
         path: checkpoint directory with config.json + model.safetensors.
         quantization: "nf4" (NF4 + double quant, QLoRA), "nf4-nodq" (NF4 without double quant),
-            "int8" (LLM.int8), or "none" (plain `compute_dtype` weights); or a format per tower,
-            {"vision": ..., "llm": ...} (`models.weight_formats`; both must be named).
+            "int8" (LLM.int8), or "none" (plain `compute_dtype` weights); or a format per part,
+            {"vision": ..., "fusion": ..., "llm": ...} (`models.weight_formats`; vision and llm must
+            be named, fusion is "none" unless named).
         compute_dtype: dtype of the matmuls and of every non-quantized weight.
         device: where the whole model goes (a single-device map; bitsandbytes quantizes on the way).
         skip_modules: module-name patterns left unquantized; default `DEFAULT_SKIP_MODULES`.
@@ -101,8 +104,8 @@ def load_model(
     formats = tower_formats(quantization)
     on_load = load_format(formats)
     skip = list(DEFAULT_SKIP_MODULES if skip_modules is None else skip_modules)
-    # Towers of another format than the load's are loaded in compute_dtype (and quantized below).
-    skip += modules_of(name for name, fmt in formats.items() if fmt != on_load)
+    # Parts of another format than the load's are loaded in compute_dtype (and quantized below).
+    skip += skip_other_formats(formats, on_load)
     config_overrides = {} if retrieval_dim is None else {"retrieval_dim": retrieval_dim}
     model = VideoLlamaForConditionalGeneration.from_pretrained(
         path,
@@ -118,25 +121,31 @@ def load_model(
     return model
 
 
+def skip_other_formats(formats: Mapping[str, str], quantization: str) -> list[str]:
+    """Module names of the parts of `formats` ({part: format}) not held in `quantization`: what a
+    quantization pass in that format must leave alone."""
+    return part_modules(part for part, fmt in formats.items() if fmt != quantization)
+
+
 def quantize_tower(
     model: nn.Module, name: str, quantization: str, compute_dtype: torch.dtype, skip_modules: list[str]
 ) -> int:
-    """Quantize the linears of tower `name` (one of `QUANTIZED_TOWERS`) of a loaded model in place, as
+    """Quantize the linears of part `name` (a key of `QUANTIZABLE`) of a loaded model in place, as
     a load in `quantization` would; returns how many it replaced.
 
-    transformers' `replace_with_bnb_linear` swaps every `nn.Linear` of the tower not in
+    transformers' `replace_with_bnb_linear` swaps every `nn.Linear` of the part not in
     `skip_modules` for the bitsandbytes layer of the `BitsAndBytesConfig` a load would use (on meta),
     then each gets its old weight as the bitsandbytes parameter a load builds (`Params4bit` /
     `Int8Params`), which quantizes it on the model's device. The model's `is_loaded_in_4bit/8bit`
     flags are set as a load sets them, so peft wraps these layers with its bitsandbytes LoRA layers.
     """
-    if name not in QUANTIZED_TOWERS:
-        raise ValueError(f"only the towers {QUANTIZED_TOWERS} are quantized, got {name!r}")
+    if name not in QUANTIZABLE:
+        raise ValueError(f"only {tuple(QUANTIZABLE)} are quantized, got {name!r}")
     config = quantization_config(quantization, compute_dtype)
     if config is None:
         raise ValueError(f"quantize_tower needs a 4/8-bit format, got {quantization!r}")
-    own = set(modules_of([name]))
-    others = modules_of(other for other in QUANTIZED_TOWERS if other != name)
+    own = set(part_modules([name]))
+    others = part_modules(other for other in QUANTIZABLE if other != name)
     keep = [m for m in skip_modules if m not in own] + others
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
     replace_with_bnb_linear(model, modules_to_not_convert=keep, quantization_config=config)
@@ -183,11 +192,11 @@ def dequantize_model(model: nn.Module, quantization: Quantization) -> nn.Module:
 
 
 def model_formats(model: nn.Module) -> dict[str, str]:
-    """The format each of `QUANTIZED_TOWERS` of a loaded (or `models.footprint.meta_model`) model
+    """The format each part of `QUANTIZABLE` of a loaded (or `models.footprint.meta_model`) model
     holds, read off its layers: "int8", "nf4" / "nf4-nodq" (double quantization or not), or "none"."""
-    formats = dict.fromkeys(QUANTIZED_TOWERS, FULL_PRECISION)
+    formats = dict.fromkeys(QUANTIZABLE, FULL_PRECISION)
     for module_name, module in model.named_modules():
-        name = tower_of(module_name)
+        name = part_of(module_name)
         if name not in formats:
             continue
         if isinstance(module, bnb.nn.Linear8bitLt):

@@ -123,9 +123,13 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
     "both": ("vision", "llm"),
     "all": ("vision", *FUSION, "llm"),
 }
-# The towers a quantized load stores in 4/8 bit (`model.quantization`, one format each); the aligner
-# stays in the compute dtype (`models.loading`).
-QUANTIZED_TOWERS = ("vision", "llm")
+# The parts whose linears `model.quantization` can store in 4/8 bit, each a group of towers with one
+# format: the ViT, the two Q-Formers, the LLM. One format quantizes `QUANTIZED_BY_DEFAULT` (the two
+# big towers, as QLoRA stores them); the fusion layers stay in the compute dtype unless a mapping
+# names them, as peers keep their projector (`models.weight_formats`). The projection is never stored
+# quantized.
+QUANTIZABLE: dict[str, tuple[str, ...]] = {"vision": ("vision",), "fusion": FUSION, "llm": ("llm",)}
+QUANTIZED_BY_DEFAULT = ("vision", "llm")
 # The towers a BLIP-2 checkpoint provides, and the video branch Video-LLaMA adds on top of them.
 BLIP2_TOWERS = ("vision", "frame_qformer")
 VIDEO_BRANCH = ("video_qformer", "projection")
@@ -156,6 +160,17 @@ def modules_of(names: Iterable[str]) -> list[str]:
     """Module names of the towers `names` (their prefixes that name a module, without the dot), as
     bitsandbytes skip lists take them: ["vision_model"], ["qformer", "video_qformer", ...]."""
     return [prefix.rstrip(".") for prefix in prefixes_of(names) if prefix.endswith(".")]
+
+
+def part_of(name: str) -> str | None:
+    """The `QUANTIZABLE` part a parameter or module name of the unwrapped model is in; None outside them."""
+    owner = tower_of(name)
+    return next((part for part, towers in QUANTIZABLE.items() if owner in towers), None)
+
+
+def part_modules(parts: Iterable[str]) -> list[str]:
+    """`modules_of` the towers of the `QUANTIZABLE` parts `parts`."""
+    return modules_of(name for part in parts for name in QUANTIZABLE[part])
 
 
 def linear_patterns(names: Iterable[str]) -> dict[str, str]:

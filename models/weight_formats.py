@@ -1,24 +1,27 @@
-"""Weight formats, for the whole model or per tower: what `model.quantization` names.
+"""Weight formats, for the whole model or per part: what `model.quantization` names.
 
-`model.quantization` is either one format of `QUANTIZATIONS` for every quantized tower (the ViT and
-the LLM, as QLoRA stores them), or a mapping {tower: format} over `models.towers.QUANTIZED_TOWERS`
-for hybrid bit widths:
+`model.quantization` is either one format of `QUANTIZATIONS` for the two big towers (the ViT and the
+LLM, as QLoRA stores them), or a mapping {part: format} over `models.towers.QUANTIZABLE` (vision,
+fusion, llm) for hybrid bit widths:
 
     {vision: int8, llm: nf4}    an LLM.int8 ViT beside an NF4 LLM
     {vision: none, llm: nf4}    a 16-bit ViT (in the compute dtype) beside an NF4 LLM
+    {fusion: nf4}               the frozen Q-Formers in NF4 too, beside the method's ViT and LLM
 
-A tower the mapping does not name takes the default it is resolved against: the adapter method's
+A big tower the mapping does not name takes the default it is resolved against: the adapter method's
 own weight format, as "auto" does for the whole model (`trainer.compat.resolve_quantization`), so
-`{vision: none}` under qlora is {vision: none, llm: nf4}. A mapping whose towers all hold one format
-is that format (`canonical`): a run config names one load one way. The aligner (both Q-Formers, the
-projection) is never quantized (`models.loading`), so a mapping cannot name it.
+`{vision: none}` under qlora is {vision: none, llm: nf4}. The fusion layers (both Q-Formers) stay in
+the compute dtype unless named ("auto" there also means the method's format): they are 5-10% of the
+weights, and the peers keep the glue between the towers 16-bit. A mapping that holds what one format
+holds is that format (`canonical`): a run config names one load one way. The projection is never
+quantized (`models.loading`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .towers import QUANTIZED_TOWERS
+from .towers import QUANTIZABLE, QUANTIZED_BY_DEFAULT
 
 QUANTIZATIONS = ("nf4", "nf4-nodq", "int8", "none")
 FULL_PRECISION = "none"
@@ -28,35 +31,37 @@ Quantization = str | Mapping[str, str]
 
 
 def tower_formats(quantization: Quantization, default: str | None = None) -> dict[str, str]:
-    """Each quantized tower's format, in `QUANTIZED_TOWERS` order.
+    """Each quantizable part's format, in `QUANTIZABLE` order (vision, fusion, llm).
 
     Args:
-        quantization: one of `QUANTIZATIONS` (every tower), or a mapping {tower: format} whose
-            values may also be "auto" (the default).
-        default: the format of a tower the mapping leaves out or sets to "auto"; None: every tower
-            must be named.
+        quantization: one of `QUANTIZATIONS` (the big towers; fusion stays "none"), or a mapping
+            {part: format} whose values may also be "auto" (the default).
+        default: the format of a big tower the mapping leaves out, and of any part set to "auto";
+            None: every big tower must be named.
     Raises:
-        ValueError naming the tower or value and what is allowed.
+        ValueError naming the part or value and what is allowed.
     """
     if isinstance(quantization, str):
         if quantization == AUTO and default is not None:
             quantization = default
         _check_format("quantization", quantization)
-        return dict.fromkeys(QUANTIZED_TOWERS, quantization)
+        return {
+            part: quantization if part in QUANTIZED_BY_DEFAULT else FULL_PRECISION for part in QUANTIZABLE
+        }
     if not isinstance(quantization, Mapping) or not quantization:
         raise ValueError(
-            f"quantization must be one of {QUANTIZATIONS} or a non-empty mapping over the towers "
-            f"{QUANTIZED_TOWERS}; got {quantization!r}"
+            f"quantization must be one of {QUANTIZATIONS} or a non-empty mapping over "
+            f"{tuple(QUANTIZABLE)}; got {quantization!r}"
         )
-    unknown = sorted(set(quantization) - set(QUANTIZED_TOWERS))
+    unknown = sorted(set(quantization) - set(QUANTIZABLE))
     if unknown:
         raise ValueError(
-            f"quantization names {unknown}: only the towers {QUANTIZED_TOWERS} are stored quantized "
-            "(the Q-Formers and the projection stay in the compute dtype)"
+            f"quantization names {unknown}: only {tuple(QUANTIZABLE)} can be stored quantized "
+            "(fusion: both Q-Formers; the projection stays in the compute dtype)"
         )
     formats = {}
-    for name in QUANTIZED_TOWERS:
-        value = quantization.get(name, AUTO)
+    for name in QUANTIZABLE:
+        value = quantization.get(name, AUTO if name in QUANTIZED_BY_DEFAULT else FULL_PRECISION)
         if value == AUTO:
             if default is None:
                 raise ValueError(f"quantization.{name} is not set and there is no default format to take")
@@ -72,9 +77,13 @@ def _check_format(key: str, value: object) -> None:
 
 
 def canonical(formats: Mapping[str, str]) -> Quantization:
-    """The one format every tower holds, or the mapping {tower: format} when they differ."""
-    held = set(formats.values())
-    return held.pop() if len(held) == 1 else dict(formats)
+    """The one format when `formats` holds what it holds (the big towers in it, fusion in the compute
+    dtype), else the mapping {part: format}."""
+    big = {formats[name] for name in QUANTIZED_BY_DEFAULT}
+    rest = {formats.get(name, FULL_PRECISION) for name in QUANTIZABLE if name not in QUANTIZED_BY_DEFAULT}
+    if len(big) == 1 and rest <= {FULL_PRECISION}:
+        return big.pop()
+    return dict(formats)
 
 
 def held_formats(quantization: Quantization) -> set[str]:
@@ -88,7 +97,11 @@ def is_quantized(quantization: Quantization) -> bool:
 
 
 def describe(quantization: Quantization) -> str:
-    """`quantization` as text: "nf4", or "vision int8, llm nf4" for a mapping."""
+    """`quantization` as text: "nf4", or "vision int8, llm nf4" for a mapping (fusion named when it
+    is quantized: "vision nf4, fusion nf4, llm nf4")."""
     formats = tower_formats(quantization)
     same = canonical(formats)
-    return same if isinstance(same, str) else ", ".join(f"{t} {f}" for t, f in formats.items())
+    if isinstance(same, str):
+        return same
+    shown = [(t, f) for t, f in formats.items() if t in QUANTIZED_BY_DEFAULT or f != FULL_PRECISION]
+    return ", ".join(f"{t} {f}" for t, f in shown)

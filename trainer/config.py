@@ -36,9 +36,9 @@ class ModelConfig:
     preset: str | None = None
     # Weight format of the frozen towers: nf4 (+ double quant), nf4-nodq, int8 or none (16/32 bit);
     # auto: the adapter method's own (trainer.compat.METHOD_QUANTIZATION: qlora nf4, qlora8 int8, lora none).
-    # Or one per quantized tower (models.weight_formats), e.g. {vision: int8, llm: nf4} or
-    # {vision: none, llm: nf4}; a tower left out takes the method's own. The Q-Formers and the
-    # projection are never quantized.
+    # Or one per part (models.weight_formats), e.g. {vision: int8, llm: nf4}, {vision: none, llm: nf4}
+    # or {fusion: nf4}; vision or llm left out takes the method's own, fusion (both Q-Formers) stays
+    # in the compute dtype unless named. The projection is never quantized.
     quantization: str | dict[str, str] = "auto"
     # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32.
     dtype: str = "auto"

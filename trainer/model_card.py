@@ -19,8 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from models.method_spec import PEFT_FORMAT, WHOLE_MODEL_FORMAT
 from models.methods import adapter_method
-from models.towers import QUANTIZED_TOWERS
-from models.weight_formats import describe, tower_formats
+from models.weight_formats import FULL_PRECISION, describe, tower_formats
 
 CARD_NAME = "README.md"
 # The Hub's task for a model that reads a video (and text) and writes text.
@@ -169,11 +168,15 @@ def _method_rows(
 
 
 def _format_rows(quantization: Any, dtype: str | None) -> list[tuple[str, str]]:
-    """The weight format of each tower: the quantized towers' (`model.quantization`), the rest in the
-    compute dtype."""
-    formats = tower_formats(quantization)
-    rows = [(f"weights: `{name}`", f"`{formats[name]}`") for name in QUANTIZED_TOWERS]
-    rows.append(("weights: Q-Formers, projection", f"compute dtype (`model.dtype={dtype}`)"))
+    """The weight format of each part (`model.quantization`: vision, fusion, llm), the projection
+    always in the compute dtype."""
+    compute = f"compute dtype (`model.dtype={dtype}`)"
+    names = {"fusion": "fusion (Q-Formers)"}
+    rows = [
+        (f"weights: `{names.get(part, part)}`", compute if fmt == FULL_PRECISION else f"`{fmt}`")
+        for part, fmt in tower_formats(quantization).items()
+    ]
+    rows.append(("weights: projection", compute))
     return rows
 
 

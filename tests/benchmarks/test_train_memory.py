@@ -52,6 +52,24 @@ def test_child_with_gradient_checkpointing_trains_the_same_steps(tmp_path: Path)
     assert checkpointed["trainable_params"] == plain["trainable_params"]
 
 
+def test_child_with_quantized_fusion_and_8bit_adamw(tmp_path: Path) -> None:
+    """--quantize-fusion stores the Q-Formers in NF4 as well (fewer weight bytes, same trained
+    parameters) and --optimizer adamw_8bit keeps its two moments in 8 bits."""
+    checkpoint = write_checkpoint("tiny", tmp_path / "base")
+    args = argparse.Namespace(device="cpu", preset="tiny", dtype="auto", batch_size=1, frames=2)
+    plain = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path)
+    args.quantize_fusion = True
+    fused = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path, "adamw_8bit")
+
+    assert fused["quantization"] == {"vision": "nf4", "fusion": "nf4", "llm": "nf4"}
+    assert fused["optimizer"] == "adamw_8bit" and fused["trainable_params"] == plain["trainable_params"]
+    assert fused["weight_bytes"] < plain["weight_bytes"]
+    # bitsandbytes' 8-bit state: one byte per moment element (+ block scales) instead of four
+    assert fused["optimizer_state_bytes"] < 0.4 * plain["optimizer_state_bytes"]
+    assert fused["loss"] > 0
+    assert train_memory.quantization_of("lora", quantize_fusion=True) == "none"
+
+
 def test_unknown_method_is_refused_with_the_known_ones() -> None:
     with pytest.raises(SystemExit, match=r"unknown method 'qlora9'.*lora"):
         train_memory.available_variants("lora,qlora9")
@@ -63,6 +81,12 @@ def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
     assert (
         train_memory.result_name("1b", "bfloat16", checkpointing=True)
         == "train_memory_1b_bfloat16_checkpointed"
+    )
+    assert (
+        train_memory.result_name(
+            "1b", "bfloat16", checkpointing=True, optimizer="adamw_8bit", quantize_fusion=True
+        )
+        == "train_memory_1b_bfloat16_checkpointed_adamw_8bit_fusion_quantized"
     )
 
 

@@ -1,6 +1,6 @@
-"""Per-tower weight formats: model.quantization={vision: int8, llm: nf4} / {vision: none, llm: nf4}
-loads each tower in its own bitsandbytes (or 16-bit) layers, trains through peft, and is counted by
-the footprint as loaded."""
+"""Per-part weight formats: model.quantization={vision: int8, llm: nf4} / {vision: none, llm: nf4} /
+{fusion: nf4} loads each part in its own bitsandbytes (or 16-bit) layers, trains through peft, and is
+counted by the footprint as loaded."""
 
 import bitsandbytes as bnb
 import pytest
@@ -16,12 +16,17 @@ from models.method_spec import FULL_PRECISION_BASE, INT8_BASE, QUANTIZED_BASE
 from models.train_state import train_state
 from models.weight_formats import canonical, describe, tower_formats
 
-INT8_VIT = {"vision": "int8", "llm": "nf4"}
-BF16_VIT = {"vision": "none", "llm": "nf4"}
+INT8_VIT = {"vision": "int8", "fusion": "none", "llm": "nf4"}
+BF16_VIT = {"vision": "none", "fusion": "none", "llm": "nf4"}
+NF4_FUSION = {"vision": "nf4", "fusion": "nf4", "llm": "nf4"}
 VIT_FC1 = "vision_model.encoder.layers.0.mlp.fc1"
 LLM_UP = "language_model.model.layers.0.mlp.up_proj"
+FRAME_QUERY = "qformer.encoder.layer.0.attention.attention.query"
+VIDEO_CROSS_KEY = "video_qformer.encoder.layer.0.crossattention.attention.key"
 # Never quantized, whatever the towers hold.
-GLUE = ("qformer.encoder.layer.0.attention.attention.query", "video_projection", "language_model.lm_head")
+NEVER_QUANTIZED = ("video_projection", "language_model.lm_head")
+# Not quantized unless model.quantization names fusion.
+GLUE = (FRAME_QUERY, *NEVER_QUANTIZED)
 
 
 def _load(path, quantization, dtype=torch.float32):
@@ -33,14 +38,18 @@ def _tower_linears(model, prefix):
 
 
 def test_tower_formats_fill_the_default_and_name_bad_keys():
-    assert tower_formats("int8") == {"vision": "int8", "llm": "int8"}
+    assert tower_formats("int8") == {"vision": "int8", "fusion": "none", "llm": "int8"}
     assert tower_formats({"vision": "none"}, default="nf4") == BF16_VIT
     assert tower_formats({"vision": "int8", "llm": "auto"}, default="nf4") == INT8_VIT
     assert canonical(tower_formats({"vision": "nf4"}, default="nf4")) == "nf4"
     assert canonical(INT8_VIT) == INT8_VIT and describe(INT8_VIT) == "vision int8, llm nf4"
+    # fusion stays 16-bit unless named; "auto" there is the method's format, as for the towers
+    assert tower_formats({"fusion": "nf4"}, default="nf4") == NF4_FUSION
+    assert tower_formats({"fusion": "auto"}, default="nf4") == NF4_FUSION
+    assert canonical(NF4_FUSION) == NF4_FUSION and describe(NF4_FUSION) == "vision nf4, fusion nf4, llm nf4"
     with pytest.raises(ValueError, match=r"quantization.llm is not set"):
         tower_formats({"vision": "none"})
-    with pytest.raises(ValueError, match=r"names \['video_qformer'\].*stay in the compute dtype"):
+    with pytest.raises(ValueError, match=r"names \['video_qformer'\].*fusion: both Q-Formers"):
         tower_formats({"video_qformer": "int8"}, default="nf4")
     with pytest.raises(ValueError, match=r"quantization.vision must be one of .*got 'fp4'"):
         tower_formats({"vision": "fp4"}, default="nf4")
@@ -145,3 +154,46 @@ def test_a_mixed_base_dequantizes_every_tower_for_merging(tiny_ckpt):
         weight, reference = merged.get_submodule(name).weight, plain.get_submodule(name).weight
         assert type(merged.get_submodule(name)) is nn.Linear and weight.dtype == reference.dtype
         assert (weight - reference).norm() < error * reference.norm(), name
+
+
+def test_nf4_fusion_quantizes_both_qformers_and_trains(tiny_ckpt, batch):
+    """{fusion: nf4}: the frozen Q-Formers in NF4 beside the NF4 towers, in one load; the projection
+    and lm_head stay 16-bit; qlora trains on it, and LoRA on the 4-bit Q-Formers (placement=fusion)."""
+    model = _load(tiny_ckpt, {"fusion": "nf4", "vision": "nf4", "llm": "nf4"}, torch.bfloat16)
+    assert model_formats(model) == NF4_FUSION
+    for name in (FRAME_QUERY, VIDEO_CROSS_KEY, VIT_FC1, LLM_UP):
+        assert isinstance(model.get_submodule(name), bnb.nn.Linear4bit), name
+    for name in NEVER_QUANTIZED:
+        assert type(model.get_submodule(name)) is nn.Linear, name
+    assert estimate_weight_bytes(model.config, NF4_FUSION) == model_weight_bytes(model)
+    nf4 = model_weight_bytes(_load(tiny_ckpt, "nf4", torch.bfloat16))
+    fused = model_weight_bytes(model)
+    for part in ("qformer", "video_qformer"):
+        assert fused[part]["bytes"] < 0.5 * nf4[part]["bytes"], part
+    for part in ("vision", "projection", "llm"):
+        assert fused[part] == nf4[part], part
+
+    adapted = apply_adapter(model, "qlora", r=4, alpha=8, placement="all").train()
+    inner = adapted.base_model.model
+    loss = adapted(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name in (FRAME_QUERY, VIDEO_CROSS_KEY):
+        layer = inner.get_submodule(name)
+        assert isinstance(layer, LoraLinear4bit), name
+        assert layer.lora_B["default"].weight.grad.abs().sum() > 0, name
+
+
+def test_int8_fusion_beside_nf4_towers_is_what_an_int8_load_holds(tiny_ckpt):
+    """A fusion part in a second quantized format is quantized after the load (`quantize_tower`),
+    and holds exactly the int8 rows and scales a load that quantizes it in int8 holds."""
+    mixed = _load(tiny_ckpt, {"vision": "nf4", "fusion": "int8", "llm": "nf4"})
+    assert model_formats(mixed) == {"vision": "nf4", "fusion": "int8", "llm": "nf4"}
+    int8 = _load(tiny_ckpt, {"vision": "int8", "fusion": "int8", "llm": "int8"})
+    for name in (FRAME_QUERY, VIDEO_CROSS_KEY):
+        layer, reference = mixed.get_submodule(name), int8.get_submodule(name)
+        assert isinstance(layer, bnb.nn.Linear8bitLt), name
+        assert torch.equal(layer.weight.data, reference.weight.data), name
+        assert torch.equal(layer.weight.SCB, reference.weight.SCB), name
+    for name in NEVER_QUANTIZED:
+        assert type(mixed.get_submodule(name)) is nn.Linear, name

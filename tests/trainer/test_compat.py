@@ -66,11 +66,15 @@ def test_prefix_adapter_frozen_take_either_base(method, quantization):
 def test_a_quantization_mapping_is_read_and_resolved_against_the_method():
     cfg = _cfg("adapter.method=qlora", "model.quantization={vision: none}")
     assert cfg.model.quantization == {"vision": "none"}
-    assert resolve_quantization(cfg) == {"vision": "none", "llm": "nf4"}  # the unnamed LLM: qlora's nf4
+    # the unnamed LLM: qlora's nf4; the unnamed fusion layers: the compute dtype
+    assert resolve_quantization(cfg) == {"vision": "none", "fusion": "none", "llm": "nf4"}
+    fused = _cfg("adapter.method=qlora", "model.quantization={fusion: nf4}")
+    assert resolve_quantization(fused) == {"vision": "nf4", "fusion": "nf4", "llm": "nf4"}
     same = _cfg("adapter.method=qlora", "model.quantization={vision: int8, llm: int8}")
     assert resolve_quantization(same) == "int8"  # one format for every tower is that format
     assert resolve_quantization(_cfg("adapter.method=qlora8", "model.quantization={vision: none}")) == {
         "vision": "none",
+        "fusion": "none",
         "llm": "int8",
     }
     with pytest.raises(
@@ -103,6 +107,22 @@ def test_mixed_formats_are_checked_against_the_method_and_zero3():
         ConfigError, match=r"lora needs a 16/32-bit base but model.quantization=vision int8, llm none"
     ):
         _checked("adapter.method=lora", "model.quantization={vision: int8}")
+    # NF4 Q-Formers under QLoRA, on ZeRO-2 and ZeRO-3 (the 4-bit storage is the compute dtype)
+    _checked("adapter.method=qlora", "model.quantization={fusion: nf4}", "adapter.placement=all")
+    _checked(
+        "adapter.method=qlora", "model.quantization={fusion: nf4}", "deepspeed.config=ds_configs/zero3.json"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"lora needs a 16/32-bit base but model.quantization=vision none, fusion nf4, llm none",
+    ):
+        _checked("adapter.method=lora", "model.quantization={fusion: nf4}")
+    with pytest.raises(ConfigError, match=r"model.quantization.fusion=int8 with deepspeed.config"):
+        _checked(
+            "adapter.method=qlora",
+            "model.quantization={fusion: int8}",
+            "deepspeed.config=ds_configs/zero3.json",
+        )
     with pytest.raises(
         ConfigError,
         match=r"ZeRO-3 cannot partition bitsandbytes int8 weights .*: model.quantization.vision=int8 with "

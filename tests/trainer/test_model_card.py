@@ -78,5 +78,6 @@ def test_card_names_the_format_of_each_tower(tmp_path):
     text = ModelCard.load(write_model_card(tmp_path, cfg, RUN_INFO)).text
     assert "(vision int8, llm nf4 weights)" in text
     assert "| weights: `vision` | `int8` |" in text and "| weights: `llm` | `nf4` |" in text
-    assert "| weights: Q-Formers, projection | compute dtype" in text
+    assert "| weights: projection | compute dtype" in text
+    assert "| weights: `fusion (Q-Formers)` | compute dtype" in text
     assert 'quantization={"vision": "int8", "llm": "nf4"}' in text  # the loading code, as Python

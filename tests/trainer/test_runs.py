@@ -298,6 +298,7 @@ def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path)
         ["adapter.method=frozen", "eval.num_samples=4", "eval.batch_size=4"],
         ["adapter.method=qlora", "adapter.placement=fusion"],
         ["adapter.method=qlora", "model.quantization={vision: int8, llm: nf4}"],
+        ["adapter.method=qlora", "model.quantization={fusion: nf4}", "adapter.placement=all"],
     ],
     ids=[
         "temporal_qlora",
@@ -311,6 +312,7 @@ def test_zero3_on_two_ranks_resumes_the_uninterrupted_run(demo_assets, tmp_path)
         "frozen",
         "qlora_fusion",
         "qlora_int8_vit",
+        "qlora_nf4_fusion",
     ],
 )
 def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeypatch, overrides):
@@ -355,10 +357,12 @@ def test_research_methods_train_through_deepspeed(demo_assets, tmp_path, monkeyp
         assert 0 < metrics["allocation/lora_params_llm"]
     run_config = json.loads((run_dir / "adapter/run_config.json").read_text())
     quantization = run_config["model"]["quantization"]  # "auto" resolved by the trainer
-    mixed = {"vision": "int8", "llm": "nf4"}
-    assert quantization == (
-        "int8" if "qlora8" in overrides[0] else mixed if any("llm: nf4" in o for o in overrides) else "nf4"
-    )
+    expected = {
+        "model.quantization={vision: int8, llm: nf4}": {"vision": "int8", "fusion": "none", "llm": "nf4"},
+        "model.quantization={fusion: nf4}": {"vision": "nf4", "fusion": "nf4", "llm": "nf4"},
+    }
+    named = [expected[o] for o in overrides if o in expected]
+    assert quantization == (named[0] if named else "int8" if "qlora8" in overrides[0] else "nf4")
     base = load_model(
         run_config["model"]["name_or_path"],
         quantization=quantization,
