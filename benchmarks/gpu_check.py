@@ -337,12 +337,45 @@ def _memory_checks(per_method: dict, sizes: Sizes) -> dict[str, bool]:
     return checks
 
 
+# The memory reductions of issue #22 together: gradient checkpointing of every tower and paged 8-bit
+# AdamW for both methods, and QLoRA's frozen Q-Formers in NF4 as well (`train_memory --gradient-
+# checkpointing --optimizer paged_adamw_8bit --quantize-fusion`). On CPU bitsandbytes' 8-bit step
+# dequantizes ZeRO's whole flat partition to fp32 and the peak rises; its CUDA kernel updates in place.
+RECIPE_OPTIMIZER = "paged_adamw_8bit"
+
+
+def _recipe(device, dtype, sizes: Sizes, tmp: Path) -> dict:
+    """QLoRA and LoRA at the 1b sizes with the reductions of `RECIPE_OPTIMIZER`'s comment."""
+    from benchmarks import train_memory
+
+    _memory(sizes.mid_preset, sizes.mid_batch, sizes.mid_frames, device, dtype, sizes, tmp, False)
+    args = argparse.Namespace(
+        device=str(device), preset=sizes.mid_preset, dtype=str(dtype).removeprefix("torch."),
+        batch_size=sizes.mid_batch, frames=sizes.mid_frames, steps=sizes.memory_steps, quantize_fusion=True,
+    )  # fmt: skip
+    return {
+        m: train_memory.measure_in_child(
+            args, m, tmp / sizes.mid_preset, tmp, RECIPE_OPTIMIZER, checkpointing=True
+        )
+        for m in ("qlora", "lora")
+    }
+
+
 def part_memory_1b(device: torch.device, dtype: torch.dtype, sizes: Sizes, tmp: Path) -> tuple[dict, dict]:
     per_method = _memory(
         sizes.mid_preset, sizes.mid_batch, sizes.mid_frames, device, dtype, sizes, tmp, False
     )
     figures = _memory_figures(per_method, sizes.mid_preset)
-    return figures, _memory_checks(per_method, sizes)
+    recipe = _recipe(device, dtype, sizes, tmp)
+    figures["recipe"] = _memory_figures(recipe, sizes.mid_preset)
+    checks = _memory_checks(per_method, sizes)
+    checks.update({f"recipe {k}": v for k, v in _memory_checks(recipe, sizes).items()})
+    checks["recipe: Q-Formers in NF4"] = recipe["qlora"]["quantization"] == {
+        "vision": "nf4",
+        "fusion": "nf4",
+        "llm": "nf4",
+    }
+    return figures, checks
 
 
 def part_memory_7b(device: torch.device, dtype: torch.dtype, sizes: Sizes, tmp: Path) -> tuple[dict, dict]:
@@ -429,6 +462,7 @@ def ratios_of(parts: dict[str, dict]) -> dict[str, float]:
         "mid_qlora_over_lora_step_peak": ("memory_1b", "qlora_over_lora_step_peak"),
         "mid_qlora_step_peak_gb": ("memory_1b", "qlora_step_peak_gb"),
         "mid_lora_step_peak_gb": ("memory_1b", "lora_step_peak_gb"),
+        "mid_recipe_qlora_over_lora_step_peak": ("memory_1b", "recipe", "qlora_over_lora_step_peak"),
         "large_qlora_over_lora_step_peak": ("memory_7b", "qlora_over_lora_step_peak"),
         "large_qlora_step_peak_gb": ("memory_7b", "qlora_step_peak_gb"),
         "large_lora_step_peak_gb": ("memory_7b", "lora_step_peak_gb"),
@@ -438,8 +472,10 @@ def ratios_of(parts: dict[str, dict]) -> dict[str, float]:
         "decode_frames_per_s": ("decode", "frames_per_s"),
     }
     ratios = {}
-    for key, (part, figure) in picks.items():
-        value = parts.get(part, {}).get("figures", {}).get(figure)
+    for key, (part, *path) in picks.items():
+        value = parts.get(part, {}).get("figures", {})
+        for name in path:  # a figure, or a figure of a nested group ("recipe")
+            value = value.get(name) if isinstance(value, dict) else None
         if isinstance(value, (int, float)):
             ratios[key] = float(value)
     return ratios
