@@ -1,7 +1,7 @@
 """The qualitative evaluation report: one self-contained HTML page (images inlined as base64 PNG).
 
 Per clip: the candidate frame strip with the frames the selector kept outlined, the temporal
-gates as a heatmap (temporal adapters only) next to the video Q-Former's attention over the kept
+gates as a heatmap (temporal adapters only; kept frames inside a SynthVid event outlined) next to the video Q-Former's attention over the kept
 frames, the generated caption against the references, and the top-5 videos its first reference
 retrieves (when the model has a retrieval head).
 """
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from trainer.evaluation.clip_results import ClipResult
+from trainer.evaluation.gate_metrics import event_frame_labels
 
 _KEPT = (255, 140, 0)  # outline of the kept frames
 _BORDER = 3
@@ -53,13 +54,28 @@ def frame_strip(frames: np.ndarray, selected: Sequence[int], height: int = 64) -
     return strip
 
 
-def gate_heatmap(gates: Mapping[str, Sequence[float]]) -> Image.Image:
-    """Gates (layer → K values in [0, 1]) as a layers × kept-frames heatmap."""
+# Outline of the kept frames that show an event (SynthVid ground truth) on the gate heatmap.
+EVENT_COLOUR = "#ff2020"
+
+
+def gate_heatmap(gates: Mapping[str, Sequence[float]], events: Sequence[bool] | None = None) -> Image.Image:
+    """Gates (layer → K values in [0, 1]) as a layers × kept-frames heatmap.
+
+    Args:
+        gates: gated layer name → the clip's K gates.
+        events: bool [K], whether each kept frame shows an event (`gate_metrics.event_frame_labels`):
+            those columns are outlined in `EVENT_COLOUR` and their ticks read "k*", so a gate that
+            finds the events is bright inside the outlines. None: no ground truth, nothing drawn.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     names = list(gates)
     grid = np.array([gates[n] for n in names], dtype=np.float32)  # [layers, K]
+    marked = np.zeros(grid.shape[1], dtype=bool) if events is None else np.asarray(events, dtype=bool)
+    if marked.shape != (grid.shape[1],):
+        raise ValueError(f"events must be {grid.shape[1]} booleans, one per kept frame; got {marked.shape}")
     fig = Figure(figsize=(1.2 + 0.5 * grid.shape[1], 0.8 + 0.22 * len(names)))
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -67,8 +83,12 @@ def gate_heatmap(gates: Mapping[str, Sequence[float]]) -> Image.Image:
     ax.set_yticks(
         range(len(names)), [n.replace("vision_model.encoder.layers.", "vit.") for n in names], fontsize=6
     )
-    ax.set_xticks(range(grid.shape[1]))
-    ax.set_xlabel("kept frame", fontsize=7)
+    ax.set_xticks(range(grid.shape[1]), [f"{k}*" if m else str(k) for k, m in enumerate(marked)], fontsize=6)
+    for k in np.flatnonzero(marked):
+        ax.add_patch(
+            Rectangle((k - 0.5, -0.5), 1, len(names), fill=False, edgecolor=EVENT_COLOUR, linewidth=2)
+        )
+    ax.set_xlabel("kept frame (* event)" if marked.any() else "kept frame", fontsize=7)
     fig.colorbar(image, ax=ax, label="gate")
     fig.tight_layout()
     canvas.draw()
@@ -144,8 +164,12 @@ def render_report(
         )
         maps = []
         if clip.gates:
-            heat = _png(gate_heatmap(clip.gates))
-            maps.append(f"<p>temporal gates<br><img alt='gates' src='data:image/png;base64,{heat}'></p>")
+            events = event_frame_labels(clip.meta, clip.selected, len(clip.frames))
+            heat = _png(gate_heatmap(clip.gates, events))
+            where = " (outlined: kept frames inside an event)" if events is not None and events.any() else ""
+            maps.append(
+                f"<p>temporal gates{where}<br><img alt='gates' src='data:image/png;base64,{heat}'></p>"
+            )
         if clip.attention is not None:
             heat = _png(attention_heatmap(clip.attention, clip.selected))
             maps.append(

@@ -21,7 +21,8 @@ from models.processor import VideoLlamaProcessor
 from trainer.config import load_config
 from trainer.distributed import DistInfo
 from trainer.evaluation.eval_pass import evaluate
-from trainer.evaluation.html_report import attention_heatmap, render_report
+from trainer.evaluation.gate_metrics import event_frame_labels
+from trainer.evaluation.html_report import EVENT_COLOUR, attention_heatmap, gate_heatmap, render_report
 from trainer.run_setup import build_selector
 
 K = 4
@@ -96,6 +97,10 @@ def test_report_clips_get_attention_maps_drawn_next_to_their_gates(tiny_eval, mo
     html = render_report(result.clips, result.scores, result.rankings, title="t", max_clips=REPORT_CLIPS)
     assert html.count("<div class='clip'>") == REPORT_CLIPS
     assert html.count("<div class='maps'><p>temporal gates") == REPORT_CLIPS  # gates, then attention
+    # order clips: each report clip whose kept frames show an event has them outlined on its gates
+    shown = [event_frame_labels(c.meta, c.selected, len(c.frames)) for c in in_report]
+    with_events = sum(bool(labels is not None and labels.any()) for labels in shown)
+    assert with_events >= 1 and html.count("(outlined: kept frames inside an event)") == with_events
     assert html.count(f"video Q-Former attention over the kept frames (uniform: 1/{K})") == REPORT_CLIPS
     attention_images = _images(html, "attention")
     assert len(attention_images) == REPORT_CLIPS and len(_images(html, "gates")) == REPORT_CLIPS
@@ -118,3 +123,22 @@ def test_heatmap_refuses_a_map_that_does_not_match_the_kept_frames():
     assert attention_heatmap(attention, [0, 3, 5, 7]).width > 0
     with pytest.raises(ValueError, match=r"\[layers, queries, 3 kept frames\], got shape \(2, 8, 4\)"):
         attention_heatmap(attention, [0, 3, 5])
+
+
+def test_gate_heatmap_outlines_the_event_frames():
+    """The kept frames inside an event get an outline of `EVENT_COLOUR`; without ground truth none."""
+    gates = {"vision_model.encoder.layers.0.mlp.fc1": [0.2, 0.9, 0.8, 0.1], "llm.x": [0.5] * 4}
+    red = tuple(int(EVENT_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+
+    def outline_pixels(image):
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        return int((np.abs(pixels - red).sum(axis=1) < 40).sum())
+
+    assert outline_pixels(gate_heatmap(gates)) == 0
+    one, two = (
+        gate_heatmap(gates, [False, True, False, False]),
+        gate_heatmap(gates, [False, True, True, False]),
+    )
+    assert 0 < outline_pixels(one) < outline_pixels(two)
+    with pytest.raises(ValueError, match=r"events must be 4 booleans"):
+        gate_heatmap(gates, [True, False])
