@@ -168,10 +168,10 @@ def train(cmd: list[str], env: dict[str, str], log_path: Path) -> float:
 
 def read_run(output_dir: Path, tracking_uri: str) -> tuple[dict[int, float], dict[str, str]]:
     """({step: time/step_s}, params) of the MLflow run that `output_dir`'s summary.json names."""
-    from mlflow.tracking import MlflowClient  # here: importing mlflow takes seconds
+    from trainer.tracking import tracking_client  # here: importing mlflow takes seconds
 
     run_id = json.loads((output_dir / "summary.json").read_text())["run_id"]
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     history = {m.step: m.value for m in client.get_metric_history(run_id, "time/step_s")}
     return history, dict(client.get_run(run_id).data.params)
 

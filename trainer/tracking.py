@@ -20,6 +20,7 @@ Only rank 0 talks to MLflow; the other ranks get a :class:`NullTracker` with the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -101,7 +102,7 @@ class Tracker(NullTracker):
         resume_run_id: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.spool_path = Path(spool_path)
         self.flush_interval_s = flush_interval_s
         self.failed_uploads = 0
@@ -318,6 +319,30 @@ def _json_double(value: float) -> float | str:
     if math.isfinite(value):
         return value
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` tracking URI (relative, or absolute with four
+    slashes), None for any other store (and for an in-memory sqlite)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    path = tracking_uri[len(prefix) :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """An `MlflowClient` for `tracking_uri`. A sqlite store is opened under an exclusive lock on
+    ``<db>.lock``: opening creates and migrates its schema, and MLflow's migrations race when several
+    processes open a new store at once (two ``train.py`` started together against a fresh store: one
+    dies with "table _alembic_tmp_experiments already exists")."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def experiment_id_for(client: Any, name: str, artifact_location: str | None = None) -> str:

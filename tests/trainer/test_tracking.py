@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import requests
 from mlflow.entities import Metric
@@ -155,3 +156,36 @@ def test_sqlite_store_uploads_through_log_batch(tmp_path):
         tracker.run_id, "train/loss"
     )
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+
+
+def _open_and_create(uri: str, name: str, barrier) -> None:
+    from trainer.tracking import experiment_id_for, tracking_client
+
+    barrier.wait()  # every process opens the new store at the same moment
+    client = tracking_client(uri)
+    experiment_id_for(client, name)
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path):
+    """Two training runs started together against a fresh sqlite store: MLflow creates and migrates
+    its schema on opening, which races without the lock (one process died with "table
+    _alembic_tmp_experiments already exists"). Each of four processes opens it and creates an
+    experiment of its own; all succeed and the store holds the four."""
+    import multiprocessing
+
+    from trainer.tracking import sqlite_path
+
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    assert sqlite_path(uri) == tmp_path / "new/mlflow.db"
+    assert sqlite_path("sqlite:///outputs/mlflow.db") == Path("outputs/mlflow.db")
+    assert sqlite_path("http://127.0.0.1:5000") is None and sqlite_path("sqlite://") is None
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    procs = [context.Process(target=_open_and_create, args=(uri, f"e{i}", barrier)) for i in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    names = {e.name for e in MlflowClient(tracking_uri=uri).search_experiments()}
+    assert {"e0", "e1", "e2", "e3"} <= names

@@ -143,9 +143,9 @@ def _comparison(raw: Any, metric: str | None, where: str) -> Comparison:
 def per_clip_table(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
     """Long table [config (label), seed, clip, metric, value] of every run's final per-clip outcomes
     (runs without a per-clip file, made before it existed, are left out)."""
-    from mlflow.tracking import MlflowClient
+    from trainer.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     frames = []
     for run in runs.itertuples():
         files = [a.path for a in client.list_artifacts(run.run_id, "eval") if "per_clip_step" in a.path]

@@ -230,9 +230,9 @@ def _file_part(col: str) -> str:
 
 
 def _log_comparison(tracking_uri: str, experiment: str, out: Path, summary: dict[str, Any]) -> str:
-    from mlflow.tracking import MlflowClient
+    from trainer.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     run_id = client.create_run(exp_id, run_name="comparison", tags={COMPARISON_TAG: "comparison"}).info.run_id
     client.log_param(run_id, "compared_runs", summary["runs"])

@@ -133,9 +133,9 @@ def accuracy_table(
 
 def metric_history(tracking_uri: str, run_ids: Iterable[str], metric: str) -> pd.DataFrame:
     """Long table [run_id, step, value] of ``metric``'s logged history in each run."""
-    from mlflow.tracking import MlflowClient
+    from trainer.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     rows = [
         (run_id, m.step, m.value) for run_id in run_ids for m in client.get_metric_history(run_id, metric)
     ]
@@ -390,9 +390,9 @@ def final_captions(
 ) -> dict[str, list[tuple[str, str]]]:
     """Per configuration of ``configs`` that has runs with captions: the (prediction, reference)
     pairs of every run's last ``eval/captions_step<N>.json``, seeds pooled."""
-    from mlflow.tracking import MlflowClient
+    from trainer.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     pairs: dict[str, list[tuple[str, str]]] = {}
     for run in runs[runs["label"].isin(configs)].itertuples():
         files = [a.path for a in client.list_artifacts(run.run_id, "eval") if "captions_step" in a.path]

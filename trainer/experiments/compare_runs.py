@@ -42,9 +42,10 @@ def load_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
     and ``param.<key>`` for each ``sweep.param.<key>`` tag.
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from trainer.tracking import tracking_client
+
+    client = tracking_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"no MLflow experiment {experiment!r} at {tracking_uri}")

@@ -95,9 +95,9 @@ def record_outcome(client: Any, run: SweepRun, settings: Settings, error: str | 
 
 def _execute(run: SweepRun, settings: Settings, train: Any) -> int:
     """Skip if finished, else train (``train(run) -> error text or None``) and record. Returns an exit code."""
-    from mlflow.tracking import MlflowClient
+    from trainer.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    client = tracking_client(settings.tracking_uri)
     if is_finished(client, settings.experiment, run.name):
         return _SKIPPED
     (run_dir(run, settings) / "summary.json").unlink(missing_ok=True)  # a stale one names an older run
@@ -282,7 +282,7 @@ def run_in_parts(runs: list[SweepRun], settings: Settings, jobs: int) -> list[di
         import train  # noqa: F401  imported once, before the parts fork
     from trainer.experiments.sweep_slurm import prepare_store
 
-    prepare_store(settings)  # parts that open a new sqlite store at once race on its schema
+    prepare_store(settings)  # the store and the experiment exist before the parts start
     folder = settings.out_root / settings.experiment
     folder.mkdir(parents=True, exist_ok=True)
     longest_first = launch_order(runs)

@@ -12,14 +12,12 @@ SBATCH_SCRIPT = Path("slurm/sweep.sbatch")
 
 
 def prepare_store(settings: Settings) -> str:
-    """Create the tracking store's tables and the sweep's experiment before the array's tasks start:
-    tasks that open a new sqlite store at the same moment race on creating its schema. Returns the
-    experiment id."""
-    from mlflow.tracking import MlflowClient
+    """Create the tracking store's tables and the sweep's experiment before the array's tasks start,
+    so that they find both (`trainer.tracking.tracking_client` opens a new sqlite store under a lock,
+    `experiment_id_for` is safe against a concurrent create). Returns the experiment id."""
+    from trainer.tracking import experiment_id_for, tracking_client
 
-    from trainer.tracking import experiment_id_for
-
-    return experiment_id_for(MlflowClient(tracking_uri=settings.tracking_uri), settings.experiment)
+    return experiment_id_for(tracking_client(settings.tracking_uri), settings.experiment)
 
 
 def submit_array(sweep_args: list[str], sbatch_args: list[str], count: int, dry_run: bool) -> int:
