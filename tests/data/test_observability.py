@@ -8,8 +8,10 @@ import yaml
 from data.frame_selector import POLICIES
 from data.observability import (
     FRAME_SIZE,
+    PATCH_PX,
     default_tasks,
     event_counts,
+    kept_displacement,
     main,
     observability,
     recoverable,
@@ -86,6 +88,7 @@ def test_report_has_every_row_with_k_at_most_n_and_fractions_in_range():
         assert 0.0 <= row["events_recoverable"] <= 1.0 and 0.0 <= row["clips_all_recoverable"] <= 1.0
         assert row["clips_all_recoverable"] <= row["events_recoverable"] + 1e-9  # all events ⇒ each event
         assert 0.0 <= row["mean_kept_in_event"] <= row["k"]
+        assert row["median_displacement_px"] >= 0.0 and 0.0 <= row["events_displaced_a_patch"] <= 1.0
     assert json.loads(json.dumps(report)) == report  # JSON-able as is
 
 
@@ -95,6 +98,22 @@ def test_random_policies_are_deterministic():
         for _ in range(2)
     )
     assert first["rows"] == second["rows"]
+
+
+def test_kept_displacement_is_how_far_the_shape_moves_between_the_outermost_kept_frames():
+    positions = [None] * 14
+    positions[2:5] = [(10.0, 40.0), (10.0, 30.0), (10.0, 20.0)]  # moving up, hidden in frame 5
+    positions[9:11] = [(50.0, 20.0), (44.0, 28.0)]
+    # event 1 seen in frames 2 and 4 (3 in between is not needed), event 2 in one frame only
+    assert kept_displacement([4, 2, 9, 0], EVENTS, VISIBLE, positions).tolist() == [20.0, 0.0]
+    # the hidden frame 5 inside the window does not count; frames 9 and 10: a 6-8-10 triangle
+    assert kept_displacement([3, 5, 9, 10], EVENTS, VISIBLE, positions).tolist() == [0.0, 10.0]
+
+
+def test_patch_is_the_tiny_presets():
+    from models.presets import PRESETS
+
+    assert PRESETS["tiny"]["vision_config"]["patch_size"] == PATCH_PX
 
 
 def test_default_tasks_are_the_ones_with_events_shorter_than_the_clip():
