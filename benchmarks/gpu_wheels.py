@@ -14,7 +14,11 @@ so the packages are split into sets, one set per call:
   lacks (hjson, pydantic and its own), peft at our pin (the machine's version is not recorded)
   and transformers 5.23: `models.configuration_video_llama` declares its sub-configs with
   ``SubConfigSpec``, which the machine's 5.17 lacks (the CPU rehearsal against 5.17 fails at that
-  import; against 5.23 with the machine's huggingface_hub 1.33 it passes). 13 MB of the 64 MiB;
+  import; against 5.23 with the machine's huggingface_hub 1.33 it passes). 13 MB of the 64 MiB.
+  The bitsandbytes wheel holds a native library for every CUDA, ROCm and XPU release it supports
+  (43 MB); the machine's torch is a CUDA 13 build, so the wheel is repacked with the CUDA 13
+  libraries and the CPU one only (`prune_wheel`, ~14 MB): with the whole wheel the set and the
+  tree had reached the 64 MiB exactly;
 - ``decode``: decord, webdataset (with braceexpand) and PyAV (SynthVid's encoder, to write the
   shards there), for the pipeline's decode rate; a second call.
 
@@ -27,8 +31,10 @@ the limit, or the command fails naming the set; and the device command of each s
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +59,12 @@ SETS: dict[str, tuple[str, ...]] = {
         "transformers==5.23.0",
     ),
     "decode": ("decord==0.6.0", "webdataset==1.0.2", "braceexpand==0.1.7", "av==18.1.0"),
+}
+# Files a downloaded wheel of the package does not need on the GPU machine (a regex, full match on
+# the archive name): bitsandbytes' native libraries for other accelerators than the machine's
+# CUDA 13 (torch 2.11 cu13 loads libbitsandbytes_cuda130; cuda132 and the CPU library are kept).
+PRUNED: dict[str, str] = {
+    "bitsandbytes": r"bitsandbytes/libbitsandbytes_(cuda(?!13)\d+|rocm\d+|xpu\d+)\.so",
 }
 # Published as a source distribution only: downloaded as such, built on the GPU machine.
 SDIST_ONLY = frozenset({"deepspeed"})
@@ -99,6 +111,31 @@ def tree_bytes(root: Path = ROOT) -> int:
     ).stdout.decode()  # fmt: skip
     paths = {root / name for name in listed.split("\0") if name}
     return sum(path.stat().st_size for path in paths if path.is_file())
+
+
+def prune_wheel(wheel: Path, pattern: str) -> int:
+    """Rewrite `wheel` without its members whose names fully match `pattern`, and without their
+    RECORD lines (pip checks the hash of every file RECORD lists); returns the bytes removed (0 when
+    nothing matches, e.g. a wheel pruned before). Written to a temporary file, then renamed."""
+    rule = re.compile(pattern)
+    with zipfile.ZipFile(wheel) as source:
+        members = source.infolist()
+        dropped = {m.filename for m in members if rule.fullmatch(m.filename)}
+        if not dropped:
+            return 0
+        before = wheel.stat().st_size
+        partial = wheel.with_name(wheel.name + ".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as target:
+            for member in members:
+                if member.filename in dropped:
+                    continue
+                data = source.read(member)
+                if member.filename.endswith(".dist-info/RECORD"):
+                    lines = data.decode().splitlines(keepends=True)
+                    data = "".join(line for line in lines if line.split(",", 1)[0] not in dropped).encode()
+                target.writestr(member, data)
+    partial.replace(wheel)
+    return before - wheel.stat().st_size
 
 
 def set_sizes(out: Path, tree: int, sets: dict[str, tuple[str, ...]] = SETS) -> list[SetSize]:
@@ -165,6 +202,13 @@ def main(argv: list[str] | None = None) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             for requirement in requirements:
                 subprocess.run(download_command(requirement, dest), check=True)
+            for package, pattern in PRUNED.items():
+                for wheel in dest.glob(f"{package}-*.whl"):
+                    removed = prune_wheel(wheel, pattern)
+                    if removed:
+                        print(
+                            f"{wheel.name}: {removed / 2**20:.1f} MiB of other accelerators' libraries removed"
+                        )
     sizes = set_sizes(args.out, tree_bytes())
     try:
         check_sizes(sizes)

@@ -170,3 +170,65 @@ def test_install_script_refuses_an_empty_wheel_folder(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert f"no wheels or sdists in {tmp_path} (run make gpu-wheels" in proc.stderr
+
+
+def _fake_bitsandbytes_wheel(folder: Path) -> Path:
+    """A minimal installable wheel laid out as bitsandbytes' is: one native library per accelerator."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = "bitsandbytes-0.50.2.dist-info"
+    files = {
+        "bitsandbytes/__init__.py": b"",
+        **{f"bitsandbytes/libbitsandbytes_{lib}.so": lib.encode() * 1000 for lib in LIBRARIES},
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.50.2\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: py3-none-any\n",
+    }
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for name, data in files.items()
+    )
+    wheel = folder / "bitsandbytes-0.50.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr(f"{info}/RECORD", record + f"{info}/RECORD,,\n")
+    return wheel
+
+
+LIBRARIES = ("cpu", "cuda118", "cuda128", "cuda130", "cuda132", "rocm64", "xpu2025")
+
+
+def test_bitsandbytes_is_pruned_to_the_cuda13_libraries_and_still_installs(tmp_path: Path) -> None:
+    import zipfile
+
+    wheel = _fake_bitsandbytes_wheel(tmp_path)
+    assert gpu_wheels.prune_wheel(wheel, gpu_wheels.PRUNED["bitsandbytes"]) > 0
+    with zipfile.ZipFile(wheel) as archive:
+        libraries = sorted(n for n in archive.namelist() if n.endswith(".so"))
+        record = archive.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
+    kept = ["cpu", "cuda130", "cuda132"]
+    assert libraries == [f"bitsandbytes/libbitsandbytes_{lib}.so" for lib in kept]
+    assert "cuda118" not in record and "rocm64" not in record and "cuda130" in record
+    assert gpu_wheels.prune_wheel(wheel, gpu_wheels.PRUNED["bitsandbytes"]) == 0  # already pruned
+    # pip verifies the files against RECORD: the repacked wheel installs
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+    )
+    assert sorted(p.name for p in (target / "bitsandbytes").glob("*.so")) == [
+        f"libbitsandbytes_{lib}.so" for lib in kept
+    ]
