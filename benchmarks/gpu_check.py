@@ -348,6 +348,7 @@ def _recipe(device, dtype, sizes: Sizes, tmp: Path) -> dict:
     """QLoRA and LoRA at the 1b sizes with the reductions of `RECIPE_OPTIMIZER`'s comment."""
     from benchmarks import train_memory
 
+    # the plain measurement wrote the checkpoint (or measures now and writes it): both use the same
     _memory(sizes.mid_preset, sizes.mid_batch, sizes.mid_frames, device, dtype, sizes, tmp, False)
     args = argparse.Namespace(
         device=str(device), preset=sizes.mid_preset, dtype=str(dtype).removeprefix("torch."),

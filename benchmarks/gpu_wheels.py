@@ -17,7 +17,7 @@ so the packages are split into sets, one set per call:
   import; against 5.23 with the machine's huggingface_hub 1.33 it passes). 13 MB of the 64 MiB.
   The bitsandbytes wheel holds a native library for every CUDA, ROCm and XPU release it supports
   (43 MB); the machine's torch is a CUDA 13 build, so the wheel is repacked with the CUDA 13
-  libraries and the CPU one only (`prune_wheel`, ~14 MB): with the whole wheel the set and the
+  libraries and the CPU one only (`prune_wheel`, 9 MB): with the whole wheel the set and the
   tree had reached the 64 MiB exactly;
 - ``decode``: decord, webdataset (with braceexpand) and PyAV (SynthVid's encoder, to write the
   shards there), for the pipeline's decode rate; a second call.

@@ -28,7 +28,8 @@ candidates per event that show a visible frame of its window (duplicates counted
 earliest and the latest kept frame of its window that show it (`kept_displacement`; 0 for an
 event not recoverable), and `events_displaced_a_patch`, the fraction of events where that is at
 least `PATCH_PX` (the tiny preset's ViT patch): "recoverable" only asks for two distinct frames,
-which may be a few pixels apart, and a displacement under one patch is a weak signal for a ViT. Each (task, N)
+which may be a few pixels apart, and a displacement under one patch is a weak signal for a ViT.
+Each (task, N)
 also has a `ceiling`: the fraction of events whose window holds two distinct visible source frames
 among the N candidates at all, what keeping every candidate would reach.
 
