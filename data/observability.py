@@ -29,9 +29,8 @@ earliest and the latest kept frame of its window that show it (`kept_displacemen
 event not recoverable), and `events_displaced_a_patch`, the fraction of events where that is at
 least `PATCH_PX` (the tiny preset's ViT patch): "recoverable" only asks for two distinct frames,
 which may be a few pixels apart, and a displacement under one patch is a weak signal for a ViT.
-Each (task, N)
-also has a `ceiling`: the fraction of events whose window holds two distinct visible source frames
-among the N candidates at all, what keeping every candidate would reach.
+Each (task, N) also has a `ceiling`: the fraction of events whose window holds two distinct visible
+source frames among the N candidates at all, what keeping every candidate would reach.
 
 Tasks. By default every task in `data.synthvid.TASKS` whose events are shorter than the clip
 (`default_tasks`, read off the generator, not a list kept here): those are the ones where the
