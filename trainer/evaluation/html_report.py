@@ -1,9 +1,9 @@
 """The qualitative evaluation report: one self-contained HTML page (images inlined as base64 PNG).
 
 Per clip: the candidate frame strip with the frames the selector kept outlined, the temporal
-gates as a heatmap (temporal adapters only; kept frames inside a SynthVid event outlined) next to the video Q-Former's attention over the kept
-frames, the generated caption against the references, and the top-5 videos its first reference
-retrieves (when the model has a retrieval head).
+gates as a heatmap (temporal adapters only; kept frames inside a SynthVid event outlined) next to
+the video Q-Former's attention over the kept frames, the generated caption against the references,
+and the top-5 videos its first reference retrieves (when the model has a retrieval head).
 """
 
 from __future__ import annotations
