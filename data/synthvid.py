@@ -8,6 +8,10 @@ data/synthvid_choices.py builds the forced-choice sets of evaluation.
 Tasks (each isolates one ability; events last EVENT_LENGTH of the clip, 4-6 frames at 32 frames):
     pretrain   appearance and motion: "a red circle moves from left to right", "two green
                triangles move down"; the shapes move for the whole clip.
+    motion     pretrain's captions, but the shapes appear, cross part of the frame and disappear,
+               at a random time and place (MOTION_WINDOW, MOTION_LEG): the sense of the motion is
+               read only by comparing two frames, as in the event tasks, and not off where the
+               shape is at a given frame index, as it can be in pretrain.
     sparse     finding one short event: a shape appears, moves, disappears, once, in an otherwise
                static clip ("a red circle moves up"). In about half the clips a still distractor
                of another shape and colour (not in the caption) sits there the whole clip. Uniform
@@ -92,7 +96,8 @@ __all__ = [
 # conversion (data/video_io.encode_mp4), the same bytes on every machine. 3: SynthVid v2 (tasks
 # sparse / order / dense / shift, events of 12.5-18.75% of the clip, retrieval's new stream).
 SYNTHVID_VERSION = 3
-TASKS = ("pretrain", "sparse", "order", "dense", "shift", "retrieval")
+# New tasks go at the end: a clip's generator is seeded by its task's index here.
+TASKS = ("pretrain", "sparse", "order", "dense", "shift", "retrieval", "motion")
 SPLITS = ("train", "eval", "test")
 EVENT_TASKS = ("sparse", "order", "retrieval")
 # Saturated, well separated hues: they survive yuv420p chroma subsampling at 64x64.
@@ -125,6 +130,16 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
     ("triangle", "yellow"),
 )
 TRAIN_PAIRS = tuple(p for p in itertools.product(SHAPES, COLOR_WORDS) if p not in HELD_OUT)
+# motion: how long the motion lasts (a share of the clip), how far the shapes travel (a share of
+# `reach`; the events' legs are 0.8-1.2) and how much of the motion is in view at least (and never
+# under a quarter of the clip, so that uniform K = 8 keeps two of its frames). At 32 frames, 64 px:
+# a median 14 frames in view and 26 px between the first and the last. Letting the motion run off
+# the clip's ends keeps the frame index from telling the sense: a threshold on one frame's x
+# separates "right" from "left" for 0.53-0.55 of clips in the middle frames and 0.79 at frame 0,
+# against 1.00 in `pretrain` (2000 clips, ad hoc).
+MOTION_WINDOW = (0.375, 0.75)
+MOTION_LEG = (1.0, 1.6)
+MOTION_IN_VIEW = 0.25
 DISTRACTOR_SHARE = 0.5  # sparse: share of clips with a still distractor shape
 # dense / shift: the farthest the shapes drift over the whole clip, as a share of `reach`.
 MAX_DRIFT = 0.25
@@ -152,6 +167,18 @@ def _reach(size: int, radius: float) -> tuple[float, float]:
     return centre, centre - radius - 1
 
 
+def _lanes(
+    rng: np.random.Generator, base: np.ndarray, v: np.ndarray, count: int, radius: float, reach: float
+) -> np.ndarray:
+    """`count` copies of one path float [T, 2] (moving along v) in parallel lanes across the motion
+    axis, far enough apart that they never overlap, at a random place: float [count, T, 2]."""
+    lane_axis = np.abs(v[::-1])
+    spacing = min(2.4 * radius, 2 * reach / max(count - 1, 1))
+    offsets = (np.arange(count) - (count - 1) / 2) * spacing
+    jitter = rng.uniform(-1, 1) * max(reach - abs(offsets).max(), 0)
+    return np.stack([base + (o + jitter) * lane_axis for o in offsets])
+
+
 def _pretrain_paths(
     rng: np.random.Generator, count: int, direction: str, size: int, radius: float, t: int
 ) -> np.ndarray:
@@ -161,12 +188,36 @@ def _pretrain_paths(
     v = np.array(DIRECTIONS[direction], dtype=np.float32)
     start, end = centre - v * reach, centre + v * reach
     base = start + progress * (end - start)  # [T, 2]
-    # Objects travel in parallel lanes across the motion axis so that they never overlap.
-    lane_axis = np.abs(v[::-1])
-    spacing = min(2.4 * radius, 2 * reach / max(count - 1, 1))
-    offsets = (np.arange(count) - (count - 1) / 2) * spacing
-    jitter = rng.uniform(-1, 1) * max(reach - abs(offsets).max(), 0)
-    return np.stack([base + (o + jitter) * lane_axis for o in offsets])
+    return _lanes(rng, base, v, count, radius, reach)
+
+
+def _motion_paths(
+    rng: np.random.Generator, count: int, direction: str, size: int, radius: float, t: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Per-object, per-frame centres float [count, T, 2] (x, y), NaN outside the motion window, and
+    that window (start, end), inclusive.
+
+    The shapes appear, travel one leg of MOTION_LEG x `reach` in parallel lanes, and disappear; the
+    motion lasts MOTION_WINDOW of the clip, starts at a random frame (possibly before the clip, or
+    ends after it) and its leg's midpoint sits at a random place on the motion axis. Neither the
+    frame index nor a shape's place in one frame therefore tells the motion's sense: only comparing
+    where it is in two frames does, as in the event tasks. (pretrain's edge-to-edge paths over the
+    whole clip let a model read the sense off frame k's position alone: learnability.md.)
+    """
+    centre, reach = _reach(size, radius)
+    length = max(round(t * rng.uniform(*MOTION_WINDOW)), MIN_EVENT_FRAMES)
+    # The motion may begin before the clip or end after it: at a frame in the middle of the clip,
+    # where the shapes are along their leg is then uniform whatever the sense.
+    in_view = min(max(math.ceil(MOTION_IN_VIEW * length), MIN_EVENT_FRAMES, t // 4), t)
+    start = int(rng.integers(in_view - length, t - in_view + 1))
+    leg = rng.uniform(*MOTION_LEG) * reach
+    v = np.array(DIRECTIONS[direction], dtype=np.float32)
+    midpoint = centre + v * rng.uniform(-1, 1) * max(reach - leg / 2, 0)  # [2], off centre on the motion axis
+    progress = np.linspace(-0.5, 0.5, length, dtype=np.float32)[:, None]  # [length, 1]
+    first, last = max(start, 0), min(start + length, t) - 1  # the frames in view
+    base = np.full((t, 2), np.nan, dtype=np.float32)
+    base[first : last + 1] = midpoint + progress[first - start : last - start + 1] * v * leg
+    return _lanes(rng, base, v, count, radius, reach), (first, last)
 
 
 def _appearance_paths(rng: np.random.Generator, count: int, size: int, radius: float, t: int) -> np.ndarray:
@@ -399,12 +450,15 @@ def generate_clip(
     truth: dict[str, Any] = {"task": task, "shape": shape, "color": color}
     windows: list[tuple[int, int]] = []
     distractor: dict[str, Any] | None = None
-    if task == "pretrain":
+    if task in ("pretrain", "motion"):
         count = int(rng.integers(1, 4))
         directions = [names[rng.integers(len(names))]]
         radius = size * rng.uniform(0.09, 0.12)
-        paths = _pretrain_paths(rng, count, directions[0], size, radius, t)
-        windows = [(0, t - 1)]
+        if task == "pretrain":
+            paths, windows = _pretrain_paths(rng, count, directions[0], size, radius, t), [(0, t - 1)]
+        else:
+            paths, window = _motion_paths(rng, count, directions[0], size, radius, t)
+            windows = [window]
         background = _background(rng, size, graded=False)
     elif task in ("dense", "shift"):
         count = int(rng.integers(1, 4))
@@ -444,7 +498,7 @@ def generate_clip(
 
     truth.update(
         count=count,
-        direction=(directions[0] if task == "pretrain" else " then ".join(directions)) or None,
+        direction=(directions[0] if task in ("pretrain", "motion") else " then ".join(directions)) or None,
         directions=directions,
         events=[
             {"start": s, "end": e, "direction": d} for (s, e), d in zip(windows, directions, strict=True)

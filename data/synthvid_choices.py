@@ -8,6 +8,7 @@ with everything the task does not test held fixed, without replacement.
 
     task        what varies among the candidates       drawn from
     pretrain    the direction                          the 4 directions (the set is all of them)
+    motion      the direction                          the 4 directions
     sparse      the direction                          the 4 directions
     order       the direction sequence                 order_sequences(number of events)
     retrieval   the direction pair                     retrieval_sequences(the clip's variant)

@@ -24,6 +24,7 @@ from data.synthvid_grammar import (
 STREAMS = [(task, "eval") for task in TASKS] + [("shift", "train")]
 TESTED = {
     "pretrain": {"directions"},
+    "motion": {"directions"},
     "sparse": {"directions"},
     "order": {"directions"},
     "retrieval": {"directions"},
