@@ -100,6 +100,8 @@ SYNTHVID_VERSION = 3
 TASKS = ("pretrain", "sparse", "order", "dense", "shift", "retrieval", "motion")
 SPLITS = ("train", "eval", "test")
 EVENT_TASKS = ("sparse", "order", "retrieval")
+# One motion of 1-3 shapes, captioned with its direction: edge to edge over the whole clip, or not.
+MOTION_TASKS = ("pretrain", "motion")
 # Saturated, well separated hues: they survive yuv420p chroma subsampling at 64x64.
 COLORS: dict[str, tuple[int, int, int]] = dict(
     zip(
@@ -450,7 +452,7 @@ def generate_clip(
     truth: dict[str, Any] = {"task": task, "shape": shape, "color": color}
     windows: list[tuple[int, int]] = []
     distractor: dict[str, Any] | None = None
-    if task in ("pretrain", "motion"):
+    if task in MOTION_TASKS:
         count = int(rng.integers(1, 4))
         directions = [names[rng.integers(len(names))]]
         radius = size * rng.uniform(0.09, 0.12)
@@ -498,7 +500,7 @@ def generate_clip(
 
     truth.update(
         count=count,
-        direction=(directions[0] if task in ("pretrain", "motion") else " then ".join(directions)) or None,
+        direction=(directions[0] if task in MOTION_TASKS else " then ".join(directions)) or None,
         directions=directions,
         events=[
             {"start": s, "end": e, "direction": d} for (s, e), d in zip(windows, directions, strict=True)
