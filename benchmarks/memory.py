@@ -19,13 +19,22 @@ actually held (the two then agree to 0.3%: 0.98 and 0.98 GiB).
 
 RSS also counts the Python runtime and the loaded libraries: compare CPU figures as differences
 from a baseline taken in the same kind of process (see `benchmarks.train_memory`).
+
+RSS is the CPU counterpart of CUDA's *reserved* bytes: it also holds the C heap's small blocks, the
+libraries' own buffers and whatever glibc has not returned yet. The counterpart of
+`max_memory_allocated`, the bytes tensors hold, is `tensor_step_peak`: the tensors alive before a
+stretch of code (`live_tensor_bytes`) plus the highest sum of the allocations and frees torch's
+profiler records inside it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,6 +111,68 @@ class PeakMemory:
                 "peak_reserved": torch.cuda.max_memory_reserved(self.device),
             }
         return {"current": _status_kib("VmRSS") * 1024, "peak": _status_kib("VmHWM") * 1024}
+
+
+def live_tensor_bytes(device: torch.device) -> int:
+    """Bytes of every tensor storage on `device` that Python can reach now, each storage once (views
+    and parameters sharing a flat buffer, as ZeRO's do, count once). Between training steps that is
+    everything a step starts from: weights, trained parameters, ZeRO's partitions, optimizer state;
+    inside a step the autograd graph holds tensors that Python cannot see."""
+    device = torch.device(device)
+    gc.collect()
+    storages: dict[int, int] = {}
+    with warnings.catch_warnings():  # isinstance() on deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in objects:
+        # sparse and meta tensors have no storage of their own to count
+        strided = obj.layout == torch.strided and not obj.is_meta
+        if strided and obj.device.type == device.type:
+            storage = obj.untyped_storage()
+            if storage.data_ptr():
+                storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+    return sum(storages.values())
+
+
+def allocation_peak(run: Callable[[], object], device: torch.device) -> tuple[int, int]:
+    """(highest, final) net bytes allocated on `device` while `run()` runs, from the allocation and
+    free events of torch's profiler (``profile_memory=True``) in time order. A block allocated before
+    the call and freed inside it has no size in the profile and is left out, so the highest value
+    can only over-state what the call held above its start.
+
+    The events are read from the profiler's event tree (``kineto_results.experimental_event_tree``,
+    what torch's own memory timeline is built from): `prof.events()` folds allocations into the ops
+    that made them and loses their order."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    changes: list[tuple[int, int]] = []
+    pending = list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        node = pending.pop()
+        if node.tag == _EventType.Allocation:
+            fields = node.extra_fields
+            if fields.device.type == device.type:
+                changes.append((node.start_time_ns, fields.alloc_size))
+        pending.extend(node.children)
+    changes.sort(key=lambda change: change[0])
+    held = highest = 0
+    for _, size in changes:
+        held += size
+        highest = max(highest, held)
+    return highest, held
+
+
+def tensor_step_peak(run: Callable[[], object], device: torch.device) -> dict[str, int]:
+    """The CPU counterpart of `torch.cuda.max_memory_allocated` for one call of `run` that starts and
+    ends with no autograd graph alive (a training step): ``{"start": tensor bytes before it,
+    "peak": the highest tensor bytes during it}`` (`live_tensor_bytes` + `allocation_peak`)."""
+    start = live_tensor_bytes(device)
+    highest, _ = allocation_peak(run, device)
+    return {"start": start, "peak": start + highest}
 
 
 def materialize_weights(model: torch.nn.Module) -> None:

@@ -39,9 +39,13 @@ Q-Formers, no checkpointing): ``qlora_over_plain_qlora_step_peak`` / ``_step_cpu
 the reductions together save and cost.
 
 Reported per method: the absolute peak (whole process, load included), the baseline, the step's peak
-above the baseline (the figure the ratios use) and its parts that can be counted exactly (weights,
-trained parameters, optimizer state). On CPU all memory figures are RSS (see `benchmarks.memory`);
-on CUDA `torch.cuda.max_memory_allocated` / `_reserved`. The issue's goal: qlora <= 0.5 x lora at 1b.
+above the baseline (the figure the ``_step_peak`` ratios use) and its parts that can be counted
+exactly (weights, trained parameters, optimizer state). On CPU these memory figures are RSS (see
+`benchmarks.memory`); on CUDA `torch.cuda.max_memory_allocated` / `_reserved`. On CPU one more step
+after the measured ones runs under torch's profiler for the bytes tensors hold
+(`benchmarks.memory.tensor_step_peak`: ``step_start_tensor_bytes``, ``step_tensor_peak_bytes``), the
+CPU counterpart of CUDA's allocated bytes, which the ``_step_tensor_peak`` ratios use; its time is
+not kept. The issue's goal: qlora <= 0.5 x lora at 1b.
 
 ``--optimizers`` compares optimizers instead, for one method (``--methods``, default qlora): each
 name is a `train.optimizer` choice under ``ds_configs/zero2.json`` (the bitsandbytes ones built by
@@ -272,7 +276,7 @@ def run_child(args: argparse.Namespace) -> None:
     # Imports first (DeepSpeed with trainer.run_setup): they are the baseline's content.
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from benchmarks.memory import PeakMemory
+    from benchmarks.memory import PeakMemory, tensor_step_peak
     from benchmarks.workload import model_batch
     from models.adapters import apply_adapter, trainable_parameter_count
     from models.loading import load_model
@@ -331,6 +335,13 @@ def run_child(args: argparse.Namespace) -> None:
     for _ in range(args.steps):
         loss = train_step()
     step = meter.read()
+    tensors = {}
+    if device.type == "cpu":
+        # one more step under torch's profiler for the bytes tensors hold (CUDA's counters count
+        # them already); it runs slower there, so its time is not kept
+        tensors = tensor_step_peak(train_step, device)
+        step_times.pop()
+        step_cpu_times.pop()
     alternating = {}
     if args.child_checkpointing and args.alternate_steps:
         # After the peak is read: steps with checkpointing off and on in turn, in one process, so
@@ -390,6 +401,9 @@ def run_child(args: argparse.Namespace) -> None:
         figures["alternating_checkpointed_over_not_step_cpu"] = statistics.median(
             alternating["on"]
         ) / statistics.median(alternating["off"])
+    if tensors:
+        figures["step_start_tensor_bytes"] = tensors["start"]
+        figures["step_tensor_peak_bytes"] = tensors["peak"]
     if "peak_reserved" in step:
         figures["step_peak_reserved_bytes"] = step["peak_reserved"]
     args.child_out.write_text(json.dumps(figures))
@@ -491,20 +505,34 @@ def main() -> None:
     for variant, figures in per_method.items():
         if variant in ("lora", "qlora_not_checkpointed", "qlora_plain"):
             continue
-        for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
-            ratios[f"{args.preset}/{variant}_over_lora_{ratio}"] = figures[key] / lora[key]
+        for ratio, key in (
+            ("step_peak", "step_peak_above_baseline_bytes"),
+            ("step_tensor_peak", "step_tensor_peak_bytes"),
+            ("step_cpu_time", "step_cpu_s"),
+        ):
+            if key in figures:
+                ratios[f"{args.preset}/{variant}_over_lora_{ratio}"] = figures[key] / lora[key]
     if "qlora_not_checkpointed" in per_method:
         plain, checkpointed = per_method["qlora_not_checkpointed"], per_method["qlora"]
         key = "step_peak_above_baseline_bytes"
         ratios[f"{args.preset}/qlora_checkpointed_over_not_step_peak"] = checkpointed[key] / plain[key]
+        if "step_tensor_peak_bytes" in plain:
+            ratios[f"{args.preset}/qlora_checkpointed_over_not_step_tensor_peak"] = (
+                checkpointed["step_tensor_peak_bytes"] / plain["step_tensor_peak_bytes"]
+            )
         # what it costs: steps with it off and on in turn in the checkpointed child (run_child)
         ratios[f"{args.preset}/qlora_checkpointed_over_not_step_cpu_time"] = checkpointed[
             "alternating_checkpointed_over_not_step_cpu"
         ]
     if "qlora_plain" in per_method:
         plain, reduced_run = per_method["qlora_plain"], per_method["qlora"]
-        for ratio, key in (("step_peak", "step_peak_above_baseline_bytes"), ("step_cpu_time", "step_cpu_s")):
-            ratios[f"{args.preset}/qlora_over_plain_qlora_{ratio}"] = reduced_run[key] / plain[key]
+        for ratio, key in (
+            ("step_peak", "step_peak_above_baseline_bytes"),
+            ("step_tensor_peak", "step_tensor_peak_bytes"),
+            ("step_cpu_time", "step_cpu_s"),
+        ):
+            if key in plain:
+                ratios[f"{args.preset}/qlora_over_plain_qlora_{ratio}"] = reduced_run[key] / plain[key]
     write_result(
         result_name(
             args.preset,
@@ -564,11 +592,13 @@ def compare_optimizers(args: argparse.Namespace, device: torch.device) -> None:
             continue
         for ratio, key in (
             ("step_peak", "step_peak_above_baseline_bytes"),
+            ("step_tensor_peak", "step_tensor_peak_bytes"),
             ("step_time", "step_time_s"),
             ("step_cpu_time", "step_cpu_s"),
             ("optimizer_state", "optimizer_state_bytes"),
         ):
-            ratios[f"{args.preset}/{name}_over_adamw_{ratio}"] = figures[key] / adamw[key]
+            if key in figures:
+                ratios[f"{args.preset}/{name}_over_adamw_{ratio}"] = figures[key] / adamw[key]
     write_result(
         result_name(args.preset, args.dtype, optimizers=True, quantize_fusion=args.quantize_fusion),
         device,

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import train_memory
-from benchmarks.memory import materialize_weights
+from benchmarks.memory import allocation_peak, live_tensor_bytes, materialize_weights, tensor_step_peak
 from benchmarks.workload import write_checkpoint
 
 
@@ -26,6 +27,14 @@ def test_child_measures_one_qlora_step(tmp_path: Path) -> None:
     assert figures["step_peak_bytes"] >= figures["step_start_bytes"] > figures["baseline_bytes"]
     assert figures["absolute_peak_bytes"] >= figures["step_peak_bytes"]
     assert figures["step_peak_above_baseline_bytes"] == figures["step_peak_bytes"] - figures["baseline_bytes"]
+    # the tensors alone: the weights, the optimizer state and what the step adds
+    tensors = figures["step_tensor_peak_bytes"]
+    assert (
+        tensors
+        > figures["step_start_tensor_bytes"]
+        >= figures["weight_bytes"] + figures["optimizer_state_bytes"]
+    )
+    assert tensors < figures["step_peak_above_baseline_bytes"] + figures["baseline_bytes"]
     assert figures["loss"] > 0
 
 
@@ -92,8 +101,6 @@ def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
 
 def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) -> None:
     """An int8 weight's data and its ``CB`` are one storage; copying the data would hold it twice."""
-    import torch
-
     from models.loading import load_model
 
     checkpoint = write_checkpoint("tiny", tmp_path / "base")
@@ -134,3 +141,27 @@ def test_optimizer_comparison_needs_known_names_and_adamw() -> None:
         train_memory.available_optimizers("adamw_8bit,offload")
     assert train_memory.result_name("1b", "auto", optimizers=True) == "train_memory_optimizers_1b"
     assert train_memory.result_name("tiny", "bfloat16", optimizers=True) == "train_memory_optimizers_bfloat16"
+
+
+def test_tensor_step_peak_counts_what_a_call_holds_above_the_live_tensors() -> None:
+    """The live storages are counted once however many views share them; inside the call the peak is
+    the highest sum of its allocations (4 + 2 MiB before the 4 is freed), not what it keeps (1 MiB)."""
+    mib = 2**20
+    kept: list[torch.Tensor] = []
+
+    def run() -> None:
+        first = torch.empty(4 * mib, dtype=torch.uint8)
+        second = torch.empty(2 * mib, dtype=torch.uint8)
+        del first
+        kept.append(torch.empty(mib, dtype=torch.uint8))
+        del second
+
+    before = live_tensor_bytes(torch.device("cpu"))
+    held = torch.empty(8 * mib, dtype=torch.uint8)
+    views = [held[:10], held.view(2, -1)]
+    assert live_tensor_bytes(torch.device("cpu")) - before == 8 * mib and len(views) == 2
+
+    assert allocation_peak(run, torch.device("cpu")) == (6 * mib, mib)
+    peak = tensor_step_peak(run, torch.device("cpu"))
+    assert peak["peak"] - peak["start"] == 6 * mib
+    assert peak["start"] >= before + 9 * mib  # the 8 MiB held and the 1 MiB the first call kept
