@@ -356,7 +356,7 @@ def _recipe(device, dtype, sizes: Sizes, tmp: Path) -> dict:
     )  # fmt: skip
     return {
         m: train_memory.measure_in_child(
-            args, m, tmp / sizes.mid_preset, tmp, RECIPE_OPTIMIZER, checkpointing=True
+            args, m, tmp / sizes.mid_preset, tmp, RECIPE_OPTIMIZER, checkpointing="all"
         )
         for m in ("qlora", "lora")
     }

@@ -2,7 +2,7 @@
 with --optimizers, step peak, time and optimizer state per optimizer (AdamW, 8-bit, paged, offload).
 
     python -m benchmarks.train_memory --device cpu [--quick] [--preset tiny|1b] [--methods lora,qlora]
-        [--gradient-checkpointing] [--optimizer adamw_8bit] [--quantize-fusion]
+        [--gradient-checkpointing [TOWERS]] [--optimizer adamw_8bit] [--quantize-fusion]
     python -m benchmarks.train_memory --device cpu --preset 1b \
         --optimizers adamw,adamw_8bit,paged_adamw_8bit,offload
 
@@ -27,8 +27,9 @@ memory) cannot inflate another's peak. A child:
    backward run with the optimizer state held, as in every step of a real run.
 
 With ``--gradient-checkpointing`` every method recomputes the activations of every ViT / Q-Former /
-LLM layer in backward (``adapter.gradient_checkpointing``), and qlora runs once more without it: what
-checkpointing saves. What it costs is timed in qlora's checkpointed child, after its measured steps,
+LLM layer in backward (``model.gradient_checkpointing``), or only those of the towers named
+(``--gradient-checkpointing vision``: `models.checkpointing`), and qlora runs once more without it:
+what checkpointing saves. What it costs is timed in qlora's checkpointed child, after its measured steps,
 by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians).
 
 ``--optimizer`` trains every method with one `train.optimizer` (default adamw), so that both sides of
@@ -107,7 +108,7 @@ OPTIMIZER_VARIANTS = {
 STEPS = 3
 # With --gradient-checkpointing, qlora's child then runs this many pairs of steps with checkpointing
 # off and on in turn, for its cost in CPU time measured under one and the same load.
-ALTERNATE_STEPS = 3
+ALTERNATE_STEPS = 6
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
@@ -134,9 +135,13 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gradient-checkpointing",
-        action="store_true",
-        help="every method with gradient checkpointing of every tower (adapter.gradient_checkpointing), "
-        "and qlora also without it (the memory saved) and in alternate steps with it off and on (the time)",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="TOWERS",
+        help="every method with gradient checkpointing (model.gradient_checkpointing) of every tower, or of "
+        "the comma-separated towers / groups given (e.g. vision), and qlora also without it (the memory "
+        "saved) and in alternate steps with it off and on (the time)",
     )
     parser.add_argument(
         "--optimizer",
@@ -161,7 +166,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     )
     # Internal: run one method (with one optimizer) in this process and write its figures to --child-out.
     parser.add_argument("--child-optimizer", default="adamw", help=argparse.SUPPRESS)
-    parser.add_argument("--child-checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-checkpointing", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--alternate-steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -191,6 +196,23 @@ def available_optimizers(requested: str) -> list[str]:
     return names
 
 
+def checkpointing_setting(towers: str | None) -> bool | tuple[str, ...]:
+    """`model.gradient_checkpointing` from ``--gradient-checkpointing``'s value: None → False,
+    "all" → True, "vision,llm" → ("vision", "llm"); an unknown tower exits naming the valid ones."""
+    if not towers:
+        return False
+    if towers == "all":
+        return True
+    from models.towers import checkpointed_towers
+
+    names = tuple(n.strip() for n in towers.split(",") if n.strip())
+    try:
+        checkpointed_towers(names)
+    except ValueError as err:
+        raise SystemExit(f"--{err}") from None
+    return names
+
+
 def quantization_of(method: str, quantize_fusion: bool = False) -> str | dict[str, str]:
     """The `models.loading` quantization `method` trains on: its declared default weight format; with
     `quantize_fusion`, a quantized method's Q-Formers in that format too."""
@@ -207,19 +229,22 @@ def result_name(
     preset: str,
     dtype: str,
     optimizers: bool = False,
-    checkpointing: bool = False,
+    checkpointing: str | None = None,
     optimizer: str = "adamw",
     quantize_fusion: bool = False,
 ) -> str:
     """``train_memory`` for the tiny preset, ``train_memory_1b`` for 1b; a dtype other than auto is
     added (``train_memory_1b_bfloat16``), so a bf16 run on CPU does not replace the default one, and
-    so are gradient checkpointing (``train_memory_1b_bfloat16_checkpointed``), an optimizer other
+    so are gradient checkpointing (``train_memory_1b_bfloat16_checkpointed`` for every tower,
+    ``…_checkpointed_vision`` for the towers given, `checkpointing_setting`), an optimizer other
     than adamw (``…_adamw_8bit``) and quantized Q-Formers (``…_fusion_quantized``).
     The optimizer comparison is ``train_memory_optimizers`` (``train_memory_optimizers_1b``, …)."""
     name = "train_memory_optimizers" if optimizers else "train_memory"
     name = name if preset == "tiny" else f"{name}_{preset}"
     name = name if dtype == "auto" else f"{name}_{dtype}"
-    name = f"{name}_checkpointed" if checkpointing else name
+    if checkpointing:
+        towers = checkpointing_setting(checkpointing)
+        name = f"{name}_checkpointed" if towers is True else "_".join((f"{name}_checkpointed", *towers))
     name = name if optimizer == "adamw" else f"{name}_{optimizer}"
     return f"{name}_fusion_quantized" if quantize_fusion else name
 
@@ -230,16 +255,19 @@ def measure_in_child(
     checkpoint: Path,
     out_dir: Path,
     optimizer: str = "adamw",
-    checkpointing: bool = False,
+    checkpointing: str | None = None,
     alternate_steps: int = 0,
     quantize_fusion: bool | None = None,
 ) -> dict[str, Any]:
-    """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name), with or without gradient
-    checkpointing, in a fresh Python process (this module with --child); returns its figures.
+    """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name), with gradient
+    checkpointing of the towers `checkpointing` names ("all", "vision", ...) or none, in a fresh
+    Python process (this module with --child); returns its figures.
     `quantize_fusion` None: as ``args.quantize_fusion`` says."""
     if quantize_fusion is None:
         quantize_fusion = getattr(args, "quantize_fusion", False)
-    tags = ("-checkpointed" if checkpointing else "") + ("-fusion" if quantize_fusion else "")
+    tags = (f"-checkpointed-{checkpointing}" if checkpointing else "") + (
+        "-fusion" if quantize_fusion else ""
+    )
     out = out_dir / f"{variant}-{optimizer}{tags}.json"
     cmd = [
         sys.executable, "-m", "benchmarks.train_memory",
@@ -247,7 +275,7 @@ def measure_in_child(
         "--batch-size", str(args.batch_size), "--frames", str(args.frames),
         "--steps", str(getattr(args, "steps", 1)), "--child-optimizer", optimizer,
         "--checkpoint", str(checkpoint), "--child", variant, "--child-out", str(out),
-        *(["--child-checkpointing", "--alternate-steps", str(alternate_steps)] if checkpointing else []),
+        *(["--child-checkpointing", checkpointing, "--alternate-steps", str(alternate_steps)] if checkpointing else []),
         *(["--count-flops"] if getattr(args, "count_flops", False) else []),
         *(["--quantize-fusion"] if quantize_fusion else []),
         *(["--torch-adam"] if getattr(args, "torch_adam", False) else []),
@@ -279,6 +307,7 @@ def run_child(args: argparse.Namespace) -> None:
     from benchmarks.memory import PeakMemory, tensor_step_peak
     from benchmarks.workload import model_batch
     from models.adapters import apply_adapter, trainable_parameter_count
+    from models.checkpointing import checkpointed_layers
     from models.loading import load_model
     from models.processor import VideoLlamaProcessor
     from trainer.config import RunConfig
@@ -299,7 +328,11 @@ def run_child(args: argparse.Namespace) -> None:
     processor = VideoLlamaProcessor.from_pretrained(args.checkpoint)
     model = load_model(args.checkpoint, quantization=quantization, compute_dtype=dtype, device=device)
     model = apply_adapter(
-        model, method, r=RANK, alpha=ALPHA, gradient_checkpointing=args.child_checkpointing
+        model,
+        method,
+        r=RANK,
+        alpha=ALPHA,
+        gradient_checkpointing=checkpointing_setting(args.child_checkpointing),
     ).train()
     materialize_weights(model)
     trainable, total = trainable_parameter_count(model)
@@ -346,7 +379,11 @@ def run_child(args: argparse.Namespace) -> None:
     if args.child_checkpointing and args.alternate_steps:
         # After the peak is read: steps with checkpointing off and on in turn, in one process, so
         # that what it costs is timed under the same load (a machine shared with other jobs drifts).
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        layers = [
+            m
+            for m in model.modules()
+            if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+        ]
         alternating = {"on": [], "off": []}
         for pair in range(args.alternate_steps):
             for setting in ("off", "on") if pair % 2 == 0 else ("on", "off"):
@@ -371,7 +408,7 @@ def run_child(args: argparse.Namespace) -> None:
     figures = {
         **flops,
         "method": method,
-        "gradient_checkpointing": args.child_checkpointing,
+        "gradient_checkpointing": checkpointed_layers(model),
         "optimizer": args.child_optimizer,
         "deepspeed_config": cfg.deepspeed.config,
         "optimizer_class": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
@@ -554,7 +591,7 @@ def main() -> None:
             "alpha": ALPHA,
             "dtype": args.dtype,
             "steps": args.steps,
-            "gradient_checkpointing": args.gradient_checkpointing,
+            "gradient_checkpointing": checkpointing_setting(args.gradient_checkpointing),
             "optimizer": f"deepspeed.initialize with {DS_CONFIG} (ZeRO-2, no offload), "
             f"train.optimizer={args.optimizer}",
             "quantize_fusion": args.quantize_fusion,

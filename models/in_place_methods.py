@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .bottleneck import BottleneckConfig, add_bottleneck_adapters
+from .checkpointing import enable_checkpointing
 from .parameters import trainable_parameter_count
 from .prefix import add_prefix
 from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
@@ -84,8 +85,7 @@ def _finish(
         for name in modules_to_save:
             model.get_submodule(name).requires_grad_(True)
         model.adapter_modules_to_save = modules_to_save
-    if options.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model, options.gradient_checkpointing)
     model.adapter_method = method.name
     model.adapter_format = method.saved_as
     model.adapter_allocation = {

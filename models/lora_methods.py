@@ -30,6 +30,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from . import rank_allocation as ra
+from .checkpointing import enable_checkpointing
 from .method_spec import GroupedRanks
 from .parameters import trainable_parameter_count
 from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
@@ -143,8 +144,7 @@ def build_lora(model: nn.Module, method: AdapterMethod, options: AdapterOptions)
     checkpointing = {"use_reentrant": False}
     if method.frame_gates:
         checkpointing = checkpoint_kwargs(install_frame_gates(peft_model))
-    if options.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+    enable_checkpointing(model, options.gradient_checkpointing, checkpointing)
     if targets.grouped:
         report["groups"] = ra.verify_ranks(peft_model, ranks, alphas, targets.patterns)
     report["lora_params_by_tower"] = ra.lora_params_by_tower(peft_model)
@@ -283,8 +283,7 @@ def build_adalora(model: nn.Module, method: AdapterMethod, options: AdapterOptio
         **settings,
     )
     peft_model = get_peft_model(model, config)
-    if options.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model, options.gradient_checkpointing)
     peft_model.adapter_allocation = {
         "method": method.name,
         "allocation": options.allocation,

@@ -92,7 +92,8 @@ class AdapterOptions:
         r, alpha, dropout: LoRA rank, scale numerator (scale = alpha / r) and input dropout.
         rslora: rank-stabilised scaling, alpha / sqrt(r) (peft's ``use_rslora``).
         target_modules: peft targets (list of name suffixes or one regex); None: the method's default.
-        gradient_checkpointing: recompute activations of every ViT / Q-Former / LLM layer in backward.
+        gradient_checkpointing: recompute activations in backward: True for every ViT / Q-Former /
+            LLM layer, or the towers to do it in, e.g. ("vision",) (`models.checkpointing`).
         modules_to_save: modules trained in full and saved with the adapter; None: the method's default.
         ranks: tower → LoRA rank (`models.towers` names, or `group_patterns` keys); only these are adapted.
             With a budget allocation, the groups to allocate among (values: base weights for "motion").
@@ -120,7 +121,7 @@ class AdapterOptions:
     rslora: bool = False
     dropout: float = 0.0
     target_modules: list[str] | str | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Sequence[str] = False
     modules_to_save: list[str] | None = None
     ranks: Mapping[str, int] | None = None
     alphas: Mapping[str, float] | None = None

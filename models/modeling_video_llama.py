@@ -143,7 +143,9 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         # without it loads with `retrieval_dim` set (`models.loading.load_model`): the head is then
         # initialised fresh, trained, and saved with the adapter.
         self.retrieval_head = (
-            RetrievalHead(config.text_config.hidden_size, config.retrieval_dim) if config.retrieval_dim else None
+            RetrievalHead(config.text_config.hidden_size, config.retrieval_dim)
+            if config.retrieval_dim
+            else None
         )
         self.post_init()
 

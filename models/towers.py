@@ -123,6 +123,9 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
     "both": ("vision", "llm"),
     "all": ("vision", *FUSION, "llm"),
 }
+# The towers built of transformer layers, which activation checkpointing can recompute in backward
+# (`model.gradient_checkpointing`: true for all of them, or a list of these and `PLACEMENTS` keys).
+LAYERED_TOWERS: tuple[str, ...] = tuple(t.name for t in TOWERS if t.layer is not None)
 # The parts whose linears `model.quantization` can store in 4/8 bit, each a group of towers with one
 # format: the ViT, the two Q-Formers, the LLM. One format quantizes `QUANTIZED_BY_DEFAULT` (the two
 # big towers, as QLoRA stores them); the fusion layers stay in the compute dtype unless a mapping
@@ -141,6 +144,26 @@ def tower(name: str) -> Tower:
         return _BY_NAME[name]
     except KeyError:
         raise ValueError(f"unknown tower {name!r}; towers: {TOWER_NAMES}") from None
+
+
+def checkpointed_towers(setting: bool | Iterable[str]) -> tuple[str, ...]:
+    """The towers `model.gradient_checkpointing` names, in `TOWERS` order: True every layered one,
+    False none, else each entry a `LAYERED_TOWERS` name or a `PLACEMENTS` key ("fusion", "all").
+    An unknown name raises ValueError listing the valid ones."""
+    if isinstance(setting, bool):
+        return LAYERED_TOWERS if setting else ()
+    named: set[str] = set()
+    for name in setting:
+        if name in PLACEMENTS:
+            named.update(PLACEMENTS[name])
+        elif name in LAYERED_TOWERS:
+            named.add(name)
+        else:
+            raise ValueError(
+                f"gradient_checkpointing: {name!r} is not a tower with layers; "
+                f"name towers ({', '.join(LAYERED_TOWERS)}) or groups ({', '.join(PLACEMENTS)}), or true / false"
+            )
+    return tuple(t for t in LAYERED_TOWERS if t in named)
 
 
 def tower_of(name: str) -> str | None:

@@ -100,7 +100,11 @@ def _base_model(cfg: RunConfig) -> Asset | None:
     if model.name_or_path is not None:
         path = Path(model.name_or_path)
         if not (path / "config.json").is_file():
-            what = "does not exist" if not path.exists() else "holds no config.json (not a save_pretrained folder)"
+            what = (
+                "does not exist"
+                if not path.exists()
+                else "holds no config.json (not a save_pretrained folder)"
+            )
             raise ConfigError(
                 f"model.name_or_path: {path} {what}. Name a saved model folder, or set "
                 "model.name_or_path=null and model.preset=<name> to build a random-init base."

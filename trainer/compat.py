@@ -13,6 +13,7 @@ import torch
 
 from models.method_spec import INT8_BASE, AdapterMethod
 from models.methods import METHODS
+from models.towers import checkpointed_towers
 from models.weight_formats import FULL_PRECISION, Quantization, canonical, describe, tower_formats
 from trainer.config import ConfigError, RunConfig
 from trainer.ds_config import zero_stage
@@ -91,6 +92,10 @@ def check_compatibility(cfg: RunConfig, ds: dict[str, Any], device: torch.device
             f"train.gate_lr is the rate of the temporal gates, which adapter.method={method.name} has "
             f"none of: use a frame-gated method ({gated}) or train.gate_lr=null"
         )
+    try:
+        checkpointed_towers(cfg.model.gradient_checkpointing)
+    except ValueError as err:
+        raise ConfigError(f"model.{err}") from None
     unknown_views = sorted(set(cfg.eval.controls) - set(CONTROLS))
     if unknown_views:
         raise ConfigError(

@@ -42,7 +42,9 @@ class ModelConfig:
     quantization: str | dict[str, str] = "auto"
     # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32.
     dtype: str = "auto"
-    gradient_checkpointing: bool = False
+    # Recompute activations in backward instead of keeping them: true for every tower's layers, or
+    # the towers to do it in, e.g. [vision] (models/checkpointing.py: the ViT holds most of them).
+    gradient_checkpointing: bool | list[str] = False
 
 
 @dataclass

@@ -71,7 +71,9 @@ def peak_tflops(device: torch.device, override: float | None = None) -> float | 
     return None
 
 
-def flops_metrics(flops_per_step: int, world_size: int, step_s: float, peak: float | None) -> dict[str, float]:
+def flops_metrics(
+    flops_per_step: int, world_size: int, step_s: float, peak: float | None
+) -> dict[str, float]:
     """``flops/per_step_tflop`` (all ranks) and, where the device's peak is known, ``flops/mfu``:
     this rank's FLOPs per second of step over its peak (``peak`` in TFLOP/s)."""
     metrics = {"flops/per_step_tflop": flops_per_step * world_size / 1e12}

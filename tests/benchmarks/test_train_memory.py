@@ -45,10 +45,11 @@ def test_child_with_gradient_checkpointing_trains_the_same_steps(tmp_path: Path)
     args = argparse.Namespace(device="cpu", preset="tiny", dtype="auto", batch_size=1, frames=2, steps=2)
     plain = train_memory.measure_in_child(args, "qlora", checkpoint, tmp_path)
     checkpointed = train_memory.measure_in_child(
-        args, "qlora", checkpoint, tmp_path, checkpointing=True, alternate_steps=1
+        args, "qlora", checkpoint, tmp_path, checkpointing="vision", alternate_steps=1
     )
 
-    assert checkpointed["gradient_checkpointing"] and not plain["gradient_checkpointing"]
+    # only the ViT's layers recompute (the tiny preset has two)
+    assert checkpointed["gradient_checkpointing"] == {"vision": 2} and plain["gradient_checkpointing"] == {}
     assert checkpointed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
     # the alternating steps come after the measured ones and time each setting once per pair
     assert len(checkpointed["step_cpu_times_s"]) == 2
@@ -88,15 +89,21 @@ def test_result_name_keeps_runs_of_other_presets_and_dtypes_apart() -> None:
     names = {train_memory.result_name(p, d) for p in ("tiny", "1b") for d in ("auto", "bfloat16")}
     assert names == {"train_memory", "train_memory_1b", "train_memory_bfloat16", "train_memory_1b_bfloat16"}
     assert (
-        train_memory.result_name("1b", "bfloat16", checkpointing=True)
+        train_memory.result_name("1b", "bfloat16", checkpointing="all")
         == "train_memory_1b_bfloat16_checkpointed"
     )
     assert (
         train_memory.result_name(
-            "1b", "bfloat16", checkpointing=True, optimizer="adamw_8bit", quantize_fusion=True
+            "1b", "bfloat16", checkpointing="all", optimizer="adamw_8bit", quantize_fusion=True
         )
         == "train_memory_1b_bfloat16_checkpointed_adamw_8bit_fusion_quantized"
     )
+    assert (
+        train_memory.result_name("1b", "bfloat16", checkpointing="vision", quantize_fusion=True)
+        == "train_memory_1b_bfloat16_checkpointed_vision_fusion_quantized"
+    )
+    with pytest.raises(SystemExit, match="'vit' is not a tower with layers"):
+        train_memory.checkpointing_setting("vision,vit")
 
 
 def test_materialize_copies_mapped_weights_but_not_int8_storage(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ import torch
 from peft import PeftModel
 
 from models.adapters import apply_adapter, load_adapter, save_adapter, trainable_parameter_count
+from models.checkpointing import checkpointed_layers
 from models.loading import load_model
 from models.methods import uses_frame_gates
 from models.towers import FRAME_POSITION_EMBEDDING, PLACEMENTS, prefixes_of, tower_of
@@ -58,6 +59,32 @@ def test_lora_on_16bit_with_checkpointing(tiny_ckpt, batch):
     # B starts at zero, so at step 0 only lora_B gets a gradient (dL/dA = B^T ... = 0)
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and "vision_model" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("method", ["qlora", "temporal_qlora", "adapter"])
+def test_checkpointing_only_the_named_towers_keeps_loss_and_grads(tiny_ckpt, batch, method):
+    if uses_frame_gates(method):
+        clips, frames = batch["pixel_values"].shape[:2]
+        batch = {**batch, "frame_scores": torch.rand(clips, frames, 3, generator=torch.Generator().manual_seed(1))}
+
+    def loss_and_grads(checkpointing):
+        torch.manual_seed(0)
+        model = apply_adapter(_nf4(tiny_ckpt), method, r=4, alpha=8, gradient_checkpointing=checkpointing)
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        return model, loss.detach(), grads
+
+    _, plain_loss, plain_grads = loss_and_grads(False)
+    model, loss, grads = loss_and_grads(["vision"])
+    assert checkpointed_layers(model) == {"vision": model.config.vision_config.num_hidden_layers}
+    torch.testing.assert_close(loss, plain_loss)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    fusion = apply_adapter(_nf4(tiny_ckpt), method, r=4, alpha=8, gradient_checkpointing=["fusion", "llm"])
+    assert set(checkpointed_layers(fusion)) == {"frame_qformer", "video_qformer", "llm"}
 
 
 def test_full_and_frozen(tiny_ckpt, batch):

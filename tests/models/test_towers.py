@@ -20,7 +20,16 @@ from models.lora_methods import placement_targets
 from models.modeling_video_llama import VideoLlamaForConditionalGeneration
 from models.presets import preset_fields
 from models.temporal_lora import DEFAULT_TEMPORAL_MODULES, _short_name
-from models.towers import ALIGNER, FUSION, PLACEMENTS, TOWER_NAMES, TOWERS, tower, tower_of
+from models.towers import (
+    ALIGNER,
+    FUSION,
+    PLACEMENTS,
+    TOWER_NAMES,
+    TOWERS,
+    checkpointed_towers,
+    tower,
+    tower_of,
+)
 from trainer.param_groups import group_of
 
 # --- the definitions the map replaced, as they were written before it -----------------------------------
@@ -177,3 +186,12 @@ def test_gate_axis_labels_name_the_tower_and_layer():
         == "frame_qformer.1.attention.attention.query"
     )
     assert _short_name("video_projection") == "video_projection"
+
+
+def test_checkpointed_towers_resolves_groups_and_refuses_unknown_names():
+    assert checkpointed_towers(True) == ("vision", "frame_qformer", "video_qformer", "llm")
+    assert checkpointed_towers(False) == ()
+    assert checkpointed_towers(["llm", "vision"]) == ("vision", "llm")
+    assert checkpointed_towers(["fusion"]) == ("frame_qformer", "video_qformer")
+    with pytest.raises(ValueError, match="'projection' is not a tower with layers"):
+        checkpointed_towers(["projection"])

@@ -54,6 +54,14 @@ def test_int8_under_zero3_is_refused_before_loading():
         check_compatibility(cfg, ds, CPU, torch.float32)
 
 
+def test_checkpointing_an_unknown_tower_is_refused_before_loading():
+    cfg = _cfg("adapter.method=qlora", "model.gradient_checkpointing=[vision, vit]")
+    cfg.model.quantization = resolve_quantization(cfg)
+    ds = load_ds_config(cfg, 1, CPU, torch.float32)
+    with pytest.raises(ConfigError, match="model.gradient_checkpointing: 'vit' is not a tower with layers"):
+        check_compatibility(cfg, ds, CPU, torch.float32)
+
+
 @pytest.mark.parametrize("method", ["prefix", "adapter", "frozen"])
 @pytest.mark.parametrize("quantization", ["nf4", "none"])
 def test_prefix_adapter_frozen_take_either_base(method, quantization):

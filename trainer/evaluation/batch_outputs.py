@@ -151,7 +151,9 @@ def batch_metas(batch: VideoBatch) -> list[dict[str, Any]]:
     return batch.metas or [{} for _ in range(batch.batch_size)]
 
 
-def _encode_rows(model: Any, frames: torch.Tensor, scores: torch.Tensor | None, rows: list[int]) -> torch.Tensor:
+def _encode_rows(
+    model: Any, frames: torch.Tensor, scores: torch.Tensor | None, rows: list[int]
+) -> torch.Tensor:
     """Video tokens float [R, Qv, D] of the clips ``rows`` of frames [B, K, 3, H, W] (`encode_video`)."""
     index = torch.tensor(rows, device=frames.device)
     picked = None if scores is None else scores[index.to(scores.device)]
