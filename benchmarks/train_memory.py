@@ -30,7 +30,8 @@ With ``--gradient-checkpointing`` every method recomputes the activations of eve
 LLM layer in backward (``model.gradient_checkpointing``), or only those of the towers named
 (``--gradient-checkpointing vision``: `models.checkpointing`), and qlora runs once more without it:
 what checkpointing saves. What it costs is timed in qlora's checkpointed child, after its measured steps,
-by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians).
+by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians; on CPU on one
+thread, whose CPU seconds do not include OpenMP spinning).
 
 ``--optimizer`` trains every method with one `train.optimizer` (default adamw), so that both sides of
 a ratio hold the same optimizer state; ``--quantize-fusion`` stores the frozen Q-Formers of the
@@ -376,14 +377,20 @@ def run_child(args: argparse.Namespace) -> None:
         step_times.pop()
         step_cpu_times.pop()
     alternating = {}
+    checkpointed = checkpointed_layers(model)
     if args.child_checkpointing and args.alternate_steps:
         # After the peak is read: steps with checkpointing off and on in turn, in one process, so
         # that what it costs is timed under the same load (a machine shared with other jobs drifts).
+        # On CPU on one thread: two threads' CPU seconds include OpenMP's spinning, which moved a
+        # step's CPU time by ±20% between identical steps and hid a 26% cost; one thread's vary by ~5%.
         layers = [
             m
             for m in model.modules()
             if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
         ]
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)
         alternating = {"on": [], "off": []}
         for pair in range(args.alternate_steps):
             for setting in ("off", "on") if pair % 2 == 0 else ("on", "off"):
@@ -392,6 +399,8 @@ def run_child(args: argparse.Namespace) -> None:
                 train_step()
                 alternating[setting].append(step_cpu_times.pop())
                 step_times.pop()
+        alternating_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
     flops = {}
     if args.count_flops:
         from trainer.flops import count_flops
@@ -408,7 +417,7 @@ def run_child(args: argparse.Namespace) -> None:
     figures = {
         **flops,
         "method": method,
-        "gradient_checkpointing": checkpointed_layers(model),
+        "gradient_checkpointing": checkpointed,
         "optimizer": args.child_optimizer,
         "deepspeed_config": cfg.deepspeed.config,
         "optimizer_class": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
@@ -435,6 +444,7 @@ def run_child(args: argparse.Namespace) -> None:
     }
     if alternating:
         figures["alternating_step_cpu_times_s"] = alternating
+        figures["alternating_threads"] = alternating_threads
         figures["alternating_checkpointed_over_not_step_cpu"] = statistics.median(
             alternating["on"]
         ) / statistics.median(alternating["off"])

@@ -55,6 +55,7 @@ def test_child_with_gradient_checkpointing_trains_the_same_steps(tmp_path: Path)
     assert len(checkpointed["step_cpu_times_s"]) == 2
     alternating = checkpointed["alternating_step_cpu_times_s"]
     assert len(alternating["on"]) == len(alternating["off"]) == 1
+    assert checkpointed["alternating_threads"] == 1
     assert (
         checkpointed["alternating_checkpointed_over_not_step_cpu"]
         == alternating["on"][0] / alternating["off"][0]
