@@ -29,9 +29,9 @@ memory) cannot inflate another's peak. A child:
 With ``--gradient-checkpointing`` every method recomputes the activations of every ViT / Q-Former /
 LLM layer in backward (``model.gradient_checkpointing``), or only those of the towers named
 (``--gradient-checkpointing vision``: `models.checkpointing`), and qlora runs once more without it:
-what checkpointing saves. What it costs is timed in qlora's checkpointed child, after its measured steps,
-by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians; on CPU on one
-thread, whose CPU seconds do not include OpenMP spinning).
+what checkpointing saves. What it costs is timed in one more qlora child, after its measured steps,
+by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians; on CPU with
+OMP_NUM_THREADS=1, whose CPU seconds do not include OpenMP's spinning).
 
 ``--optimizer`` trains every method with one `train.optimizer` (default adamw), so that both sides of
 a ratio hold the same optimizer state; ``--quantize-fusion`` stores the frozen Q-Formers of the
@@ -259,16 +259,19 @@ def measure_in_child(
     checkpointing: str | None = None,
     alternate_steps: int = 0,
     quantize_fusion: bool | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run method `variant` with `optimizer` (an `OPTIMIZER_VARIANTS` name), with gradient
     checkpointing of the towers `checkpointing` names ("all", "vision", ...) or none, in a fresh
     Python process (this module with --child); returns its figures.
-    `quantize_fusion` None: as ``args.quantize_fusion`` says."""
+    `quantize_fusion` None: as ``args.quantize_fusion`` says; `threads`: the child's
+    OMP_NUM_THREADS (None: this process's environment)."""
     if quantize_fusion is None:
         quantize_fusion = getattr(args, "quantize_fusion", False)
     tags = (f"-checkpointed-{checkpointing}" if checkpointing else "") + (
         "-fusion" if quantize_fusion else ""
     )
+    tags += f"-threads{threads}" if threads else ""
     out = out_dir / f"{variant}-{optimizer}{tags}.json"
     cmd = [
         sys.executable, "-m", "benchmarks.train_memory",
@@ -285,6 +288,8 @@ def measure_in_child(
 
     # A caller that has a process group of its own (a test session) must not hand it down.
     env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_ENV}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -381,16 +386,11 @@ def run_child(args: argparse.Namespace) -> None:
     if args.child_checkpointing and args.alternate_steps:
         # After the peak is read: steps with checkpointing off and on in turn, in one process, so
         # that what it costs is timed under the same load (a machine shared with other jobs drifts).
-        # On CPU on one thread: two threads' CPU seconds include OpenMP's spinning, which moved a
-        # step's CPU time by ±20% between identical steps and hid a 26% cost; one thread's vary by ~5%.
         layers = [
             m
             for m in model.modules()
             if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
         ]
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            torch.set_num_threads(1)
         alternating = {"on": [], "off": []}
         for pair in range(args.alternate_steps):
             for setting in ("off", "on") if pair % 2 == 0 else ("on", "off"):
@@ -399,8 +399,6 @@ def run_child(args: argparse.Namespace) -> None:
                 train_step()
                 alternating[setting].append(step_cpu_times.pop())
                 step_times.pop()
-        alternating_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
     flops = {}
     if args.count_flops:
         from trainer.flops import count_flops
@@ -418,6 +416,7 @@ def run_child(args: argparse.Namespace) -> None:
         **flops,
         "method": method,
         "gradient_checkpointing": checkpointed,
+        "torch_threads": torch.get_num_threads(),
         "optimizer": args.child_optimizer,
         "deepspeed_config": cfg.deepspeed.config,
         "optimizer_class": type(getattr(engine.optimizer, "optimizer", engine.optimizer)).__name__,
@@ -444,7 +443,6 @@ def run_child(args: argparse.Namespace) -> None:
     }
     if alternating:
         figures["alternating_step_cpu_times_s"] = alternating
-        figures["alternating_threads"] = alternating_threads
         figures["alternating_checkpointed_over_not_step_cpu"] = statistics.median(
             alternating["on"]
         ) / statistics.median(alternating["off"])
@@ -533,12 +531,24 @@ def main() -> None:
                 Path(tmp),
                 args.optimizer,
                 checkpointing=args.gradient_checkpointing,
-                alternate_steps=ALTERNATE_STEPS if variant == "qlora" else 0,
             )
         if args.gradient_checkpointing and "qlora" in per_method:
             # what checkpointing saves: the same qlora steps without it
             per_method["qlora_not_checkpointed"] = measure_in_child(
                 args, "qlora", checkpoint, Path(tmp), args.optimizer
+            )
+            # what it costs: steps with it off and on in turn in a child of its own, on CPU on one
+            # thread: two threads' CPU seconds include OpenMP's spinning, which moved identical
+            # steps by ±20% and once showed a 26% cost as 0.90x; one thread's vary by ~5%
+            per_method["qlora_checkpointing_timed"] = measure_in_child(
+                args,
+                "qlora",
+                checkpoint,
+                Path(tmp),
+                args.optimizer,
+                checkpointing=args.gradient_checkpointing,
+                alternate_steps=ALTERNATE_STEPS,
+                threads=1 if device.type == "cpu" else None,
             )
         if "qlora" in per_method and (args.optimizer != "adamw" or args.quantize_fusion):
             # what all the reductions together cost and save: plain qlora (AdamW, 16-bit Q-Formers,
@@ -550,7 +560,7 @@ def main() -> None:
     lora = per_method["lora"]
     ratios = {}
     for variant, figures in per_method.items():
-        if variant in ("lora", "qlora_not_checkpointed", "qlora_plain"):
+        if variant in ("lora", "qlora_not_checkpointed", "qlora_checkpointing_timed", "qlora_plain"):
             continue
         for ratio, key in (
             ("step_peak", "step_peak_above_baseline_bytes"),
@@ -567,10 +577,10 @@ def main() -> None:
             ratios[f"{args.preset}/qlora_checkpointed_over_not_step_tensor_peak"] = (
                 checkpointed["step_tensor_peak_bytes"] / plain["step_tensor_peak_bytes"]
             )
-        # what it costs: steps with it off and on in turn in the checkpointed child (run_child)
-        ratios[f"{args.preset}/qlora_checkpointed_over_not_step_cpu_time"] = checkpointed[
-            "alternating_checkpointed_over_not_step_cpu"
-        ]
+        # what it costs: steps with it off and on in turn in the timing child (run_child)
+        ratios[f"{args.preset}/qlora_checkpointed_over_not_step_cpu_time"] = per_method[
+            "qlora_checkpointing_timed"
+        ]["alternating_checkpointed_over_not_step_cpu"]
     if "qlora_plain" in per_method:
         plain, reduced_run = per_method["qlora_plain"], per_method["qlora"]
         for ratio, key in (
