@@ -31,7 +31,10 @@ LLM layer in backward (``model.gradient_checkpointing``), or only those of the t
 (``--gradient-checkpointing vision``: `models.checkpointing`), and qlora runs once more without it:
 what checkpointing saves. What it costs is timed in one more qlora child, after its measured steps,
 by `ALTERNATE_STEPS` pairs of steps with it off and on in turn (CPU seconds, medians; on CPU with
-OMP_NUM_THREADS=1, whose CPU seconds do not include OpenMP's spinning).
+OMP_NUM_THREADS=1, whose CPU seconds do not include OpenMP's spinning). That child measures no
+memory: on CPU the RSS meter maps every allocation above 1 MiB afresh (`benchmarks.memory`), and
+the page faults count as CPU seconds, in favour of whatever allocates less. The other children's
+step times include them: their ratios compare the methods under that meter.
 
 ``--optimizer`` trains every method with one `train.optimizer` (default adamw), so that both sides of
 a ratio hold the same optimizer state; ``--quantize-fusion`` stores the frozen Q-Formers of the
@@ -324,10 +327,15 @@ def run_child(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    meter = PeakMemory(device)
+    # A child that times checkpointing (--alternate-steps) measures no memory: on CPU the meter
+    # gives every allocation above 1 MiB its own mapping, and the page faults of those fresh pages
+    # are CPU seconds too (there, steps that checkpoint, holding fewer activations, ran faster).
+    timing = args.alternate_steps > 0
+    meter = None if timing else PeakMemory(device)
     dist = init_distributed()
-    meter.reset()
-    baseline = meter.read()["current"]
+    if meter is not None:
+        meter.reset()
+        baseline = meter.read()["current"]
 
     method, quantization = args.child, quantization_of(args.child, args.quantize_fusion)
     torch.manual_seed(0)
@@ -354,10 +362,10 @@ def run_child(args: argparse.Namespace) -> None:
     batch = model_batch(
         processor, args.batch_size, args.frames, model.config.vision_config.image_size, device, dtype
     )
-    setup = meter.read()
-
-    meter.reset()
-    start = meter.read()["current"]
+    if meter is not None:
+        setup = meter.read()
+        meter.reset()
+        start = meter.read()["current"]
     step_times, step_cpu_times = [], []
 
     def train_step() -> torch.Tensor:
@@ -373,9 +381,20 @@ def run_child(args: argparse.Namespace) -> None:
 
     for _ in range(args.steps):
         loss = train_step()
-    step = meter.read()
-    tensors = {}
-    if device.type == "cpu":
+    tensors, memory = {}, {}
+    if meter is not None:
+        step = meter.read()
+        memory = {
+            "baseline_bytes": baseline,
+            "setup_peak_bytes": setup["peak"],
+            "step_start_bytes": start,
+            "step_peak_bytes": step["peak"],
+            "absolute_peak_bytes": max(setup["peak"], step["peak"]),
+            "step_peak_above_baseline_bytes": step["peak"] - baseline,
+        }
+        if "peak_reserved" in step:
+            memory["step_peak_reserved_bytes"] = step["peak_reserved"]
+    if meter is not None and device.type == "cpu":
         # one more step under torch's profiler for the bytes tensors hold (CUDA's counters count
         # them already); it runs slower there, so its time is not kept
         tensors = tensor_step_peak(train_step, device)
@@ -426,12 +445,7 @@ def run_child(args: argparse.Namespace) -> None:
         "total_params": total,
         "weight_bytes": weight_bytes,
         "optimizer_state_bytes": _optimizer_state_bytes(engine.optimizer),
-        "baseline_bytes": baseline,
-        "setup_peak_bytes": setup["peak"],
-        "step_start_bytes": start,
-        "step_peak_bytes": step["peak"],
-        "absolute_peak_bytes": max(setup["peak"], step["peak"]),
-        "step_peak_above_baseline_bytes": step["peak"] - baseline,
+        **memory,
         "loss": float(loss.detach()),
         "steps": args.steps,
         "step_times_s": step_times,
@@ -449,8 +463,6 @@ def run_child(args: argparse.Namespace) -> None:
     if tensors:
         figures["step_start_tensor_bytes"] = tensors["start"]
         figures["step_tensor_peak_bytes"] = tensors["peak"]
-    if "peak_reserved" in step:
-        figures["step_peak_reserved_bytes"] = step["peak_reserved"]
     args.child_out.write_text(json.dumps(figures))
 
 
@@ -537,9 +549,9 @@ def main() -> None:
             per_method["qlora_not_checkpointed"] = measure_in_child(
                 args, "qlora", checkpoint, Path(tmp), args.optimizer
             )
-            # what it costs: steps with it off and on in turn in a child of its own, on CPU on one
-            # thread: two threads' CPU seconds include OpenMP's spinning, which moved identical
-            # steps by ±20% and once showed a 26% cost as 0.90x; one thread's vary by ~5%
+            # what it costs: steps with it off and on in turn in a child of its own that measures no
+            # memory (run_child), on CPU on one thread: two threads' CPU seconds include OpenMP's
+            # spinning, which moved identical steps by ±20%; one thread's vary by ~5%
             per_method["qlora_checkpointing_timed"] = measure_in_child(
                 args,
                 "qlora",
