@@ -113,6 +113,13 @@ STEPS = 3
 # With --gradient-checkpointing, qlora's child then runs this many pairs of steps with checkpointing
 # off and on in turn, for its cost in CPU time measured under one and the same load.
 ALTERNATE_STEPS = 6
+# (ratio name, figure it divides) of the ratios between two children: RSS step peak, tensor peak
+# (CPU only), step CPU seconds.
+RATIO_FIGURES = (
+    ("step_peak", "step_peak_above_baseline_bytes"),
+    ("step_tensor_peak", "step_tensor_peak_bytes"),
+    ("step_cpu_time", "step_cpu_s"),
+)
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
@@ -574,11 +581,7 @@ def main() -> None:
     for variant, figures in per_method.items():
         if variant in ("lora", "qlora_not_checkpointed", "qlora_checkpointing_timed", "qlora_plain"):
             continue
-        for ratio, key in (
-            ("step_peak", "step_peak_above_baseline_bytes"),
-            ("step_tensor_peak", "step_tensor_peak_bytes"),
-            ("step_cpu_time", "step_cpu_s"),
-        ):
+        for ratio, key in RATIO_FIGURES:
             if key in figures:
                 ratios[f"{args.preset}/{variant}_over_lora_{ratio}"] = figures[key] / lora[key]
     if "qlora_not_checkpointed" in per_method:
@@ -595,11 +598,7 @@ def main() -> None:
         ]["alternating_checkpointed_over_not_step_cpu"]
     if "qlora_plain" in per_method:
         plain, reduced_run = per_method["qlora_plain"], per_method["qlora"]
-        for ratio, key in (
-            ("step_peak", "step_peak_above_baseline_bytes"),
-            ("step_tensor_peak", "step_tensor_peak_bytes"),
-            ("step_cpu_time", "step_cpu_s"),
-        ):
+        for ratio, key in RATIO_FIGURES:
             if key in plain:
                 ratios[f"{args.preset}/qlora_over_plain_qlora_{ratio}"] = reduced_run[key] / plain[key]
     write_result(
