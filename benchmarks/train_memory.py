@@ -110,8 +110,8 @@ OPTIMIZER_VARIANTS = {
 # held, as every step of a real run does (at the 1b preset in bf16 the QLoRA peak is 1.11x the
 # first step's). Peaks are over all steps, step times the median of the steps after the first.
 STEPS = 3
-# With --gradient-checkpointing, qlora's child then runs this many pairs of steps with checkpointing
-# off and on in turn, for its cost in CPU time measured under one and the same load.
+# With --gradient-checkpointing, a qlora child of its own runs this many pairs of steps with
+# checkpointing off and on in turn, for its cost in CPU time measured under one and the same load.
 ALTERNATE_STEPS = 6
 # (ratio name, figure it divides) of the ratios between two children: RSS step peak, tensor peak
 # (CPU only), step CPU seconds.
@@ -410,8 +410,8 @@ def run_child(args: argparse.Namespace) -> None:
     alternating = {}
     checkpointed = checkpointed_layers(model)
     if args.child_checkpointing and args.alternate_steps:
-        # After the peak is read: steps with checkpointing off and on in turn, in one process, so
-        # that what it costs is timed under the same load (a machine shared with other jobs drifts).
+        # Steps with checkpointing off and on in turn, in one process, so that what it costs is
+        # timed under the same load (a machine shared with other jobs drifts).
         layers = [
             m
             for m in model.modules()
