@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test test-fast lint clean bench experiments synthvid-inputs gpu-wheels gpu-check
+.PHONY: setup system-packages demo test test-fast lint clean bench experiments ablations synthvid-results synthvid-inputs gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -105,7 +105,7 @@ endif
 # One OpenMP thread per run: the tiny model gains nothing from a second one, and two threads that
 # share 2 cores with the data-loader worker spin against each other (measured on SynthVid pretrain:
 # 0.18 s/step with one thread against 1-4 s/step with the default two, while another job ran).
-experiments synthvid-inputs $(SV_ROOT)/pretrain/adapter/config.json: export OMP_NUM_THREADS := 1
+experiments ablations synthvid-inputs $(SV_ROOT)/pretrain/adapter/config.json: export OMP_NUM_THREADS := 1
 
 # A new base makes the fine-tunes of the old one stale: without the rm, their finished checkpoints
 # would be resumed (train.resume=auto) and only re-evaluated.
@@ -123,10 +123,24 @@ synthvid-inputs: | $(STAMP)
 	nice -n 19 $(PY) -m data.observability --out $(SV_RESULTS)/observability $(SV_OBSERVABILITY_ARGS)
 	nice -n 19 $(PY) -m trainer.experiments.sweep --prepare-data --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps $(SV_SWEEP_ARGS)
 
+# The sweep file's stage-2 groups: the method ablations (rank allocators on order and shift, the
+# temporal controls, gate mode, placement, weight formats), run by `make ablations` on the base that
+# `make experiments` pretrained; `make experiments` runs every other group.
+SV_ABLATIONS := allocation,allocation_shift,temporal_controls,gate_mode,placement,bits
+
 # The sweep's failed runs are listed (and recorded in MLflow); the comparison of the others goes on.
 experiments: $(STAMP)
 	$(MAKE) --no-print-directory -j2 -o $(STAMP) $(SV_ROOT)/pretrain/adapter/config.json synthvid-inputs
-	-$(PY) -m trainer.experiments.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps --jobs 2 $(SV_SWEEP_ARGS)
+	-$(PY) -m trainer.experiments.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps --jobs 2 --skip-groups $(SV_ABLATIONS) $(SV_SWEEP_ARGS)
+	$(MAKE) --no-print-directory -o $(STAMP) synthvid-results
+
+# The comparison reads every run of the experiment: after `make ablations` it holds both stages.
+ablations: $(STAMP)
+	$(MAKE) --no-print-directory -o $(STAMP) $(SV_ROOT)/pretrain/adapter/config.json
+	-$(PY) -m trainer.experiments.sweep --sweep configs/synthvid/experiments.yaml --experiment $(SV_EXPERIMENT) --out-root $(SV_ROOT)/sweeps --jobs 2 --groups $(SV_ABLATIONS) $(SV_SWEEP_ARGS)
+	$(MAKE) --no-print-directory -o $(STAMP) synthvid-results
+
+synthvid-results: | $(STAMP)
 	$(PY) -m trainer.experiments.compare --experiment $(SV_EXPERIMENT) --tracking-uri $(SV_TRACKING) --out $(SV_RESULTS) --split-by data.synthvid.task --sweep configs/synthvid/experiments.yaml
 	$(if $(QUICK),cp README.md $(SV_README))
 	$(PY) -m trainer.experiments.results_readme --comparison $(SV_RESULTS) --readme $(SV_README)

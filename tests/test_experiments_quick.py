@@ -55,8 +55,18 @@ def test_the_claims_are_decided_with_their_numbers(quick):
 
 def test_results_files_and_readme_section(quick):
     results = quick / "results"
-    for name in ("observability.json", "observability.png", "table.md", "deltas.md", "claims.md"):
+    for name in (
+        "observability.json",
+        "observability.png",
+        "table.md",
+        "deltas.md",
+        "claims.md",
+        "contrasts.md",
+    ):
         assert (results / name).is_file(), name
+    # the stage-2 contrasts (make ablations) are listed, not run; the stage-1 ones are paired
+    contrasts = (results / "contrasts.md").read_text()
+    assert "| not run |" in contrasts and "temporal QLoRA vs QLoRA where time should not matter" in contrasts
     observability = json.loads((results / "observability.json").read_text())
     assert {row["task"] for row in observability["rows"]} >= {"sparse", "order"}
     readme = (quick / "README.md").read_text()

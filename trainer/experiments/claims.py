@@ -101,13 +101,13 @@ def load_comparison_spec(path: str | Path) -> ComparisonSpec:
             Claim(
                 name=str(name),
                 statement=str(body.get("statement", name)),
-                primary=_comparison(body["primary"], metric, where + ".primary"),
+                primary=comparison_from_yaml(body["primary"], metric, where + ".primary"),
                 controls=tuple(
-                    _comparison(c, metric, f"{where}.controls[{i}]")
+                    comparison_from_yaml(c, metric, f"{where}.controls[{i}]")
                     for i, c in enumerate(body.get("controls") or [])
                 ),
                 positive_control=(
-                    _comparison(body["positive_control"], metric, where + ".positive_control")
+                    comparison_from_yaml(body["positive_control"], metric, where + ".positive_control")
                     if body.get("positive_control") is not None
                     else None
                 ),
@@ -116,7 +116,9 @@ def load_comparison_spec(path: str | Path) -> ComparisonSpec:
     return ComparisonSpec(metric, {str(k): str(v) for k, v in baselines.items()}, claims)
 
 
-def _comparison(raw: Any, metric: str | None, where: str) -> Comparison:
+def comparison_from_yaml(raw: Any, metric: str | None, where: str) -> Comparison:
+    """One comparison of the sweep file (treatment, baseline and/or baseline_metric, metric, direction);
+    ``where`` names it in errors."""
     known = {"treatment", "baseline", "metric", "baseline_metric", "direction"}
     if not isinstance(raw, dict) or "treatment" not in raw:
         raise ConfigError(f"{where} must be a mapping with a treatment")

@@ -27,7 +27,10 @@ Reads the experiment's FINISHED runs back from MLflow, groups them by configurat
 - with ``--sweep`` (the sweep file's ``metric``, ``baselines``, ``claims``; ``claims``):
   ``deltas.md`` / ``deltas.csv``, every configuration's paired Δ against its task's baseline with a
   95% CI over seeds and clips, and ``claims.md`` / ``claims.json``, each pre-registered claim's
-  primary comparison, Holm-adjusted p, controls and verdict;
+  primary comparison, Holm-adjusted p, controls and verdict; ``contrasts.md`` / ``contrasts.csv``,
+  the file's declared contrasts (ablations and controls: paired Δ, CI, raw p; `contrasts`);
+- ``gates.md``: per frame-gated configuration, its gates' AUROC for event vs empty frames (chance
+  0.5) and their spread over a clip's frames, mean ± std over seeds;
 - ``learning_curves.png``, ``accuracy_vs_k.png``, ``observability_vs_accuracy.png`` (with the
   observability report, ``--observability``; by default ``observability.json`` in ``--out``) and
   ``direction_confusion.png``, each when its data are there (``compare_figures``);
@@ -73,7 +76,14 @@ from trainer.experiments.compare_runs import (
     TRAINABLE,
     load_runs,
 )
-from trainer.experiments.compare_tables import aggregate, markdown_table, memory_column, quality_columns
+from trainer.experiments.compare_tables import (
+    aggregate,
+    markdown_gates,
+    markdown_table,
+    memory_column,
+    quality_columns,
+)
+from trainer.experiments.contrasts import contrast_table, load_contrasts, markdown_contrasts
 
 
 @dataclass
@@ -161,6 +171,16 @@ def compare(
     claims = None
     if sweep_file is not None:
         claims = _paired_results(per_clip, runs, load_comparison_spec(sweep_file), split_by, out, files)
+        contrasts = load_contrasts(sweep_file)
+        if contrasts and not per_clip.empty:
+            rows = contrast_table(per_clip, contrasts)
+            rows.to_csv(out / "contrasts.csv", index=False)
+            (out / "contrasts.md").write_text(markdown_contrasts(rows))
+            files.update({"contrasts.csv": "contrasts.csv", "contrasts.md": "contrasts.md"})
+    gates = markdown_gates(table)
+    if gates:
+        (out / "gates.md").write_text(gates)
+        files["gates.md"] = "gates.md"
 
     report = Path(observability) if observability is not None else out / "observability.json"
     figures = write_figures(tracking_uri, runs, per_clip, out, report)

@@ -84,6 +84,26 @@ def markdown_table(table: pd.DataFrame, quality: list[str], memory: str | None) 
     return "\n".join(lines) + "\n"
 
 
+GATE_COLUMNS = ("eval/gate_auroc", "eval/gate_spread")
+
+
+def markdown_gates(table: pd.DataFrame) -> str:
+    """Per configuration whose runs logged gate figures (`trainer.evaluation.gate_metrics`): gate
+    AUROC for event vs empty kept frames (chance 0.5) and gate spread; "" when none did."""
+    if f"{GATE_COLUMNS[0]}_mean" not in table and f"{GATE_COLUMNS[1]}_mean" not in table:
+        return ""
+    lines = [
+        "| configuration | method | seeds | gate AUROC, event vs empty frames (chance 0.5) | gate spread |",
+        "|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        cells = [_pm(row, c, 3) for c in GATE_COLUMNS]
+        if all(c == "–" for c in cells):
+            continue
+        lines.append(f"| `{row['label']}` | {row['method']} | {int(row['n'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _pm(row: pd.Series, col: str, digits: int, std: bool = True) -> str:
     mean = row.get(f"{col}_mean", float("nan"))
     if mean is None or math.isnan(mean):

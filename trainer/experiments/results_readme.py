@@ -61,6 +61,22 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
             (comparison_dir / "deltas.md").read_text().rstrip(),
             "",
         ]
+    if (comparison_dir / "contrasts.md").is_file():
+        lines += [
+            "The declared contrasts (ablations and controls, listed in the sweep file before their runs; "
+            "paired over seeds and clips, raw p; 'not run' where that stage of the sweep was not launched):",
+            "",
+            (comparison_dir / "contrasts.md").read_text().rstrip(),
+            "",
+        ]
+    if (comparison_dir / "gates.md").is_file():
+        lines += [
+            "The temporal gates, mean ± std over seeds (AUROC of the layer-mean gate for kept frames that "
+            "show an event against empty ones, from SynthVid's ground truth; spread: std over a clip's frames):",
+            "",
+            (comparison_dir / "gates.md").read_text().rstrip(),
+            "",
+        ]
     if summary.get("memory") == "memory/peak_rss_gib":
         lines += ["Peak memory is the training process's peak RSS (CPU run), not tensor memory alone.", ""]
     elif summary.get("memory") == "memory/analytic_1b_train_state_gib":

@@ -27,6 +27,10 @@ The parts: ``sweep_spec`` (groups, axes, variants; the sweep file), ``sweep_grid
 runs), ``sweep_launch`` (running them in sequence), ``sweep_slurm`` (the array job), this module
 (the command line).
 
+``--groups G1,G2`` / ``--skip-groups G1,G2`` run the runs that those groups label (or all but them):
+the stages of one sweep file, e.g. ``make experiments`` and ``make ablations`` from the SynthVid one.
+``--index`` and ``--count`` count within the selection.
+
 ``--set`` overrides every run, the groups' own settings included (``--set train.steps=3`` makes a
 quick check of a whole sweep file). ``--jobs N`` runs N runs side by side, each of N processes
 taking the next run from one queue, longest first. ``--prepare-data`` only writes the SynthVid
@@ -51,10 +55,10 @@ import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, load_config
-from trainer.experiments.sweep_grid import expand
+from trainer.experiments.sweep_grid import SweepRun, expand
 from trainer.experiments.sweep_launch import Settings, prepare_data, run_in_parts, train_command
 from trainer.experiments.sweep_slurm import prepare_store, submit_array
-from trainer.experiments.sweep_spec import SweepSpec, grid_group, load_sweep_file, seed_list
+from trainer.experiments.sweep_spec import SweepSpec, grid_group, load_sweep_file, seed_list, split_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-root", default="outputs/sweeps", help="runs write to OUT_ROOT/EXPERIMENT/NAME")
     parser.add_argument("--launcher", choices=("fork", "python", "deepspeed"), default="fork")
     parser.add_argument("--num-gpus", type=int, default=1, help="ranks per run with --launcher deepspeed")
+    parser.add_argument(
+        "--groups",
+        default=None,
+        metavar="G1,G2",
+        help="only the runs these groups label (a sweep file's stages)",
+    )
+    parser.add_argument(
+        "--skip-groups", default=None, metavar="G1,G2", help="every run but those these label"
+    )
     parser.add_argument("--index", type=int, help="run only combination INDEX (a SLURM array task)")
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs side by side (each single-threaded is best on few cores)"
@@ -115,6 +128,28 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     return spec
 
 
+def select_groups(
+    runs: list[SweepRun], spec: SweepSpec, only: str | None, skip: str | None
+) -> list[SweepRun]:
+    """The runs whose label comes from a group in ``only`` (comma-separated; None: any) and not from
+    one in ``skip``. A run two groups share is labelled by the first (`sweep_grid.expand`), so it
+    belongs to that group's stage alone, and the stages of one file never run a configuration twice.
+    """
+    names = {g.name for g in spec.groups}
+    chosen = {}
+    for flag, text in (("--groups", only), ("--skip-groups", skip)):
+        listed = set(split_values(text)) if text else set()
+        unknown = sorted(listed - names)
+        if unknown:
+            raise ConfigError(f"{flag}: no groups {unknown} in the sweep; it has {sorted(names)}")
+        chosen[flag] = listed
+    return [
+        r
+        for r in runs
+        if (not only or r.groups[0] in chosen["--groups"]) and r.groups[0] not in chosen["--skip-groups"]
+    ]
+
+
 def _split_override(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r} is not of the form section.key=value")
@@ -135,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, sbatch_args = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     spec = spec_from_args(args)
-    runs = expand(spec)
+    runs = select_groups(expand(spec), spec, args.groups, args.skip_groups)
     base = load_config(spec.config)
     settings = Settings(
         experiment=spec.experiment,

@@ -16,7 +16,7 @@ import yaml
 from trainer.config import ConfigError
 
 # Sections of a sweep file that the comparison reads (trainer.experiments.claims), not the sweep.
-COMPARISON_KEYS = ("metric", "baselines", "claims")
+COMPARISON_KEYS = ("metric", "baselines", "claims", "contrasts")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from trainer.experiments.claims import (
     markdown_claims,
     paired_difference,
 )
+from trainer.experiments.contrasts import load_contrasts
 
 CLIPS = [f"{i:04d}" for i in range(120)]
 # Per configuration, the probability that a clip's forced choice is right, ordered and shuffled.
@@ -187,6 +188,15 @@ def compared_claims(mlflow_server, tmp_path_factory):
                         "controls": [{"treatment": "better", "baseline_metric": "shuffled/choice_acc_pct"}],
                     }
                 },
+                "contrasts": {
+                    "appearance_vs_better": {
+                        "statement": "appearance alone is as good as order",
+                        "treatment": "appearance",
+                        "baseline": "better",
+                    },
+                    "shuffled_gap": {"treatment": "appearance", "baseline_metric": "shuffled/choice_acc_pct"},
+                    "later_stage": {"treatment": "not-launched", "baseline": "base"},
+                },
             }
         )
     )
@@ -215,3 +225,30 @@ def test_compare_writes_deltas_and_claims_from_the_final_per_clip_file(compared_
     results_readme.main(["--comparison", str(out), "--readme", str(readme)])
     text = readme.read_text()
     assert "**The claims**" in text and "ordered frames help" in text and "`better` − `base`" in text
+
+
+def test_declared_contrasts_are_paired_and_a_missing_stage_is_listed_not_fatal(compared_claims, tmp_path):
+    _, out = compared_claims
+    rows = pd.read_csv(out / "contrasts.csv").set_index("contrast")
+    assert set(rows.index) == {"appearance_vs_better", "shuffled_gap", "later_stage"}
+    same = rows.loc["appearance_vs_better"]  # both 0.80 ordered: the CI covers 0
+    assert same["ci_low"] < 0 < same["ci_high"] and same["num_seeds"] == 3
+    assert abs(rows.loc["shuffled_gap", "delta"]) < 10  # appearance scores as well shuffled
+    assert "not-launched" in rows.loc["later_stage", "not_run"]
+    table = (out / "contrasts.md").read_text()
+    assert "appearance alone is as good as order" in table and "| not run |" in table
+    assert "`appearance`: choice_acc_pct − shuffled/choice_acc_pct" in table
+    readme = tmp_path / "README.md"
+    readme.write_text("# R\n<!-- results:start -->\n<!-- results:end -->\n")
+    results_readme.main(["--comparison", str(out), "--readme", str(readme)])
+    assert "The declared contrasts" in readme.read_text()
+
+
+def test_contrasts_section_is_checked(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"metric": "m", "contrasts": {"c": {"treatment": "a", "basline": "b"}}}))
+    with pytest.raises(ConfigError, match=r"contrasts\.c: unknown keys \['basline'\]"):
+        load_contrasts(path)
+    path.write_text(yaml.safe_dump({"contrasts": {"c": {"treatment": "a", "baseline": "b"}}}))
+    with pytest.raises(ConfigError, match="no metric"):
+        load_contrasts(path)

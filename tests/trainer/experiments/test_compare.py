@@ -16,6 +16,7 @@ from trainer.experiments import results_readme
 from trainer.experiments.compare_laws import fit_rank_law, power_law, rank_series
 from trainer.experiments.compare_plots import pareto_front
 from trainer.experiments.compare_runs import load_runs
+from trainer.experiments.compare_tables import aggregate, markdown_gates
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Synthetic configurations: (method, rank) → (CIDEr per seed, peak RSS GiB, step times logged per step).
@@ -233,3 +234,20 @@ def test_allocation_plot_stacks_each_towers_parameters(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert cmp.plot_allocations(runs[["label", "model.trainable_params"]], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_gate_table_lists_only_the_gated_configurations():
+    runs = pd.DataFrame(
+        {
+            "config_id": ["a", "a", "b"],
+            "label": ["temporal", "temporal", "plain"],
+            "method": ["temporal_qlora", "temporal_qlora", "qlora"],
+            "groups": ["g", "g", "g"],
+            "eval/gate_auroc": [0.6, 0.8, float("nan")],
+            "eval/gate_spread": [0.1, 0.3, float("nan")],
+        }
+    )
+    text = markdown_gates(aggregate(runs, ["eval/gate_auroc", "eval/gate_spread"]))
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows == ["| `temporal` | temporal_qlora | 2 | 0.700 ± 0.141 | 0.200 ± 0.141 |"]
+    assert markdown_gates(aggregate(runs.drop(columns=["eval/gate_auroc", "eval/gate_spread"]), [])) == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -133,6 +134,24 @@ def test_ablation_file_merges_groups_and_shares_identical_runs(tmp_path):
     }
 
 
+def test_groups_select_the_runs_they_label(tmp_path, capsys):
+    path = tmp_path / "abl.yaml"
+    path.write_text(yaml.safe_dump(ABLATIONS))
+    argv = ["--sweep", str(path), "--out-root", str(tmp_path)]
+    counts = {}
+    for flags in ([], ["--groups", "rank"], ["--skip-groups", "rank"], ["--groups", "methods,targets"]):
+        assert sweep.main([*argv, *flags, "--count"]) == 0
+        counts[tuple(flags)] = int(capsys.readouterr().out)
+    # rank's r=8 run is methods-qlora (labelled by methods): it belongs to the methods stage only
+    assert counts[()] == 10 and counts[("--groups", "rank")] == 4
+    assert counts[("--skip-groups", "rank")] == 6 == counts[("--groups", "methods,targets")]
+    assert sweep.main([*argv, "--groups", "rank", "--dry-run"]) == 0
+    names = [line.split()[1] for line in capsys.readouterr().out.splitlines()[:-1]]
+    assert names == ["rank-r=4-s0", "rank-r=4-s1", "rank-r=16-s0", "rank-r=16-s1"]
+    with pytest.raises(ConfigError, match=r"--skip-groups: no groups \['ranks'\]"):
+        sweep.main([*argv, "--skip-groups", "ranks", "--count"])
+
+
 def test_seed_keys_draw_data_per_seed_within_one_configuration(tmp_path):
     path = tmp_path / "abl.yaml"
     path.write_text(yaml.safe_dump({**ABLATIONS, "seed_keys": ["seed", "data.synthvid.seed"]}))
@@ -169,6 +188,7 @@ def test_synthvid_experiments_file_expands(monkeypatch):
     assert set(baseline.groups) >= {"methods", "rank"}
     # every configuration a pre-registered claim or baseline names is one the sweep runs
     from trainer.experiments.claims import load_comparison_spec
+    from trainer.experiments.contrasts import load_contrasts
 
     comparison = load_comparison_spec("configs/synthvid/experiments.yaml")
     labels = {r.label for r in runs}
@@ -176,6 +196,16 @@ def test_synthvid_experiments_file_expands(monkeypatch):
     for claim in comparison.claims:
         named |= {c.treatment for c in (claim.primary, *claim.controls)} | {claim.primary.baseline}
     assert named <= labels, named - labels
+    contrasts = load_contrasts("configs/synthvid/experiments.yaml")
+    named_by_contrasts = {n for c in contrasts for n in (c.comparison.treatment, c.comparison.baseline)}
+    assert named_by_contrasts <= labels, named_by_contrasts - labels
+    # The Makefile's two stages split the file: make experiments holds every claim's configurations.
+    stage2 = re.search(r"^SV_ABLATIONS := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    first = sweep.select_groups(runs, spec, None, stage2)
+    second = sweep.select_groups(runs, spec, stage2, None)
+    assert len(first) + len(second) == len(runs) and not {r.name for r in first} & {r.name for r in second}
+    assert named <= {r.label for r in first}
+    assert {c.comparison.treatment for c in contrasts} & {r.label for r in second}
 
 
 def test_real_sweep_runs_records_failures_and_resumes(demo_assets, mlflow_server, tmp_path):
