@@ -152,10 +152,16 @@ def _method_rows(
     allocation: dict[str, Any] | None,
 ) -> list[tuple[str, str]]:
     rows = [("method", f"`{method.name}`: {method.summary}")]
-    # The settings this method reads (the others do not apply to it), those left at null (a default) out.
-    rows += [
-        (f"`adapter.{k}`", f"`{adapter[k]}`") for k in sorted(method.fields) if adapter.get(k) is not None
-    ]
+    # The settings this method reads (the others do not apply to it), those left at null (a default)
+    # out; a section (adapter.gate, adapter.adalora) one row per setting, not one dict.
+    for key in sorted(method.fields):
+        value = adapter.get(key)
+        settings = value.items() if isinstance(value, dict) else [(None, value)]
+        rows += [
+            (f"`adapter.{key}{'' if sub is None else '.' + sub}`", f"`{v}`")
+            for sub, v in settings
+            if v is not None
+        ]
     if allocation is not None:
         ranks = allocation.get("ranks", allocation)
         rows.append(("ranks chosen per group", f"`{ranks}`"))

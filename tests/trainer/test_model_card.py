@@ -41,7 +41,9 @@ def test_card_metadata_and_text_parse_back(tmp_path):
     text = card.text
     assert "[More Information Needed]" not in text
     assert "| `choice_acc_pct` | 31.25 | 25 |" in text and "| `cider` | 4.5 | – |" in text  # beside chance
-    assert "`adapter.gate`" in text and "| `adapter.r` | `16` |" in text  # the method's own settings
+    assert "| `adapter.r` | `16` |" in text  # the method's own settings; a section one row each
+    assert "| `adapter.gate.mode` | `scale` |" in text and "| `adapter.gate.init` | `0.9` |" in text
+    assert "`adapter.gate.init_std`" not in text and "{'" not in text  # null left out; no raw dict
     assert "`adapter.budget`" not in text  # null: left at its default
     assert 'quantization="nf4"' in text
     assert "103,048 of 700,000 (14.72%)" in text and "200 of 200" in text and "0123abcd" in text
@@ -81,3 +83,9 @@ def test_card_names_the_format_of_each_tower(tmp_path):
     assert "| weights: projection | compute dtype" in text
     assert "| weights: `fusion (Q-Formers)` | compute dtype" in text
     assert 'quantization={"vision": "int8", "llm": "nf4"}' in text  # the loading code, as Python
+
+
+def test_adalora_settings_are_rows_of_their_own(tmp_path):
+    cfg = run_config("adapter.method=adalora", "adapter.adalora.target_r=4")
+    text = ModelCard.load(write_model_card(tmp_path, cfg, RUN_INFO)).text
+    assert "| `adapter.adalora.target_r` | `4` |" in text and "{'" not in text
