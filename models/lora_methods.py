@@ -20,6 +20,7 @@ base and optional checkpointing — is done here directly.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from .parameters import trainable_parameter_count
 from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
 from .temporal_lora import TemporalLoraConfig, checkpoint_kwargs, gate_parameter_count, install_frame_gates
 from .towers import PLACEMENTS, any_of, tower_of
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .method_spec import AdapterMethod, AdapterOptions
@@ -255,6 +258,9 @@ def build_adalora(model: nn.Module, method: AdapterMethod, options: AdapterOptio
     `settings` {"total_step" (default: options.total_steps), "target_r", ...}; the ranks it starts
     from and prunes to are `rank_allocation.adalora_config`'s; call `method.step_update` every step.
     """
+    if options.rslora:
+        # peft's SVD layers scale by alpha / (their current rank) whatever use_rslora says.
+        logger.warning("adapter.rslora does not apply to adalora: AdaLoRA scales by alpha / its current rank")
     targets = _resolve_targets(model, method, options)
     total_step = {} if options.total_steps is None else {"total_step": options.total_steps}
     settings = {**total_step, **(options.adalora or {})}

@@ -325,3 +325,13 @@ def test_rslora_group_alphas_keep_the_root_rank_scale(tiny_ckpt):
         assert [layer.scaling["default"] for layer in layers] == pytest.approx([8 / 8**0.5] * len(layers)), (
             group
         )
+
+
+def test_adalora_says_that_rslora_does_not_apply(tiny_ckpt, caplog):
+    with caplog.at_level("WARNING", logger="models.lora_methods"):
+        apply_adapter(_nf4(tiny_ckpt), "adalora", total_steps=20, rslora=True)
+    assert "adapter.rslora does not apply to adalora" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="models.lora_methods"):
+        apply_adapter(_nf4(tiny_ckpt), "adalora", total_steps=20)
+    assert "rslora" not in caplog.text
