@@ -30,7 +30,7 @@ from models.methods import adapter_method, uses_frame_gates
 from models.processor import VideoLlamaProcessor
 from models.rank_allocation import allocation_metrics, lora_params_by_tower
 from models.retrieval_head import caption_tokens
-from models.temporal_lora import gate_summary
+from models.temporal_lora import gate_summary, load_shuffle_state, shuffle_state
 from trainer import checkpoint
 from trainer.assets import generate
 from trainer.caption_language import check_caption_language
@@ -330,6 +330,7 @@ class Trainer:
             "mlflow_run_id": self.tracker.run_id,
             "rng": rng_state(),
             "selector": self.selector.state_dict(),
+            "gate_shuffle": shuffle_state(self.engine.module),
             # Kept so a resumed run does not count again: a step under FlopCounterMode can round
             # differently in the last bit, which would break bit-exact resume.
             "flops_per_step": self.flops_per_step,
@@ -347,6 +348,10 @@ class Trainer:
         self.mlflow_run_id = state.get("mlflow_run_id")
         set_rng_state(state["rng"])
         self.selector.load_state_dict(state["selector"])
+        if "gate_shuffle" in state:
+            load_shuffle_state(self.engine.module, state["gate_shuffle"])
+        elif shuffle_state(self.engine.module) is not None:
+            log.warning("the checkpoint predates the saved shuffled-gate stream: its permutations restart")
         self.flops_per_step = state.get("flops_per_step")
         if self.dist.is_main:
             log.info("resumed from %s at step %d", self.checkpoint_dir, self.step)

@@ -21,6 +21,8 @@ from models.temporal_lora import (
     gate_statistics,
     gate_summary,
     install_frame_gates,
+    load_shuffle_state,
+    shuffle_state,
     temporal_layers,
     write_gate_heatmap,
 )
@@ -334,6 +336,29 @@ def test_shuffled_gates_are_the_ordered_gates_permuted_within_each_clip(tiny_ckp
     assert torch.equal(within.sort(dim=-1).values, torch.arange(4).expand(2, 4))
     assert torch.equal(shuffled, ordered.gather(-1, within[None].expand_as(ordered)))
     assert not torch.equal(within, torch.arange(4).expand(2, 4)) and not torch.allclose(ordered, shuffled)
+
+
+def test_shuffle_stream_state_restores_the_next_permutations(tiny_ckpt, scored_batch):
+    model = apply_adapter(_load(tiny_ckpt, "nf4"), "temporal_qlora_shuffled", r=4)
+    context = model.get_base_model().frame_gate_context
+
+    def next_permutation():
+        with torch.no_grad():
+            model(**scored_batch)
+        return context.inputs.permutation.clone()
+
+    next_permutation()
+    state = shuffle_state(model)
+    want = [next_permutation() for _ in range(3)]
+    load_shuffle_state(model, state)
+    assert all(torch.equal(next_permutation(), p) for p in want)
+    plain = apply_adapter(_load(tiny_ckpt, "nf4"), "temporal_qlora", r=4)
+    assert shuffle_state(plain) is None
+    load_shuffle_state(plain, None)
+    with pytest.raises(ValueError, match="do not shuffle"):
+        load_shuffle_state(plain, state)
+    with pytest.raises(ValueError, match="the model's gates shuffle"):
+        load_shuffle_state(model, None)
 
 
 def test_adapters_saved_before_standardisation_load_with_raw_scores(tiny_ckpt, scored_batch, tmp_path):
