@@ -24,6 +24,29 @@ from typing import Any
 from trainer.experiments.readme_markers import replace_between_markers
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+# The comparison's markdown tables, in the order shown, each after its sentence (when it was written).
+TABLES = (
+    (
+        "claims.md",
+        "**The claims** (pre-registered in the sweep file: one primary comparison each, paired over "
+        "the same eval clips and seeds; Δ in percentage points with a 95% CI from a crossed seed × "
+        "clip bootstrap; p Holm-adjusted over the claims; a claim is supported only if its controls "
+        "hold too; its positive control, a difference the benchmark must show whatever the method "
+        "under test does, says whether it could have been shown at all):",
+    ),
+    ("table.md", "Every configuration, mean ± std over seeds:"),
+    ("deltas.md", "Each configuration against its task's baseline, paired over seeds and clips (raw p):"),
+    (
+        "contrasts.md",
+        "The declared contrasts (ablations and controls, listed in the sweep file before their runs; "
+        "paired over seeds and clips, raw p; 'not run' where that stage of the sweep was not launched):",
+    ),
+    (
+        "gates.md",
+        "The temporal gates, mean ± std over seeds (AUROC of the layer-mean gate for kept frames that "
+        "show an event against empty ones, from SynthVid's ground truth; spread: std over a clip's frames):",
+    ),
+)
 
 
 def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
@@ -37,46 +60,9 @@ def results_section(comparison_dir: Path, readme: Path, command: str) -> str:
         "Do not edit by hand._",
         "",
     ]
-    if (comparison_dir / "claims.md").is_file():
-        lines += [
-            "**The claims** (pre-registered in the sweep file: one primary comparison each, paired over "
-            "the same eval clips and seeds; Δ in percentage points with a 95% CI from a crossed seed × "
-            "clip bootstrap; p Holm-adjusted over the claims; a claim is supported only if its controls "
-            "hold too; its positive control, a difference the benchmark must show whatever the method "
-            "under test does, says whether it could have been shown at all):",
-            "",
-            (comparison_dir / "claims.md").read_text().rstrip(),
-            "",
-        ]
-    lines += [
-        "Every configuration, mean ± std over seeds:",
-        "",
-        (comparison_dir / "table.md").read_text().rstrip(),
-        "",
-    ]
-    if (comparison_dir / "deltas.md").is_file():
-        lines += [
-            "Each configuration against its task's baseline, paired over seeds and clips (raw p):",
-            "",
-            (comparison_dir / "deltas.md").read_text().rstrip(),
-            "",
-        ]
-    if (comparison_dir / "contrasts.md").is_file():
-        lines += [
-            "The declared contrasts (ablations and controls, listed in the sweep file before their runs; "
-            "paired over seeds and clips, raw p; 'not run' where that stage of the sweep was not launched):",
-            "",
-            (comparison_dir / "contrasts.md").read_text().rstrip(),
-            "",
-        ]
-    if (comparison_dir / "gates.md").is_file():
-        lines += [
-            "The temporal gates, mean ± std over seeds (AUROC of the layer-mean gate for kept frames that "
-            "show an event against empty ones, from SynthVid's ground truth; spread: std over a clip's frames):",
-            "",
-            (comparison_dir / "gates.md").read_text().rstrip(),
-            "",
-        ]
+    for name, intro in TABLES:
+        if (comparison_dir / name).is_file():
+            lines += [intro, "", (comparison_dir / name).read_text().rstrip(), ""]
     if summary.get("memory") == "memory/peak_rss_gib":
         lines += ["Peak memory is the training process's peak RSS (CPU run), not tensor memory alone.", ""]
     elif summary.get("memory") == "memory/analytic_1b_train_state_gib":
