@@ -1,10 +1,11 @@
-"""Temporal LoRA step time against plain LoRA: same model, same batch, same ranks.
+"""Temporal and ranked LoRA step time against plain LoRA: same model, same batch, same rank budget.
 
 One training step = forward + backward + AdamW step, on a Video-LLaMA loaded in NF4 (QLoRA) with
 LoRA on the ViT and LLM linears; temporal LoRA gates the ViT linears per frame from the frame
-scores (and, in a third variant, from the pooled frame feature too, and in rank mode). The two
-methods' steps are interleaved round by round so machine load drifts hit both alike; the figure
-is the median over rounds of the paired ratio temporal / plain (goal <= 1.10).
+scores (and, in another variant, from the pooled frame feature too, and in rank mode); ranked LoRA
+splits QLoRA's parameter count over the towers by rank. The methods' steps are interleaved round by
+round so machine load drifts hit all alike; the figure is the median over rounds of the paired
+ratio variant / plain (goal <= 1.10).
 
     python -m benchmarks.temporal_lora --device cpu [--quick]
 """
@@ -24,10 +25,19 @@ from models.loading import load_model
 from models.presets import create_pretrained
 from models.processor import VideoLlamaProcessor
 
+# name → (method, its adapter options beyond r and alpha)
 VARIANTS = {
-    "lora": ("qlora", None),
-    "temporal_scale": ("temporal_qlora", {"inputs": ["motion", "entropy", "scene_change"], "mode": "scale"}),
-    "temporal_feature_rank": ("temporal_qlora", {"inputs": ["motion", "entropy", "feature"], "mode": "rank"}),
+    "lora": ("qlora", {}),
+    "temporal_scale": (
+        "temporal_qlora",
+        {"gate": {"inputs": ["motion", "entropy", "scene_change"], "mode": "scale"}},
+    ),
+    # Per-tower ranks at QLoRA's parameter count (the static LLM-heavy split: no scores to measure).
+    "ranked": ("ranked_qlora", {"allocation": "static_llm"}),
+    "temporal_feature_rank": (
+        "temporal_qlora",
+        {"gate": {"inputs": ["motion", "entropy", "feature"], "mode": "rank"}},
+    ),
 }
 
 
@@ -55,12 +65,13 @@ def main() -> None:
         processor = VideoLlamaProcessor.from_pretrained(path)
         batch = _batch(processor, batch_size, frames, size, device)
         steps = {}
-        # --quick: the gated variant the config example uses; the full run adds feature gates in rank mode.
-        variants = dict(list(VARIANTS.items())[:2]) if args.quick else VARIANTS
-        for name, (method, gate) in variants.items():
+        # --quick: the gated variant the config example uses and the ranked one; the full run adds
+        # feature gates in rank mode.
+        variants = dict(list(VARIANTS.items())[:3]) if args.quick else VARIANTS
+        for name, (method, options) in variants.items():
             torch.manual_seed(0)
             base = load_model(path, quantization="nf4", compute_dtype=dtype, device=device)
-            model = apply_adapter(base, method, r=16, alpha=32, gate=gate).train()
+            model = apply_adapter(base, method, r=16, alpha=32, **options).train()
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
             def step(model=model, optimizer=optimizer) -> None:
