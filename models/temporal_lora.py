@@ -534,30 +534,29 @@ def shuffle_state(model: nn.Module) -> torch.Tensor | None:
     """The shuffled control's permutation stream (its generator state, uint8 [n]), None for a model
     without one: what a training checkpoint stores, so that a resumed run draws the permutations the
     uninterrupted one would have."""
-    try:
-        context = getattr(_video_model(model), "frame_gate_context", None)
-    except TypeError:  # not a video model: nothing is gated
-        return None
-    generator = None if context is None else context.shuffle_generator
+    generator = _shuffle_generator(model)
     return None if generator is None else generator.get_state()
 
 
 def load_shuffle_state(model: nn.Module, state: torch.Tensor | None) -> None:
     """Restore what `shuffle_state` returned; a model whose gates shuffle needs a state, one whose
     gates do not takes None (a checkpoint of another method is an error, not a silent restart)."""
-    context = getattr(_video_model(model), "frame_gate_context", None)
-    generator = None if context is None else context.shuffle_generator
+    generator = _shuffle_generator(model)
     if (generator is None) != (state is None):
-        raise ValueError(
-            "the checkpoint's shuffled-gate stream does not fit this model: "
-            + (
-                "it has none, the model's gates shuffle"
-                if state is None
-                else "the model's gates do not shuffle"
-            )
+        reason = (
+            "it has none, the model's gates shuffle" if state is None else "the model's gates do not shuffle"
         )
+        raise ValueError(f"the checkpoint's shuffled-gate stream does not fit this model: {reason}")
     if generator is not None:
         generator.set_state(state)
+
+
+def _shuffle_generator(model: nn.Module) -> torch.Generator | None:
+    try:
+        context = getattr(_video_model(model), "frame_gate_context", None)
+    except TypeError:  # not a video model (or not one this module wraps): nothing is gated
+        return None
+    return None if context is None else context.shuffle_generator
 
 
 def checkpoint_kwargs(context: FrameGateContext) -> dict[str, Any]:
