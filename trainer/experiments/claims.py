@@ -14,6 +14,11 @@ The sweep file declares, before any run (configs/synthvid/experiments.yaml)::
              baseline_metric: shuffled/choice_acc_pct}
         positive_control:                   can the benchmark show such an effect at all?
           {baseline: methods-order-frozen, treatment: methods-order-full}
+    contrasts:                              reported, not decided (`contrasts`: ablations, controls)
+      gates_vs_constant:
+        statement: the gates learn more than one scale per layer (order)
+        treatment: methods-order-temporal_qlora
+        baseline: ablations-order-temporal_qlora_constant
 
 A comparison pairs two configurations (or two figures of one configuration) over the seeds both
 ran and the clips both scored: per-clip outcomes come from each run's ``eval/per_clip_step<N>.json``
@@ -73,15 +78,26 @@ class Claim:
     positive_control: Comparison | None = None
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """A declared difference that is reported with its CI and raw p but decides nothing."""
+
+    name: str
+    statement: str
+    comparison: Comparison
+
+
 @dataclass
 class ComparisonSpec:
     metric: str | None = None
     baselines: dict[str, str] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
+    contrasts: list[Contrast] = field(default_factory=list)
 
 
 def load_comparison_spec(path: str | Path) -> ComparisonSpec:
-    """The ``metric`` / ``baselines`` / ``claims`` sections of a sweep file (all optional)."""
+    """The ``metric`` / ``baselines`` / ``claims`` / ``contrasts`` sections of a sweep file (all
+    optional)."""
     raw = yaml.safe_load(Path(path).read_text()) or {}
     metric = raw.get("metric")
     baselines = raw.get("baselines") or {}
@@ -113,7 +129,25 @@ def load_comparison_spec(path: str | Path) -> ComparisonSpec:
                 ),
             )
         )
-    return ComparisonSpec(metric, {str(k): str(v) for k, v in baselines.items()}, claims)
+    return ComparisonSpec(
+        metric, {str(k): str(v) for k, v in baselines.items()}, claims, _contrasts(raw, metric, str(path))
+    )
+
+
+def _contrasts(raw: dict[str, Any], metric: str | None, path: str) -> list[Contrast]:
+    section = raw.get("contrasts") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: contrasts must map a name to a comparison")
+    contrasts = []
+    for name, body in section.items():
+        where = f"{path}: contrasts.{name}"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where} must be a mapping with a treatment")
+        fields = {k: v for k, v in body.items() if k != "statement"}
+        contrasts.append(
+            Contrast(str(name), str(body.get("statement", name)), comparison_from_yaml(fields, metric, where))
+        )
+    return contrasts
 
 
 def comparison_from_yaml(raw: Any, metric: str | None, where: str) -> Comparison:

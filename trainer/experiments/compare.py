@@ -30,7 +30,8 @@ Reads the experiment's FINISHED runs back from MLflow, groups them by configurat
   primary comparison, Holm-adjusted p, controls and verdict; ``contrasts.md`` / ``contrasts.csv``,
   the file's declared contrasts (ablations and controls: paired Δ, CI, raw p; `contrasts`);
 - ``gates.md``: per frame-gated configuration, its gates' AUROC for event vs empty frames (chance
-  0.5) and their spread over a clip's frames, mean ± std over seeds;
+  0.5), the same without its sign (max(A, 1 − A): which side opens follows the initialisation)
+  and their spread over a clip's frames, mean ± std over seeds;
 - ``learning_curves.png``, ``accuracy_vs_k.png``, ``observability_vs_accuracy.png`` (with the
   observability report, ``--observability``; by default ``observability.json`` in ``--out``) and
   ``direction_confusion.png``, each when its data are there (``compare_figures``);
@@ -82,8 +83,9 @@ from trainer.experiments.compare_tables import (
     markdown_table,
     memory_column,
     quality_columns,
+    with_gate_separation,
 )
-from trainer.experiments.contrasts import contrast_table, load_contrasts, markdown_contrasts
+from trainer.experiments.contrasts import contrast_table, markdown_contrasts
 
 
 @dataclass
@@ -116,7 +118,7 @@ def compare(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(tracking_uri, experiment)
+    runs = with_gate_separation(load_runs(tracking_uri, experiment))
     quality = quality_columns(runs)
     memory = memory_column(runs)
     figures = quality + [c for c in (*MEMORY_METRICS, STEP_TIME, FLOPS, TRAINABLE) if c in runs]
@@ -170,10 +172,10 @@ def compare(
 
     claims = None
     if sweep_file is not None:
-        claims = _paired_results(per_clip, runs, load_comparison_spec(sweep_file), split_by, out, files)
-        contrasts = load_contrasts(sweep_file)
-        if contrasts and not per_clip.empty:
-            rows = contrast_table(per_clip, contrasts)
+        spec = load_comparison_spec(sweep_file)
+        claims = _paired_results(per_clip, runs, spec, split_by, out, files)
+        if spec.contrasts and not per_clip.empty:
+            rows = contrast_table(per_clip, spec.contrasts)
             rows.to_csv(out / "contrasts.csv", index=False)
             (out / "contrasts.md").write_text(markdown_contrasts(rows))
             files.update({"contrasts.csv": "contrasts.csv", "contrasts.md": "contrasts.md"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from trainer.experiments.compare_runs import FLOPS, MEMORY_METRICS, MEMORY_TITLES, STEP_TIME, TRAINABLE
@@ -84,17 +85,31 @@ def markdown_table(table: pd.DataFrame, quality: list[str], memory: str | None) 
     return "\n".join(lines) + "\n"
 
 
-GATE_COLUMNS = ("eval/gate_auroc", "eval/gate_spread")
+GATE_AUROC, GATE_SPREAD = "eval/gate_auroc", "eval/gate_spread"
+# max(AUROC, 1 - AUROC) per run: how well the gates tell event from empty frames whichever way round.
+# The signed AUROC's side follows the gate's random initialisation (a gate that closes on events
+# separates them as well as one that opens), so its mean over seeds mixes the two.
+GATE_SEPARATION = "eval/gate_separation"
+GATE_COLUMNS = (GATE_AUROC, GATE_SEPARATION, GATE_SPREAD)
+
+
+def with_gate_separation(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the `GATE_SEPARATION` column next to a logged gate AUROC (NaN where none was)."""
+    if GATE_AUROC not in runs:
+        return runs
+    return runs.assign(**{GATE_SEPARATION: np.maximum(runs[GATE_AUROC], 1.0 - runs[GATE_AUROC])})
 
 
 def markdown_gates(table: pd.DataFrame) -> str:
     """Per configuration whose runs logged gate figures (`trainer.evaluation.gate_metrics`): gate
-    AUROC for event vs empty kept frames (chance 0.5) and gate spread; "" when none did."""
-    if f"{GATE_COLUMNS[0]}_mean" not in table and f"{GATE_COLUMNS[1]}_mean" not in table:
+    AUROC for event vs empty kept frames (chance 0.5), its sign-free separation and the gate
+    spread; "" when none did."""
+    if not any(f"{c}_mean" in table for c in GATE_COLUMNS):
         return ""
     lines = [
-        "| configuration | method | seeds | gate AUROC, event vs empty frames (chance 0.5) | gate spread |",
-        "|---|---|---|---|---|",
+        "| configuration | method | seeds | gate AUROC, event vs empty frames (chance 0.5) "
+        "| max(AUROC, 1 − AUROC) (chance 0.5) | gate spread |",
+        "|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         cells = [_pm(row, c, 3) for c in GATE_COLUMNS]

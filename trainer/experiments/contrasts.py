@@ -1,7 +1,8 @@
 """Declared contrasts: paired differences a sweep file names besides its claims (ablations, controls).
 
 A claim decides something and its p-values are Holm-adjusted together; a contrast only reports. The
-sweep file lists them before the runs, each a comparison as the claims write them::
+sweep file lists them before the runs, each a comparison as the claims write them (parsed with the
+rest of the file by `claims.load_comparison_spec`)::
 
     contrasts:
       gates_vs_constant:
@@ -18,44 +19,11 @@ one sweep file serves a partial comparison as well as the whole one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from trainer.config import ConfigError
-from trainer.experiments.claims import Comparison, comparison_from_yaml, paired_difference
-
-
-@dataclass(frozen=True)
-class Contrast:
-    name: str
-    statement: str
-    comparison: Comparison
-
-
-def load_contrasts(path: str | Path) -> list[Contrast]:
-    """The ``contrasts`` section of a sweep file ([] without one)."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    section = raw.get("contrasts") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: contrasts must map a name to a comparison")
-    contrasts = []
-    for name, body in section.items():
-        where = f"{path}: contrasts.{name}"
-        if not isinstance(body, dict):
-            raise ConfigError(f"{where} must be a mapping with a treatment")
-        fields = {k: v for k, v in body.items() if k != "statement"}
-        contrasts.append(
-            Contrast(
-                str(name),
-                str(body.get("statement", name)),
-                comparison_from_yaml(fields, raw.get("metric"), where),
-            )
-        )
-    return contrasts
+from trainer.experiments.claims import Contrast, paired_difference
 
 
 def contrast_table(table: pd.DataFrame, contrasts: list[Contrast]) -> pd.DataFrame:

@@ -44,7 +44,8 @@ TABLES = (
     (
         "gates.md",
         "The temporal gates, mean ± std over seeds (AUROC of the layer-mean gate for kept frames that "
-        "show an event against empty ones, from SynthVid's ground truth; spread: std over a clip's frames):",
+        "show an event against empty ones, from SynthVid's ground truth; max(AUROC, 1 − AUROC): the same "
+        "whichever way the gates turn, which follows their initialisation; spread: std over a clip's frames):",
     ),
 )
 

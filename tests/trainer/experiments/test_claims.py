@@ -23,7 +23,6 @@ from trainer.experiments.claims import (
     markdown_claims,
     paired_difference,
 )
-from trainer.experiments.contrasts import load_contrasts
 
 CLIPS = [f"{i:04d}" for i in range(120)]
 # Per configuration, the probability that a clip's forced choice is right, ordered and shuffled.
@@ -248,7 +247,7 @@ def test_contrasts_section_is_checked(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"metric": "m", "contrasts": {"c": {"treatment": "a", "basline": "b"}}}))
     with pytest.raises(ConfigError, match=r"contrasts\.c: unknown keys \['basline'\]"):
-        load_contrasts(path)
+        load_comparison_spec(path)
     path.write_text(yaml.safe_dump({"contrasts": {"c": {"treatment": "a", "baseline": "b"}}}))
     with pytest.raises(ConfigError, match="no metric"):
-        load_contrasts(path)
+        load_comparison_spec(path)

@@ -16,7 +16,7 @@ from trainer.experiments import results_readme
 from trainer.experiments.compare_laws import fit_rank_law, power_law, rank_series
 from trainer.experiments.compare_plots import pareto_front
 from trainer.experiments.compare_runs import load_runs
-from trainer.experiments.compare_tables import aggregate, markdown_gates
+from trainer.experiments.compare_tables import GATE_COLUMNS, aggregate, markdown_gates, with_gate_separation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Synthetic configurations: (method, rank) → (CIDEr per seed, peak RSS GiB, step times logged per step).
@@ -243,11 +243,15 @@ def test_gate_table_lists_only_the_gated_configurations():
             "label": ["temporal", "temporal", "plain"],
             "method": ["temporal_qlora", "temporal_qlora", "qlora"],
             "groups": ["g", "g", "g"],
-            "eval/gate_auroc": [0.6, 0.8, float("nan")],
+            # one seed's gates open on events, the other's close on them: both separate them
+            "eval/gate_auroc": [0.2, 0.8, float("nan")],
             "eval/gate_spread": [0.1, 0.3, float("nan")],
         }
     )
-    text = markdown_gates(aggregate(runs, ["eval/gate_auroc", "eval/gate_spread"]))
+    runs = with_gate_separation(runs)
+    assert runs["eval/gate_separation"].iloc[:2].tolist() == pytest.approx([0.8, 0.8])
+    assert runs["eval/gate_separation"].isna().iloc[2]
+    text = markdown_gates(aggregate(runs, list(GATE_COLUMNS)))
     rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert rows == ["| `temporal` | temporal_qlora | 2 | 0.700 ± 0.141 | 0.200 ± 0.141 |"]
-    assert markdown_gates(aggregate(runs.drop(columns=["eval/gate_auroc", "eval/gate_spread"]), [])) == ""
+    assert rows == ["| `temporal` | temporal_qlora | 2 | 0.500 ± 0.424 | 0.800 ± 0.000 | 0.200 ± 0.141 |"]
+    assert markdown_gates(aggregate(runs.drop(columns=list(GATE_COLUMNS)), [])) == ""

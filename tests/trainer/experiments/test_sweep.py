@@ -188,7 +188,6 @@ def test_synthvid_experiments_file_expands(monkeypatch):
     assert set(baseline.groups) >= {"methods", "rank"}
     # every configuration a pre-registered claim or baseline names is one the sweep runs
     from trainer.experiments.claims import load_comparison_spec
-    from trainer.experiments.contrasts import load_contrasts
 
     comparison = load_comparison_spec("configs/synthvid/experiments.yaml")
     labels = {r.label for r in runs}
@@ -196,7 +195,7 @@ def test_synthvid_experiments_file_expands(monkeypatch):
     for claim in comparison.claims:
         named |= {c.treatment for c in (claim.primary, *claim.controls)} | {claim.primary.baseline}
     assert named <= labels, named - labels
-    contrasts = load_contrasts("configs/synthvid/experiments.yaml")
+    contrasts = comparison.contrasts
     named_by_contrasts = {n for c in contrasts for n in (c.comparison.treatment, c.comparison.baseline)}
     assert named_by_contrasts <= labels, named_by_contrasts - labels
     # The Makefile's two stages split the file: make experiments holds every claim's configurations.
