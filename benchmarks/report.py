@@ -69,6 +69,7 @@ GOALS = (
     Goal("step_overhead", "tracking_cpu_share", "MLflow tracking CPU time / step time", at_most=0.01),
     Goal("temporal_lora", "temporal_scale_over_lora_step_time", "temporal LoRA step time / LoRA's", at_most=1.10),
     Goal("temporal_lora", "ranked_over_lora_step_time", "ranked LoRA (per-tower ranks, QLoRA's count) step time / LoRA's", at_most=1.10),
+    Goal("temporal_lora", "ranked_over_lora_all_step_time", "ranked LoRA step time / LoRA's on the same towers (placement all)", at_most=1.10),
     Goal("pipeline", "pipeline_over_raw_decord", "streaming pipeline frames/s / raw decord's", at_least=0.9),
     Goal("frame_selection", "selector_over_decode/hybrid", "frame selector time / decode time, per frame", at_most=0.05),
     Goal("frame_selection", "event_recall/hybrid", "events with a selected frame, hybrid K=4 of N=32", at_least=0.95),

@@ -7,6 +7,16 @@ splits QLoRA's parameter count over the towers by rank. The methods' steps are i
 round so machine load drifts hit all alike; the figure is the median over rounds of the paired
 ratio variant / plain (goal <= 1.10).
 
+Ranked LoRA spreads its ranks over the two Q-Formers as well as the ViT and the LLM, so its ratio
+holds two costs: LoRA on the fusion layers (which QLoRA on `adapter.placement=all` pays too,
+``lora_all_over_lora``) and the uneven ranks themselves (``ranked_over_lora_all``: ranked against
+QLoRA at r on the same four towers). In four runs on a quiet 2-core AVX2 CPU the first was
+0.98-1.04x and the second 1.03-1.12x (ranked over QLoRA 1.08-1.14x). The ranks cost because at
+QLoRA's count static_llm gives the ViT and the Q-Formers ranks 6-8 (the LLM 26), and MKL's fp32 GEMM
+runs LoRA B's two backward products (dy @ B, [rows, out] @ [out, r], and dy^T @ h) 2.5-3.5x slower
+at r <= 8 than at r = 16 on the ViT's rows (2080 x 256; MKL 2024.2): on CPU a rank below QLoRA's is
+slower, not cheaper.
+
     python -m benchmarks.temporal_lora --device cpu [--quick]
 """
 
@@ -38,7 +48,11 @@ VARIANTS = {
         "temporal_qlora",
         {"gate": {"inputs": ["motion", "entropy", "feature"], "mode": "rank"}},
     ),
+    # QLoRA on the towers ranked LoRA spreads its ranks over: the reference of ranked_over_lora_all.
+    "lora_all": ("qlora", {"placement": "all"}),
 }
+# Extra paired ratios: name → (variant, reference variant).
+AGAINST = {"ranked_over_lora_all": ("ranked", "lora_all")}
 
 
 def _batch(processor, batch_size: int, frames: int, size: int, device: torch.device) -> dict:
@@ -66,7 +80,7 @@ def main() -> None:
         batch = _batch(processor, batch_size, frames, size, device)
         steps = {}
         # --quick: the gated variant the config example uses and the ranked one; the full run adds
-        # feature gates in rank mode.
+        # feature gates in rank mode and QLoRA on every tower.
         variants = dict(list(VARIANTS.items())[:3]) if args.quick else VARIANTS
         for name, (method, options) in variants.items():
             torch.manual_seed(0)
@@ -92,10 +106,11 @@ def main() -> None:
     minimum = {name: min(t) for name, t in times.items()}
     # Paired per round (the two steps ran back to back, under the same machine load), then the median:
     # the figure least moved by other processes on a shared machine.
+    pairs = {f"{name}_over_lora": (name, "lora") for name in times if name != "lora"}
+    pairs |= {name: pair for name, pair in AGAINST.items() if set(pair) <= set(times)}
     paired = {
-        name: statistics.median(a / b for a, b in zip(times[name], times["lora"], strict=True))
-        for name in times
-        if name != "lora"
+        name: statistics.median(a / b for a, b in zip(times[variant], times[ref], strict=True))
+        for name, (variant, ref) in pairs.items()
     }
     write_result(
         "temporal_lora",
@@ -115,10 +130,10 @@ def main() -> None:
             "step_s_median": median,
             "step_s_min": minimum,
             "step_s_all": times,
-            "ratio_of_medians": {name: median[name] / median["lora"] for name in paired},
-            "ratio_of_minima": {name: minimum[name] / minimum["lora"] for name in paired},
+            "ratio_of_medians": {name: median[v] / median[ref] for name, (v, ref) in pairs.items()},
+            "ratio_of_minima": {name: minimum[v] / minimum[ref] for name, (v, ref) in pairs.items()},
         },
-        ratios={f"{name}_over_lora_step_time": ratio for name, ratio in paired.items()},
+        ratios={f"{name}_step_time": ratio for name, ratio in paired.items()},
         out=args.out,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -32,8 +33,21 @@ def library_versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the vector instructions torch's kernels use on it
+    ("AMD EPYC (AVX2)"): CPU timings and some code paths (bitsandbytes, oneDNN) differ by those."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def _cpu_model() -> str:
+    """``model name`` of /proc/cpuinfo where there is one (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 
