@@ -108,7 +108,7 @@ def markdown_gates(table: pd.DataFrame) -> str:
         return ""
     lines = [
         "| configuration | method | seeds | gate AUROC, event vs empty frames (chance 0.5) "
-        "| max(AUROC, 1 − AUROC) (chance 0.5) | gate spread |",
+        "| sign-free: max(AUROC, 1 − AUROC) (≥ 0.5) | gate spread |",
         "|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
