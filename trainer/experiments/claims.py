@@ -18,7 +18,7 @@ The sweep file declares, before any run (configs/synthvid/experiments.yaml)::
       gates_vs_constant:
         statement: the gates learn more than one scale per layer (order)
         treatment: methods-order-temporal_qlora
-        baseline: ablations-order-temporal_qlora_constant
+        baseline: temporal_controls-order-temporal_qlora_constant
 
 A comparison pairs two configurations (or two figures of one configuration) over the seeds both
 ran and the clips both scored: per-clip outcomes come from each run's ``eval/per_clip_step<N>.json``

@@ -8,7 +8,7 @@ rest of the file by `claims.load_comparison_spec`)::
       gates_vs_constant:
         statement: the gates learn more than one scale per layer (order)
         treatment: methods-order-temporal_qlora
-        baseline: ablations-order-temporal_qlora_constant
+        baseline: temporal_controls-order-temporal_qlora_constant
         metric: caption_sequence_exact_pct        optional: the file's metric otherwise
 
 Each one is paired over the seeds and clips both configurations scored (`claims.paired_difference`:
