@@ -40,7 +40,8 @@ class ModelConfig:
     # or {fusion: nf4}; vision or llm left out takes the method's own, fusion (both Q-Formers) stays
     # in the compute dtype unless named. The projection is never quantized.
     quantization: str | dict[str, str] = "auto"
-    # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32.
+    # Compute dtype: auto picks bfloat16 where the accelerator supports it, else float32. bfloat16 on
+    # a CPU without AVX-512 BF16 or AMX runs many times slower than float32 (a warning says so).
     dtype: str = "auto"
     # Recompute activations in backward instead of keeping them: true for every tower's layers, or
     # the towers to do it in, e.g. [vision] (models/checkpointing.py: the ViT holds most of them).
