@@ -49,6 +49,15 @@ class Goal:
     def met(self, value: float) -> bool:
         return value <= self.at_most if self.at_most is not None else value >= self.at_least
 
+    def shown(self, value: float) -> str:
+        """The measured value and ✓ / ✗, with as many digits as it takes not to read as the bound
+        itself (1.1006 against ≤ 1.1 is "1.101 ✗", not "1.1 ✗")."""
+        limit = self.at_most if self.at_most is not None else self.at_least
+        digits = 3
+        while value != limit and float(f"{value:.{digits}g}") == limit and digits < 8:
+            digits += 1
+        return f"{value:.{digits}g} {'✓' if self.met(value) else '✗'}"
+
 
 GOALS = (
     Goal("train_memory_1b", "1b/qlora_over_lora_step_peak", "QLoRA step peak memory / LoRA's, ~1B preset", at_most=0.5),
@@ -167,7 +176,7 @@ def render_goals(results: list[dict[str, Any]]) -> str:
         cells = []
         for device in devices:
             measured = value.get((goal.benchmark, device, goal.ratio))
-            cells.append("" if measured is None else f"{measured:.3g} {'✓' if goal.met(measured) else '✗'}")
+            cells.append("" if measured is None else goal.shown(measured))
         if any(cells):
             rows.append(
                 f"| {goal.what} | `{goal.benchmark}` `{goal.ratio}` | {goal.bound()} | {' | '.join(cells)} |"

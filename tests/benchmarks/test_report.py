@@ -234,3 +234,12 @@ def test_gpu_check_rows_sit_beside_their_cpu_counterparts(tmp_path: Path, result
     gpu["machine"]["device"] = "cpu"
     (results / "gpu_check-cuda.json").write_text(json.dumps(gpu))
     assert "### GPU check" not in report.render_section(report.load_results(results))
+
+
+def test_a_goal_value_next_to_its_bound_shows_the_digits_that_decide_it():
+    goal = report.Goal("b", "r", "what", at_most=1.10)
+    assert goal.shown(1.1006) == "1.101 ✗"
+    assert goal.shown(1.0998) == "1.0998 ✓"
+    assert goal.shown(1.1) == "1.1 ✓"
+    assert goal.shown(1.234) == "1.23 ✗"
+    assert report.Goal("b", "r", "what", at_least=0.9).shown(0.8996) == "0.8996 ✗"
