@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import asset_overrides
 from tests.slurm.conftest import submit
+
+# One SLURM cluster for the session: under `pytest -n` (make test) these tests share a worker.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def test_array_job_runs_one_sweep_point_per_task(slurm_cluster, demo_assets, mlflow_server, tmp_path):

@@ -11,11 +11,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import asset_overrides
 from tests.slurm.conftest import Job, submit, wait_for_step
 from trainer.checkpoint import latest_tag
+
+# One SLURM cluster for the session: under `pytest -n` (make test) these tests share a worker.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def train_args(assets: Path, out: Path, tracking_uri: str, *overrides: str) -> list[str]:
