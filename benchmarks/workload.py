@@ -58,11 +58,11 @@ def model_batch(
     """Model inputs with selected frames: pixel_values [B, K, 3, S, S] in `dtype`, frame_scores
     [B, K, len(FRAME_SCORE_NAMES)] in [0, 1), and the text tensors of `text_batch`."""
     gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch_size, frames, 3, image_size, image_size, generator=gen)
+    scores = torch.rand(batch_size, frames, len(FRAME_SCORE_NAMES), generator=gen)
     return {
-        "pixel_values": torch.randn(batch_size, frames, 3, image_size, image_size, generator=gen).to(
-            device, dtype
-        ),
-        "frame_scores": torch.rand(batch_size, frames, len(FRAME_SCORE_NAMES), generator=gen).to(device, dtype),
+        "pixel_values": pixels.to(device, dtype),
+        "frame_scores": scores.to(device, dtype),
         **text_batch(processor, batch_size, device),
     }
 

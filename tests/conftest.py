@@ -19,6 +19,35 @@ from tests.mlflow_server import MlflowServer, free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
+# `make test` runs the suite on pytest-xdist workers (-n 2 --dist loadgroup). A module's tests stay
+# on one worker, so that its module-scoped fixtures (a trained run, a QUICK sweep, a benchmark's
+# children: up to ~5 min each) are built once instead of once per worker; tests marked
+# xdist_group("name") share a worker across modules (tests/slurm: one cluster per session). The
+# modules that run the launchers go first, so that the last minutes are short unit tests on both
+# workers rather than one long run on one.
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # xdist's "<nodeid>@<group>" under loadgroup
+                return nodeid.rsplit("@", 1)[1]
+            return nodeid.split("::", 1)[0]
+
+    config.option.loadscopereorder = False  # the order pytest_collection_modifyitems gives
+    return ModuleOrGroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules holding an ``e2e`` or ``xdist_group`` test first, each module's tests kept together."""
+    heavy = {
+        item.path
+        for item in items
+        if item.get_closest_marker("e2e") or item.get_closest_marker("xdist_group")
+    }
+    items.sort(key=lambda item: item.path not in heavy)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
