@@ -55,6 +55,24 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def single_rank_group():
+    """This process as a one-rank gloo process group (as `train.py` makes it without a launcher), for
+    a module that builds DeepSpeed engines in-process; destroyed, and the environment it set
+    restored, when the module ends. Left behind, it would make every later test in this process
+    (a pytest-xdist worker runs many modules) see a world of 1 whatever WORLD_SIZE says
+    (`data.pipeline` reads the group first)."""
+    import deepspeed.comm
+
+    from trainer.distributed import init_distributed
+
+    environ = dict(os.environ)
+    yield init_distributed()
+    deepspeed.comm.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environ)
+
+
 DEMO_DATA = [
     "data.synthvid.num_train=128",
     "data.synthvid.num_eval=16",

@@ -10,10 +10,12 @@ from trainer.distributed import init_distributed
 from trainer.ds_config import load_ds_config
 from trainer.run_setup import build_engine
 
+pytestmark = pytest.mark.usefixtures("single_rank_group")
+
 
 @pytest.fixture(scope="module")
-def engine():
-    info = init_distributed()
+def engine(single_rank_group):
+    info = single_rank_group
     cfg = load_config(None, ["train.micro_batch_size=2", "deepspeed.config=ds_configs/zero2_offload.json"])
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))

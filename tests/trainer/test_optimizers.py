@@ -24,6 +24,8 @@ from trainer.ds_config import load_ds_config
 from trainer.optimizers import OPTIMIZERS
 from trainer.run_setup import build_engine
 
+pytestmark = pytest.mark.usefixtures("single_rank_group")
+
 CPU = torch.device("cpu")
 STEPS, SAVE_AT = 8, 4
 BNB_CHOICES = [name for name, cls in OPTIMIZERS.items() if cls is not None]

@@ -18,6 +18,8 @@ from trainer.distributed import init_distributed
 from trainer.ds_config import load_ds_config
 from trainer.run_setup import build_engine
 
+pytestmark = pytest.mark.usefixtures("single_rank_group")
+
 STEPS, LR, MIN_RATIO = 10, 1e-2, 0.1
 
 
