@@ -55,8 +55,10 @@ system-packages:
 
 # Two pytest workers (pytest-xdist): most of the suite is processes starting (a training process
 # spends ~11 s importing torch, deepspeed, peft and mlflow) and launchers waiting on their ranks,
-# which leaves a core idle; on 2 cores (AVX2) the suite took 1660 s instead of 2033 s in one process.
-# --dist loadgroup keeps tests/slurm on one worker, so the session starts one SLURM cluster.
+# which leaves a core idle; on 2 cores (AVX2) the suite took 1512 s instead of 2033 s in one process.
+# A module's tests stay on one worker and xdist_group marks join modules (tests/conftest.py's
+# scheduler; --dist loadgroup adds the marks' names to the test ids it reads): tests/slurm start
+# one SLURM cluster per session.
 # TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
