@@ -15,7 +15,10 @@ QLoRA at r on the same four towers). In four runs on a quiet 2-core AVX2 CPU the
 QLoRA's count static_llm gives the ViT and the Q-Formers ranks 6-8 (the LLM 26), and MKL's fp32 GEMM
 runs LoRA B's two backward products (dy @ B, [rows, out] @ [out, r], and dy^T @ h) 2.5-3.5x slower
 at r <= 8 than at r = 16 on the ViT's rows (2080 x 256; MKL 2024.2): on CPU a rank below QLoRA's is
-slower, not cheaper.
+slower, not cheaper. It is the kernel MKL picks for that layout, not the work: on one AVX2 thread
+dy^T @ h takes 1.5-1.7 ms at r = 4-8 and the same product as (h^T @ dy)^T 0.17-0.26 ms; dy @ B 0.83-0.94
+ms at r = 4-8, 0.29 at 16 and 0.50 at 24-32. torch's linear backward fixes the first layout, so only a
+custom autograd function under peft's LoRA layer would avoid it (not done: CPU only).
 
     python -m benchmarks.temporal_lora --device cpu [--quick]
 """
