@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # children: up to ~5 min each) are built once instead of once per worker; tests marked
 # xdist_group("name") share a worker across modules (tests/slurm: one cluster per session). The
 # modules that run the launchers go first, so that the last minutes are short unit tests on both
-# workers rather than one long run on one.
+# workers rather than one long run on one. (optionalhook: the suite also runs without pytest-xdist.)
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
