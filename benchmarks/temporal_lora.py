@@ -10,15 +10,12 @@ ratio variant / plain (goal <= 1.10).
 Ranked LoRA spreads its ranks over the two Q-Formers as well as the ViT and the LLM, so its ratio
 holds two costs: LoRA on the fusion layers (which QLoRA on `adapter.placement=all` pays too,
 ``lora_all_over_lora``) and the uneven ranks themselves (``ranked_over_lora_all``: ranked against
-QLoRA at r on the same four towers). In four runs on a quiet 2-core AVX2 CPU the first was
-0.98-1.04x and the second 1.03-1.12x (ranked over QLoRA 1.08-1.14x). The ranks cost because at
-QLoRA's count static_llm gives the ViT and the Q-Formers ranks 6-8 (the LLM 26), and MKL's fp32 GEMM
-runs LoRA B's two backward products (dy @ B, [rows, out] @ [out, r], and dy^T @ h) 2.5-3.5x slower
-at r <= 8 than at r = 16 on the ViT's rows (2080 x 256; MKL 2024.2): on CPU a rank below QLoRA's is
-slower, not cheaper. It is the kernel MKL picks for that layout, not the work: on one AVX2 thread
-dy^T @ h takes 1.5-1.7 ms at r = 4-8 and the same product as (h^T @ dy)^T 0.17-0.26 ms; dy @ B 0.83-0.94
-ms at r = 4-8, 0.29 at 16 and 0.50 at 24-32. torch's linear backward fixes the first layout, so only a
-custom autograd function under peft's LoRA layer would avoid it (not done: CPU only).
+QLoRA at r on the same four towers). At QLoRA's count static_llm gives the ViT and the Q-Formers
+ranks 6-8 (the LLM 26), and MKL's fp32 GEMM ran LoRA B's backward products 3-10x slower at r <= 8
+than the same products transposed; `models.low_rank_matmul` computes them transposed. On a quiet
+2-core AVX2 CPU, 32 rounds: ranked over QLoRA 1.07-1.10x in three runs (without it 1.14x that day,
+1.08-1.14x in four earlier runs of 16 rounds), of which fusion LoRA 1.02-1.06x and the uneven ranks
+1.04-1.06x (1.12x without).
 
     python -m benchmarks.temporal_lora --device cpu [--quick]
 """
@@ -73,7 +70,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    batch_size, frames, rounds = (2, 4, 4) if args.quick else (4, 8, 16)
+    batch_size, frames, rounds = (2, 4, 4) if args.quick else (4, 8, 32)
     overrides = {} if args.quick else LARGER
     size = 64 if args.quick else LARGER["vision_config"]["image_size"]
 

@@ -27,6 +27,7 @@ from peft import PeftModel
 from torch import nn
 
 from .bottleneck import is_bottleneck_config, load_bottleneck, save_bottleneck
+from .low_rank_matmul import use_low_rank_linears
 from .method_spec import BOTTLENECK_FORMAT, FROZEN_FORMAT, PEFT_FORMAT, PREFIX_FORMAT, WHOLE_MODEL_FORMAT
 from .modeling_video_llama import VideoLlamaForConditionalGeneration
 from .prefix import is_prefix_config, load_prefix, save_prefix
@@ -58,10 +59,12 @@ def _save_pretrained(model: nn.Module, out_dir: Path) -> None:
 
 def _load_peft(model: nn.Module, adapter_dir: Path, is_trainable: bool) -> nn.Module:
     if not is_temporal_config(json.loads((adapter_dir / ADAPTER_CONFIG).read_text())):
-        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
-    config = TemporalLoraConfig.from_pretrained(adapter_dir)
-    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable, config=config)
-    install_frame_gates(peft_model)
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
+    else:
+        config = TemporalLoraConfig.from_pretrained(adapter_dir)
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable, config=config)
+        install_frame_gates(peft_model)
+    use_low_rank_linears(peft_model)  # the products build_lora trained with
     return peft_model
 
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import rank_allocation as ra
 from .checkpointing import enable_checkpointing
+from .low_rank_matmul import use_low_rank_linears
 from .method_spec import GroupedRanks
 from .parameters import trainable_parameter_count
 from .saved_modules import DEFAULT_MODULES_TO_SAVE, with_retrieval_head
@@ -143,6 +144,7 @@ def build_lora(model: nn.Module, method: AdapterMethod, options: AdapterOptions)
     )
     # get_peft_model freezes every base parameter, then un-freezes LoRA A/B and the modules_to_save copy.
     peft_model = get_peft_model(model, config)
+    use_low_rank_linears(peft_model)  # ranks below 16 would be slower than 16 on CPU otherwise
 
     checkpointing = {"use_reentrant": False}
     if method.frame_gates:
